@@ -1,0 +1,1 @@
+//! PMIx / PMI2 passthrough (issue 5).

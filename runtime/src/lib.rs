@@ -1,0 +1,1 @@
+//! sifrun runtime (in progress).

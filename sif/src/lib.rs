@@ -1,0 +1,1 @@
+//! SIF format (in progress).

@@ -1,0 +1,1 @@
+//! SPANK plugin glue (issue 3).
