@@ -1,1 +1,272 @@
-//! SPANK plugin glue (issue 3).
+//! sifrun's SPANK plugin: `srun --container=img.sif` runs the step inside a
+//! SIF image.
+//!
+//! The plugin is thin glue. Per step and node, slurmstepd (root) starts the
+//! root-owned `sifrun slurm-setup` helper, which opens the image as the job
+//! user, mounts it and builds the container root in a new mount namespace
+//! ([`holder`]). Each task then joins that namespace while still privileged
+//! (`task_init_privileged`), sets `PR_SET_NO_NEW_PRIVS`, and Slurm drops to
+//! the job user and execs the command as a native task: same PID, stdio,
+//! signals, cgroup, exit status and PMI file descriptors.
+//!
+//! Errors: Slurm does not report failures of remote `init_post_opt` or
+//! `user_init` to srun, so a setup error is kept and reported from
+//! `task_init`, where the task's stderr is the user's srun stderr.
+
+pub mod config;
+pub mod holder;
+pub mod request;
+pub mod task_env;
+
+use config::Config;
+use holder::{Container, JobUser};
+use request::{ContainerRequest, OptionSource};
+use slurm_spank::{
+    spank_log_error, spank_log_verbose, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN,
+};
+use std::error::Error;
+use std::os::fd::AsFd;
+use task_env::EnvChange;
+
+/// Slurm major.minor this plugin is built for (0xMMmm00). slurmstepd only
+/// loads SPANK plugins whose major and minor match its own; the test
+/// `built_for_installed_slurm` checks this against `slurm_version.h`.
+pub const BUILT_FOR_SLURM: u32 = 0x160500;
+
+SPANK_PLUGIN!(b"sifrun", 0x160500, SifrunPlugin);
+
+/// State kept in slurmstepd (and inherited by each forked task).
+#[derive(Default)]
+struct SifrunPlugin {
+    config: Option<Result<Config, String>>,
+    request: Option<ContainerRequest>,
+    /// `Some` once a container was asked for: the ready container or the
+    /// one-line reason it could not be built.
+    setup: Option<Result<Container, String>>,
+}
+
+/// Options and their help text, registered in every context.
+fn options() -> Vec<SpankOption> {
+    use request::*;
+    vec![
+        SpankOption::new(OPT_IMAGE)
+            .takes_value("IMAGE")
+            .usage("run the step in SIF image IMAGE (same as --container=IMAGE.sif)"),
+        SpankOption::new(OPT_MOUNTS)
+            .takes_value("SRC[:DST[:ro]],...")
+            .usage("[sifrun] bind host paths into the container"),
+        SpankOption::new(OPT_WORKDIR)
+            .takes_value("DIR")
+            .usage("[sifrun] working directory inside the container"),
+        SpankOption::new(OPT_ENV)
+            .takes_value("NAME,...")
+            .usage("[sifrun] keep the job's value of these variables over the image's"),
+        SpankOption::new(OPT_WRITABLE)
+            .usage("[sifrun] make the container root writable (changes kept in memory)"),
+        SpankOption::new(OPT_MOUNT_HOME).usage("[sifrun] mount the user's home directory"),
+        SpankOption::new(OPT_NO_MOUNT_HOME)
+            .usage("[sifrun] do not mount the user's home directory"),
+    ]
+}
+
+/// Options from the command line, defaults from the job's environment.
+struct SpankSource<'a, 'b> {
+    spank: &'a SpankHandle<'b>,
+    /// Flag options that were given (the crate reads them through `&mut`).
+    set_flags: Vec<&'static str>,
+    remote: bool,
+}
+
+impl OptionSource for SpankSource<'_, '_> {
+    fn option(&self, name: &str) -> Option<String> {
+        match self.spank.get_option_value(name) {
+            Ok(Some(v)) => Some(v.into_owned()),
+            _ if self.set_flags.contains(&name) => Some(String::new()),
+            _ => None,
+        }
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        if self.remote {
+            self.spank.getenv(name).ok().flatten()
+        } else {
+            std::env::var(name).ok()
+        }
+    }
+}
+
+fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
+    let uid = spank.job_uid().map_err(|e| format!("job uid: {e}"))?;
+    let gid = spank.job_gid().map_err(|e| format!("job gid: {e}"))?;
+    let groups = spank.job_supplementary_gids().unwrap_or_default();
+    let cwd = spank.getenv("PWD").ok().flatten();
+    Ok(JobUser {
+        uid,
+        gid,
+        groups,
+        cwd,
+    })
+}
+
+unsafe impl Plugin for SifrunPlugin {
+    // The crate's default installs a tracing subscriber; we log through
+    // Slurm directly and keep slurmstepd free of extra global state.
+    fn setup(&self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        Ok(())
+    }
+
+    fn init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let context = spank.context()?;
+        if matches!(
+            context,
+            Context::Local | Context::Remote | Context::Allocator
+        ) {
+            for opt in options() {
+                spank.register_option(opt)?;
+            }
+        }
+        if context == Context::Remote {
+            let args = spank.plugin_argv().unwrap_or_default();
+            self.config = Some(Config::from_plugin_args(&args).map_err(|e| e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn init_post_opt(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let remote = spank.context()? == Context::Remote;
+        let set_flags = [
+            request::OPT_WRITABLE,
+            request::OPT_MOUNT_HOME,
+            request::OPT_NO_MOUNT_HOME,
+        ]
+        .into_iter()
+        .filter(|f| spank.is_option_set(f))
+        .collect();
+        let source = SpankSource {
+            spank: &*spank,
+            set_flags,
+            remote,
+        };
+        let use_builtin = match &self.config {
+            Some(Ok(c)) => c.use_builtin_container_option,
+            _ => true,
+        };
+        let request = match ContainerRequest::from_source(&source, use_builtin) {
+            Ok(r) => r,
+            Err(e) if !remote => {
+                // srun/sbatch/salloc: refuse bad options before anything runs.
+                spank_log_error!("sifrun: {e}");
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.setup = Some(Err(e.to_string()));
+                return Ok(());
+            }
+        };
+        if !remote {
+            return Ok(());
+        }
+        let Some(request) = request else {
+            return Ok(());
+        };
+        // Never fail here: Slurm would drain the node and hide the reason
+        // from the user. The outcome is reported in task_init.
+        let setup = match &self.config {
+            Some(Ok(config)) => job_user(spank).and_then(|user| {
+                let started = std::time::Instant::now();
+                let c = holder::build_container(&request, &user, config);
+                spank_log_verbose!(
+                    "sifrun: container for {} ready in {} ms",
+                    request.image.display(),
+                    started.elapsed().as_millis()
+                );
+                c
+            }),
+            Some(Err(e)) => Err(format!("plugin configuration: {e}")),
+            None => Err("plugin configuration missing".to_string()),
+        };
+        if let Err(e) = &setup {
+            spank_log_error!("sifrun: {}: {e}", request.image.display());
+        }
+        self.setup = Some(setup.map_err(|e| format!("{}: {e}", request.image.display())));
+        self.request = Some(request);
+        Ok(())
+    }
+
+    fn task_init_privileged(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let Some(Ok(container)) = &self.setup else {
+            // No container, or a failed one (reported in task_init).
+            return Ok(());
+        };
+        // Still root here: a mount namespace created by root can only be
+        // joined with CAP_SYS_ADMIN. After setns the task's root and cwd are
+        // the container's; Slurm then chdirs to the job's cwd as the user.
+        nix::sched::setns(
+            container.mount_ns.as_fd(),
+            nix::sched::CloneFlags::CLONE_NEWNS,
+        )
+        .map_err(|e| format!("sifrun: joining the container failed: {e}"))?;
+        // SAFETY: plain prctl with constant arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!(
+                "sifrun: PR_SET_NO_NEW_PRIVS failed: {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn task_init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        match &self.setup {
+            None => Ok(()),
+            Some(Err(msg)) => {
+                // fd 2 is the task's stderr now: this line reaches srun.
+                eprintln!("sifrun: error: {msg}");
+                Err(msg.clone().into())
+            }
+            Some(Ok(container)) => {
+                let host_wins = self
+                    .request
+                    .as_ref()
+                    .map(|r| r.host_env.clone())
+                    .unwrap_or_default();
+                let job_env = |name: &str| spank.getenv(name).ok().flatten();
+                for change in task_env::task_env_changes(&container.image_env, &host_wins, &job_env)
+                {
+                    match change {
+                        EnvChange::Set(k, v) => spank.setenv(k, v, true)?,
+                        EnvChange::Unset(k) => spank.unsetenv(k)?,
+                    }
+                }
+                spank.setenv("SIFRUN_CONTAINER", "1", true)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn exit(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // Dropping the namespace fd lets the kernel tear the container down
+        // once the last task has left it.
+        self.setup = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn built_for_installed_slurm() {
+        let Ok(header) = std::fs::read_to_string("/usr/include/slurm/slurm_version.h") else {
+            eprintln!("skipped: slurm_version.h not installed");
+            return;
+        };
+        let line = header
+            .lines()
+            .find(|l| l.starts_with("#define SLURM_VERSION_NUMBER"))
+            .expect("SLURM_VERSION_NUMBER in slurm_version.h");
+        let hex = line.rsplit("0x").next().unwrap().trim();
+        let installed = u32::from_str_radix(hex, 16).unwrap();
+        assert_eq!(installed & 0xffff00, super::BUILT_FOR_SLURM & 0xffff00);
+        assert_eq!(super::plugin_version & 0xffff00, super::BUILT_FOR_SLURM);
+    }
+}

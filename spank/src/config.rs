@@ -1,0 +1,193 @@
+//! Admin settings: plugstack.conf arguments and an optional TOML file.
+//!
+//! plugstack.conf line, for example:
+//! `required /usr/lib/sifrun/libsifrun_spank.so config=/etc/slurm/sifrun.toml`
+//! Arguments of the form `key=value` override the same key from the file, so
+//! a site can keep one file and tweak a partition's plugstack.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the `sifrun` binary is expected when the admin does not say.
+pub const DEFAULT_SIFRUN: &str = "/usr/local/bin/sifrun";
+
+/// Settings that only the admin controls. Nothing here comes from the job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Root-owned `sifrun` binary that builds the per-node container.
+    pub sifrun: PathBuf,
+    /// Node-local state (locks, caches). Must not be on a shared filesystem.
+    pub state_dir: PathBuf,
+    /// Whether the job user's home directory is mounted by default.
+    pub mount_home: bool,
+    /// Binds added to every container (`SRC:DST[:ro]`), after the user's.
+    pub default_binds: Vec<String>,
+    /// Upper bound on building the container for a step, in seconds.
+    pub setup_timeout_secs: u64,
+    /// Honour Slurm's own `--container` when it names a SIF file.
+    pub use_builtin_container_option: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sifrun: PathBuf::from(DEFAULT_SIFRUN),
+            state_dir: PathBuf::from("/run/sifrun"),
+            mount_home: true,
+            default_binds: Vec::new(),
+            setup_timeout_secs: 120,
+            use_builtin_container_option: true,
+        }
+    }
+}
+
+/// Errors in the admin's configuration; they fail every container step with
+/// a message that names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("plugstack.conf argument {0:?}: expected key=value")]
+    BadArgument(String),
+    #[error("plugstack.conf argument {key}: {message}")]
+    BadValue { key: String, message: String },
+    #[error("plugstack.conf argument {0:?}: unknown key")]
+    UnknownKey(String),
+}
+
+impl Config {
+    /// Build the configuration from the plugin's plugstack.conf arguments.
+    pub fn from_plugin_args<S: AsRef<str>>(args: &[S]) -> Result<Config, ConfigError> {
+        let mut pairs = Vec::new();
+        for arg in args {
+            let arg = arg.as_ref();
+            let (key, value) = arg
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadArgument(arg.to_string()))?;
+            pairs.push((key.to_string(), value.to_string()));
+        }
+        let mut config = match pairs.iter().find(|(k, _)| k == "config") {
+            Some((_, path)) => Config::from_file(Path::new(path))?,
+            None => Config::default(),
+        };
+        for (key, value) in pairs.iter().filter(|(k, _)| k != "config") {
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Read a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let bad = |message: &str| ConfigError::BadValue {
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        let parse_bool = |v: &str| match v {
+            "1" | "yes" | "true" => Ok(true),
+            "0" | "no" | "false" => Ok(false),
+            _ => Err(bad("expected yes or no")),
+        };
+        match key {
+            "sifrun" => self.sifrun = PathBuf::from(value),
+            "state_dir" => self.state_dir = PathBuf::from(value),
+            "mount_home" => self.mount_home = parse_bool(value)?,
+            "use_builtin_container_option" => {
+                self.use_builtin_container_option = parse_bool(value)?
+            }
+            "default_binds" => {
+                self.default_binds = value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
+            "setup_timeout_secs" => {
+                self.setup_timeout_secs = value
+                    .parse()
+                    .map_err(|_| bad("expected a number of seconds"))?
+            }
+            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+        }
+        Ok(())
+    }
+
+    pub fn setup_timeout(&self) -> Duration {
+        Duration::from_secs(self.setup_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_arguments() {
+        let c = Config::from_plugin_args::<&str>(&[]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn arguments_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sifrun.toml");
+        std::fs::write(
+            &file,
+            "sifrun = \"/opt/sifrun/bin/sifrun\"\nmount_home = false\nsetup_timeout_secs = 30\n",
+        )
+        .unwrap();
+        let args = [
+            format!("config={}", file.display()),
+            "mount_home=yes".into(),
+        ];
+        let c = Config::from_plugin_args(&args).unwrap();
+        assert_eq!(c.sifrun, PathBuf::from("/opt/sifrun/bin/sifrun"));
+        assert!(c.mount_home);
+        assert_eq!(c.setup_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "mount_hme = true\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("mount_hme"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_arguments_are_refused() {
+        assert!(matches!(
+            Config::from_plugin_args(&["mount_home"]),
+            Err(ConfigError::BadArgument(_))
+        ));
+        assert!(matches!(
+            Config::from_plugin_args(&["mount_home=maybe"]),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Config::from_plugin_args(&["colour=blue"]),
+            Err(ConfigError::UnknownKey(_))
+        ));
+    }
+}

@@ -1,0 +1,357 @@
+//! Building the per-node container for a step through the `sifrun` helper.
+//!
+//! slurmstepd is multi-threaded, so the plugin never builds mounts itself
+//! after a fork: it starts the root-owned `sifrun slurm-setup` program, which
+//! opens the image with the job user's credentials, mounts it and builds the
+//! container root in a new mount namespace, then reports one JSON line on
+//! stdout and waits. The plugin opens `/proc/<pid>/ns/mnt` (that descriptor
+//! pins the namespace for as long as slurmstepd lives: when slurmstepd exits,
+//! even by SIGKILL, the namespace, its mounts and the loop device go away),
+//! then closes the helper's stdin so it exits.
+
+use crate::config::Config;
+use crate::request::ContainerRequest;
+use serde::Deserialize;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The job identity the container is built for.
+#[derive(Debug, Clone)]
+pub struct JobUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The job's working directory (bound into the container).
+    pub cwd: Option<String>,
+}
+
+/// What the helper reports once the container root is ready.
+#[derive(Debug, Deserialize)]
+struct Report {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    env: Vec<(String, String)>,
+}
+
+/// A ready per-node container: the pinned mount namespace and the image's
+/// environment, applied to each task.
+#[derive(Debug)]
+pub struct Container {
+    pub mount_ns: File,
+    pub image_env: Vec<(String, String)>,
+}
+
+/// Argument vector for `sifrun slurm-setup`.
+pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Vec<String> {
+    let mut args = vec![
+        "slurm-setup".to_string(),
+        "--uid".into(),
+        user.uid.to_string(),
+        "--gid".into(),
+        user.gid.to_string(),
+    ];
+    if !user.groups.is_empty() {
+        let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
+        args.push("--groups".into());
+        args.push(groups.join(","));
+    }
+    if let Some(cwd) = &user.cwd {
+        args.push("--cwd".into());
+        args.push(cwd.clone());
+    }
+    for m in &req.mounts {
+        args.push("--bind".into());
+        args.push(m.to_bind_arg());
+    }
+    for b in &config.default_binds {
+        args.push("--admin-bind".into());
+        args.push(b.clone());
+    }
+    if let Some(dir) = &req.workdir {
+        args.push("--workdir".into());
+        args.push(dir.display().to_string());
+    }
+    if !req.mount_home.unwrap_or(config.mount_home) {
+        args.push("--no-home".into());
+    }
+    if req.writable {
+        args.push("--writable-tmpfs".into());
+    }
+    args.push(req.image.display().to_string());
+    args
+}
+
+/// Start the helper and wait (bounded) for the container to be ready.
+pub fn build_container(
+    req: &ContainerRequest,
+    user: &JobUser,
+    config: &Config,
+) -> Result<Container, String> {
+    check_helper(&config.sifrun)?;
+    let mut child = Command::new(&config.sifrun)
+        .args(setup_args(req, user, config))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", config.sifrun.display()))?;
+
+    let result = wait_ready(&mut child, config.setup_timeout());
+    let container = result.and_then(|env| {
+        let ns_path = format!("/proc/{}/ns/mnt", child.id());
+        File::open(&ns_path)
+            .map(|mount_ns| Container {
+                mount_ns,
+                image_env: env,
+            })
+            .map_err(|e| format!("cannot open {ns_path}: {e}"))
+    });
+    // Closing stdin lets the helper exit; the namespace stays pinned by our fd.
+    drop(child.stdin.take());
+    let stderr = reap(&mut child, Duration::from_secs(5));
+    match container {
+        Ok(c) => Ok(c),
+        Err(e) if stderr.trim().is_empty() => Err(e),
+        Err(e) => Err(format!("{e} ({})", stderr.trim().replace('\n', "; "))),
+    }
+}
+
+/// The helper runs as root: refuse one that someone else could have replaced.
+fn check_helper(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("sifrun helper {}: {e}", path.display()))?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "sifrun helper {} must be owned by root and not group/other writable",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn wait_ready(child: &mut Child, timeout: Duration) -> Result<Vec<(String, String)>, String> {
+    let stdout = child.stdout.take().ok_or("helper has no stdout")?;
+    let deadline = Instant::now() + timeout;
+    if !wait_readable(&stdout, deadline) {
+        let _ = child.kill();
+        return Err(format!(
+            "container setup did not finish within {} s",
+            timeout.as_secs()
+        ));
+    }
+    let mut line = String::new();
+    // The report is one line; cap it so a broken helper cannot make us
+    // buffer without bound.
+    BufReader::new(stdout.take(1 << 20))
+        .read_line(&mut line)
+        .map_err(|e| format!("reading helper report: {e}"))?;
+    if line.trim().is_empty() {
+        return Err("container setup failed".to_string());
+    }
+    let report: Report = serde_json::from_str(line.trim())
+        .map_err(|e| format!("unreadable helper report {line:?}: {e}"))?;
+    if report.ok {
+        Ok(report.env)
+    } else {
+        Err(report
+            .error
+            .unwrap_or_else(|| "container setup failed".to_string()))
+    }
+}
+
+fn wait_readable(fd: &impl AsFd, deadline: Instant) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Wait for the helper to exit (bounded), killing it if it does not, and
+/// return what it wrote on stderr.
+fn reap(child: &mut Child, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let mut err = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        let _ = stderr.take(64 * 1024).read_to_string(&mut err);
+    }
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::MountSpec;
+
+    #[test]
+    fn setup_arguments_carry_identity_options_and_image_last() {
+        let req = ContainerRequest {
+            image: "/img/a.sif".into(),
+            mounts: vec![MountSpec::parse("/data:/in:ro").unwrap()],
+            workdir: Some("/in".into()),
+            host_env: vec![],
+            writable: true,
+            mount_home: Some(false),
+        };
+        let user = JobUser {
+            uid: 1001,
+            gid: 1002,
+            groups: vec![1002, 27],
+            cwd: Some("/home/u".into()),
+        };
+        let config = Config {
+            default_binds: vec!["/etc/hosts:/etc/hosts:ro".into()],
+            ..Config::default()
+        };
+        let args = setup_args(&req, &user, &config);
+        assert_eq!(
+            args,
+            [
+                "slurm-setup",
+                "--uid",
+                "1001",
+                "--gid",
+                "1002",
+                "--groups",
+                "1002,27",
+                "--cwd",
+                "/home/u",
+                "--bind",
+                "/data:/in:ro",
+                "--admin-bind",
+                "/etc/hosts:/etc/hosts:ro",
+                "--workdir",
+                "/in",
+                "--no-home",
+                "--writable-tmpfs",
+                "/img/a.sif"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_helper_that_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("sifrun");
+        std::fs::write(&helper, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_helper(&helper)
+            .unwrap_err()
+            .contains("not group/other writable"));
+        assert!(check_helper(Path::new("/nonexistent/sifrun")).is_err());
+    }
+
+    fn fake_helper(dir: &Path, script: &str) -> Config {
+        use std::os::unix::fs::PermissionsExt;
+        let helper = dir.join("sifrun");
+        std::fs::write(&helper, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Config {
+            sifrun: helper,
+            setup_timeout_secs: 2,
+            ..Config::default()
+        }
+    }
+
+    fn any_request() -> (ContainerRequest, JobUser) {
+        (
+            ContainerRequest {
+                image: "/img/a.sif".into(),
+                mounts: vec![],
+                workdir: None,
+                host_env: vec![],
+                writable: false,
+                mount_home: None,
+            },
+            JobUser {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                cwd: None,
+            },
+        )
+    }
+
+    #[test]
+    fn helper_error_report_becomes_the_error() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            eprintln!("skipped: helper ownership check needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = fake_helper(
+            dir.path(),
+            r#"echo '{"ok":false,"error":"/img/a.sif: permission denied"}'"#,
+        );
+        let (req, user) = any_request();
+        let err = build_container(&req, &user, &config).unwrap_err();
+        assert_eq!(err, "/img/a.sif: permission denied");
+    }
+
+    #[test]
+    fn a_hung_helper_times_out_and_is_killed() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            eprintln!("skipped: helper ownership check needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = fake_helper(dir.path(), "exec sleep 30");
+        let (req, user) = any_request();
+        let started = Instant::now();
+        let err = build_container(&req, &user, &config).unwrap_err();
+        assert!(err.contains("did not finish within 2 s"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn ready_helper_gives_its_mount_namespace_and_env() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            eprintln!("skipped: helper ownership check needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = fake_helper(
+            dir.path(),
+            r#"echo '{"ok":true,"env":[["PATH","/opt/bin"]]}'; read _"#,
+        );
+        let (req, user) = any_request();
+        let c = build_container(&req, &user, &config).unwrap();
+        assert_eq!(c.image_env, vec![("PATH".into(), "/opt/bin".into())]);
+        // The fake helper never unshared, so its namespace is ours.
+        let ours = std::fs::metadata("/proc/self/ns/mnt").unwrap();
+        let theirs = c.mount_ns.metadata().unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(ours.ino(), theirs.ino());
+    }
+}
