@@ -150,6 +150,13 @@ unsafe impl Plugin for SifrunPlugin {
             Some(Ok(c)) => c.use_builtin_container_option,
             _ => true,
         };
+        if !remote {
+            // srun/sbatch/salloc: refuse bad options before anything runs.
+            if let Err(e) = ContainerRequest::options_only(&source) {
+                spank_log_error!("sifrun: {e}");
+                return Err(e.into());
+            }
+        }
         let request = match ContainerRequest::from_source(&source, use_builtin) {
             Ok(r) => r,
             Err(e) if !remote => {

@@ -170,6 +170,14 @@ impl ContainerRequest {
             return Ok(None);
         };
         let image = absolute_image_path(image.trim(), src.env("PWD").as_deref())?;
+        let mut request = ContainerRequest::options_only(src)?;
+        request.image = image;
+        Ok(Some(request))
+    }
+
+    /// Parse and validate every option except the image. srun runs this
+    /// before submitting, so a typo fails at once, with or without an image.
+    pub fn options_only(src: &dyn OptionSource) -> Result<ContainerRequest, RequestError> {
 
         let mounts = src
             .option_or_env(OPT_MOUNTS)
@@ -224,14 +232,14 @@ impl ContainerRequest {
             (false, false) => parse_flag(src, OPT_MOUNT_HOME)?,
         };
 
-        Ok(Some(ContainerRequest {
-            image,
+        Ok(ContainerRequest {
+            image: PathBuf::new(),
             mounts,
             workdir,
             host_env,
             writable,
             mount_home,
-        }))
+        })
     }
 }
 
@@ -364,6 +372,14 @@ mod tests {
         ]);
         let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
         assert_eq!(req.mount_home, Some(false));
+    }
+
+    #[test]
+    fn options_are_checked_without_an_image() {
+        let mut src = Fake::default();
+        src.options.insert(OPT_MOUNTS, "rel:/x");
+        assert!(ContainerRequest::options_only(&src).is_err());
+        assert_eq!(ContainerRequest::from_source(&src, true).unwrap(), None);
     }
 
     #[test]
