@@ -1,1 +1,36 @@
-//! sifrun runtime (in progress).
+//! sifrun runtime: build, inspect and run SIF container images.
+//!
+//! The CLI (`sifrun`, src/main.rs) is a thin layer over this library. The
+//! pieces are small modules with one job each so that the SPANK plugin can
+//! reuse them to build one container per node and let every task join it:
+//!
+//! * [`image`]: the only user of the `sif` crate (open/validate, write, summarise)
+//! * [`loop_device`]: read-only, autoclear loop device for one partition
+//! * [`namespaces`]: private mount namespace, `pivot_root`, `setns`
+//! * [`mount::rootfs`]: [`mount::rootfs::ContainerSpec`] → container root (overlay,
+//!   /proc, /sys, /dev, binds, passwd/group)
+//! * [`user`]: target identity and privilege drop
+//! * [`mod@env`]: container environment
+//! * [`process`]: fork + error pipe, signal forwarding, exit status, exec
+//! * [`container`]: the two reusable halves: [`container::create`] (per node) and
+//!   [`container::exec_command`] (per task)
+//! * [`credentials`]: resolving user-named paths with the job user's permissions
+//! * [`slurm_setup`]: `sifrun slurm-setup`, one Slurm step's container (used by the SPANK plugin)
+//! * [`exec`]: `sifrun exec` orchestration; [`build`], [`inspect`]: the other subcommands
+
+pub mod build;
+pub mod container;
+pub mod credentials;
+pub mod env;
+pub mod error;
+pub mod exec;
+pub mod image;
+pub mod inspect;
+pub mod loop_device;
+pub mod mount;
+pub mod namespaces;
+pub mod process;
+pub mod slurm_setup;
+pub mod user;
+
+pub use error::{Error, ErrorKind, Result};

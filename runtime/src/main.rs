@@ -1,1 +1,99 @@
-fn main() {}
+//! `sifrun` command line entry point: parse, dispatch, print errors as one line.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind as ClapErrorKind;
+use clap::Parser;
+
+use cli::{Cli, Command};
+use sifrun_runtime::{build, exec, inspect, slurm_setup, Error};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    match cli.command {
+        Command::Build(args) => finish(
+            build::run(&args.into()).map(|summary| {
+                eprintln!("{}", summary.line());
+                0
+            }),
+            1,
+        ),
+        Command::Inspect(args) => finish(
+            inspect::run(&args.image, args.json).map(|text| {
+                let mut out = std::io::stdout().lock();
+                // A closed pipe (`| head`) is not an error worth reporting.
+                let _ = out.write_all(text.as_bytes());
+                0
+            }),
+            1,
+        ),
+        Command::SlurmSetup(args) => exit_code(slurm_setup::run(&args.into())),
+        Command::Exec(args) => {
+            let opts = args.into();
+            match exec::run(&opts) {
+                Ok(status) => exit_code(status),
+                Err(e) => {
+                    let code = e.exit_code();
+                    report(&e);
+                    exit_code(code)
+                }
+            }
+        }
+    }
+}
+
+/// Maps a subcommand result to the exit status; errors use `error_code`.
+fn finish(result: Result<i32, Error>, error_code: u8) -> ExitCode {
+    match result {
+        Ok(code) => exit_code(code),
+        Err(e) => {
+            report(&e);
+            ExitCode::from(error_code)
+        }
+    }
+}
+
+fn report(e: &Error) {
+    eprintln!("sifrun: error: {}", e.message());
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
+}
+
+/// Help and version go out as clap renders them; usage errors are squeezed
+/// into the one-line `sifrun: error:` format.
+fn clap_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ClapErrorKind::DisplayHelp | ClapErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            // clap's first paragraph (up to the blank line) is the message;
+            // usage and tips follow. Squeeze the paragraph onto one line.
+            let rendered = e.render().to_string();
+            let first = rendered
+                .trim_start()
+                .split("\n\n")
+                .next()
+                .unwrap_or("invalid usage")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            eprintln!("sifrun: error: {first} (see 'sifrun --help')");
+            ExitCode::from(2)
+        }
+    }
+}

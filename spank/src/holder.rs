@@ -37,6 +37,9 @@ struct Report {
     error: Option<String>,
     #[serde(default)]
     env: Vec<(String, String)>,
+    /// Empty host directory the helper used as a mount point; ours to remove.
+    #[serde(default)]
+    staging: Option<String>,
 }
 
 /// A ready per-node container: the pinned mount namespace and the image's
@@ -105,14 +108,21 @@ pub fn build_container(
         .map_err(|e| format!("cannot start {}: {e}", config.sifrun.display()))?;
 
     let result = wait_ready(&mut child, config.setup_timeout());
-    let container = result.and_then(|env| {
+    let container = result.and_then(|report| {
         let ns_path = format!("/proc/{}/ns/mnt", child.id());
-        File::open(&ns_path)
-            .map(|mount_ns| Container {
-                mount_ns,
-                image_env: env,
-            })
-            .map_err(|e| format!("cannot open {ns_path}: {e}"))
+        let mount_ns = File::open(&ns_path).map_err(|e| format!("cannot open {ns_path}: {e}"));
+        if let Some(dir) = report
+            .staging
+            .as_deref()
+            .filter(|d| d.starts_with("/run/sifrun/"))
+        {
+            // Nothing is mounted on it in our namespace: it is empty.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(Container {
+            mount_ns: mount_ns?,
+            image_env: report.env,
+        })
     });
     // Closing stdin lets the helper exit; the namespace stays pinned by our fd.
     drop(child.stdin.take());
@@ -138,7 +148,7 @@ fn check_helper(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn wait_ready(child: &mut Child, timeout: Duration) -> Result<Vec<(String, String)>, String> {
+fn wait_ready(child: &mut Child, timeout: Duration) -> Result<Report, String> {
     let stdout = child.stdout.take().ok_or("helper has no stdout")?;
     let deadline = Instant::now() + timeout;
     if !wait_readable(&stdout, deadline) {
@@ -160,7 +170,7 @@ fn wait_ready(child: &mut Child, timeout: Duration) -> Result<Vec<(String, Strin
     let report: Report = serde_json::from_str(line.trim())
         .map_err(|e| format!("unreadable helper report {line:?}: {e}"))?;
     if report.ok {
-        Ok(report.env)
+        Ok(report)
     } else {
         Err(report
             .error

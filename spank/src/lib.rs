@@ -246,6 +246,16 @@ unsafe impl Plugin for SifrunPlugin {
                     }
                 }
                 spank.setenv("SIFRUN_CONTAINER", "1", true)?;
+                if let Some(dir) = self.request.as_ref().and_then(|r| r.workdir.as_ref()) {
+                    // As the job user, inside the container: the helper has
+                    // checked that the directory exists in the image.
+                    if let Err(e) = std::env::set_current_dir(dir) {
+                        let msg = format!("--container-workdir {}: {e}", dir.display());
+                        eprintln!("sifrun: error: {msg}");
+                        return Err(msg.into());
+                    }
+                    spank.setenv("PWD", dir.as_os_str(), true)?;
+                }
                 Ok(())
             }
         }

@@ -178,7 +178,6 @@ impl ContainerRequest {
     /// Parse and validate every option except the image. srun runs this
     /// before submitting, so a typo fails at once, with or without an image.
     pub fn options_only(src: &dyn OptionSource) -> Result<ContainerRequest, RequestError> {
-
         let mounts = src
             .option_or_env(OPT_MOUNTS)
             .map(|v| {

@@ -46,6 +46,12 @@ pub fn task_env_changes(
         if name == "PATH" {
             image_has_path = true;
         }
+        // Process-manager and Slurm wiring is per rank and comes from the
+        // host only: an image value is never applied, even when the job has
+        // none (a stale PMIX_* from the image breaks the client).
+        if HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
         if keep_host(name) && job_env(name).is_some() {
             continue;
         }
@@ -82,6 +88,7 @@ mod tests {
         let image = pairs(&[
             ("PATH", "/opt/bin:/usr/bin"),
             ("PMIX_RANK", "0"),
+            ("PMIX_MCA_psec", "munge"),
             ("LANG", "en_US"),
             ("APP_HOME", "/opt/app"),
         ]);

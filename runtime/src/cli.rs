@@ -1,0 +1,207 @@
+//! Command line definition (clap derive). Kept free of logic: each
+//! subcommand converts its arguments into the library's options struct.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use sifrun_runtime::build::{BuildOptions, DEFAULT_COMPRESSOR};
+use sifrun_runtime::exec::ExecOptions;
+
+/// Build, inspect and run SIF container images.
+#[derive(Debug, Parser)]
+#[command(name = "sifrun", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a SIF image from a root filesystem directory or a tar archive.
+    ///
+    /// The root filesystem becomes a SquashFS primary partition (made with
+    /// mksquashfs). The image is written to a temporary file next to IMAGE
+    /// and renamed on success, so a failed build leaves nothing behind.
+    #[command(after_help = "Examples:\n  \
+        sifrun build rootfs/ -o app.sif\n  \
+        sifrun build rootfs.tar.gz -o app.sif --label org.example.version=1.2 --env LANG=C.UTF-8\n  \
+        SOURCE_DATE_EPOCH=0 sifrun build rootfs/ -o app.sif --deterministic")]
+    Build(BuildArgs),
+
+    /// Show the header and objects of a SIF image.
+    #[command(
+        after_help = "Examples:\n  sifrun inspect app.sif\n  sifrun inspect --json app.sif | jq '.objects[] | select(.type == \"partition\")'"
+    )]
+    Inspect(InspectArgs),
+
+    /// Run a command inside a SIF image (as root for now).
+    ///
+    /// The image's SquashFS partition is mounted read-only from a loop
+    /// device in a private mount namespace; /proc, /sys, a minimal /dev,
+    /// /tmp, the user's home and the current directory are made available.
+    /// The command's exit status is returned (128+N if killed by signal N);
+    /// sifrun's own failures exit with 255, a command that is not found
+    /// with 127 and one that cannot be executed with 126.
+    #[command(after_help = "Examples:\n  \
+        sifrun exec app.sif cat /etc/os-release\n  \
+        sifrun exec --user alice --bind /data:/data:ro app.sif python3 train.py\n  \
+        sifrun exec --writable-tmpfs --env DEBUG=1 --workdir /opt app.sif sh")]
+    Exec(ExecArgs),
+
+    /// Build one Slurm step's container on this node (used by the SPANK plugin).
+    ///
+    /// Run by slurmstepd as root. Opens IMAGE, user binds and the working
+    /// directory with the job user's credentials, mounts the image and
+    /// builds the container root in a new mount namespace, prints one JSON
+    /// line on stdout ({"ok":true,"env":[...]} or {"ok":false,"error":...}),
+    /// then waits until stdin is closed. Not meant to be run by hand.
+    #[command(name = "slurm-setup")]
+    SlurmSetup(SlurmSetupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SlurmSetupArgs {
+    /// Job user ID.
+    #[arg(long)]
+    pub uid: u32,
+    /// Job primary group ID.
+    #[arg(long)]
+    pub gid: u32,
+    /// Job supplementary group IDs, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<u32>,
+    /// Job working directory (bound at the same path if the user can reach it).
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// User bind SRC[:DST[:ro]] (resolved with the job user's credentials).
+    #[arg(long = "bind", value_name = "SPEC")]
+    pub binds: Vec<String>,
+    /// Admin bind SRC[:DST[:ro]] from the plugin configuration.
+    #[arg(long = "admin-bind", value_name = "SPEC")]
+    pub admin_binds: Vec<String>,
+    /// Directory that must exist inside the container.
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Do not bind the user's home directory.
+    #[arg(long)]
+    pub no_home: bool,
+    /// Writable root (changes kept in memory).
+    #[arg(long)]
+    pub writable_tmpfs: bool,
+    /// The SIF image.
+    pub image: PathBuf,
+}
+
+impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
+    fn from(a: SlurmSetupArgs) -> Self {
+        Self {
+            image: a.image,
+            uid: a.uid,
+            gid: a.gid,
+            groups: a.groups,
+            cwd: a.cwd,
+            binds: a.binds,
+            admin_binds: a.admin_binds,
+            workdir: a.workdir,
+            mount_home: !a.no_home,
+            writable_tmpfs: a.writable_tmpfs,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Root filesystem directory or tar archive (plain, gzip, xz, zstd or bzip2).
+    pub source: PathBuf,
+    /// Output image path.
+    #[arg(short, long, value_name = "IMAGE")]
+    pub output: PathBuf,
+    /// Overwrite IMAGE if it exists.
+    #[arg(short, long)]
+    pub force: bool,
+    /// SquashFS compressor (gzip, lzo, lz4, xz, zstd, ...).
+    #[arg(long, default_value = DEFAULT_COMPRESSOR, value_name = "NAME")]
+    pub compressor: String,
+    /// Reproducible output: file times fixed to SOURCE_DATE_EPOCH (or 0),
+    /// zero image UUID and SIF times.
+    #[arg(long)]
+    pub deterministic: bool,
+    /// Store FILE as the image's definition file.
+    #[arg(long, value_name = "FILE")]
+    pub deffile: Option<PathBuf>,
+    /// Add a label (repeatable); stored as a JSON object.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Add a variable to the image's own environment (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+}
+
+impl From<BuildArgs> for BuildOptions {
+    fn from(a: BuildArgs) -> Self {
+        BuildOptions {
+            source: a.source,
+            output: a.output,
+            force: a.force,
+            compressor: a.compressor,
+            deterministic: a.deterministic,
+            deffile: a.deffile,
+            labels: a.labels,
+            env: a.env,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// SIF image.
+    pub image: PathBuf,
+    /// Print JSON (stable keys, see runtime/README.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run as this user (name or UID). Default: the invoking user.
+    #[arg(short, long, value_name = "NAME|UID")]
+    pub user: Option<String>,
+    /// Bind a host path into the container (repeatable); DST defaults to SRC.
+    #[arg(short, long = "bind", value_name = "SRC[:DST[:ro]]")]
+    pub binds: Vec<String>,
+    /// Set an environment variable (repeatable); wins over the host and image environment.
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container. Default: the current
+    /// directory if it exists there, else the home directory, else /.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Make the root filesystem writable; changes go to a tmpfs and are discarded.
+    #[arg(long)]
+    pub writable_tmpfs: bool,
+    /// SIF image.
+    pub image: PathBuf,
+    /// Command to run (resolved with the container's PATH) and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+impl From<ExecArgs> for ExecOptions {
+    fn from(a: ExecArgs) -> Self {
+        ExecOptions {
+            image: a.image,
+            command: a.command,
+            user: a.user,
+            binds: a.binds,
+            env: a.env,
+            workdir: a.workdir,
+            writable_tmpfs: a.writable_tmpfs,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! A minimal `/dev` for the container: a fresh tmpfs with only the harmless
+//! character devices bind-mounted from the host, a private devpts instance
+//! and a private `/dev/shm`. The host's disks and other devices stay invisible.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use super::{bind, create_dir_in_root, create_file_in_root, mount_fs};
+use crate::error::{Context, Result};
+
+/// Character devices every program expects.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Symlinks into /proc that shells and libc rely on.
+const LINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// Builds `/dev` inside `root` (the container root, before `pivot_root`).
+pub fn mount_dev(root: &Path) -> Result<()> {
+    let dev = create_dir_in_root(root, Path::new("/dev"))?;
+    // Not nodev: this is the one place device nodes must work. noexec and
+    // nosuid because nothing legitimate executes from /dev.
+    mount_fs(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=1m"),
+    )?;
+
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let target = create_file_in_root(root, &Path::new("/dev").join(name))?;
+        bind(
+            &host,
+            &target,
+            false,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        )?;
+    }
+
+    let pts = create_dir_in_root(root, Path::new("/dev/pts"))?;
+    // A new devpts instance: the container cannot see or open the host's ptys.
+    let pts_opts = match tty_gid() {
+        Some(gid) => format!("newinstance,ptmxmode=0666,mode=0620,gid={gid}"),
+        None => "newinstance,ptmxmode=0666,mode=0620".to_string(),
+    };
+    mount_fs(
+        "devpts",
+        &pts,
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(&pts_opts),
+    )?;
+
+    let shm = create_dir_in_root(root, Path::new("/dev/shm"))?;
+    mount_fs(
+        "tmpfs",
+        &shm,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+
+    for (name, target) in LINKS {
+        let link = dev.join(name);
+        symlink(target, &link).with_context(|| format!("creating /dev/{name}"))?;
+    }
+    Ok(())
+}
+
+/// The host's `tty` group, so pty slaves get the usual group ownership.
+fn tty_gid() -> Option<u32> {
+    nix::unistd::Group::from_name("tty")
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}

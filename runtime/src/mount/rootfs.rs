@@ -1,0 +1,342 @@
+//! Assembling the container root filesystem.
+//!
+//! Layout inside the staging directory (a private tmpfs):
+//!
+//! ```text
+//! <staging>/image   SquashFS from the loop device (ro,nosuid,nodev)
+//! <staging>/upper   overlay upper dir  } on the staging tmpfs, so mount
+//! <staging>/work    overlay work dir   } points can be created without
+//! <staging>/root    overlay = the container root   writing to the image
+//! ```
+//!
+//! The root is remounted read-only at the end unless `writable_tmpfs` is
+//! set; then writes land in the tmpfs and vanish with the container.
+//!
+//! This module is the reusable part: `sifrun exec` calls it in a forked
+//! child, the SPANK plugin calls it once per node in a holder process and
+//! lets every task join the resulting mount namespace.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use super::{
+    bind, create_dir_in_root, create_mount_point, mount_fs, remount_bind, resolve_in_root,
+};
+use crate::error::{Context, Error, Result};
+use crate::user::{merge_group, merge_passwd, Identity};
+
+/// Default size of the tmpfs holding the overlay upper layer.
+pub const DEFAULT_TMPFS_SIZE_MIB: u64 = 64;
+
+/// Host paths that are never bound as the current working directory: they
+/// would shadow the image's own system directories.
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys",
+    "usr", "var",
+];
+
+/// A `--bind SRC[:DST[:ro|rw]]` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host path (canonicalised by [`BindMount::parse`]).
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+impl BindMount {
+    /// Parses `SRC[:DST[:ro|rw]]`, checks that SRC exists and canonicalises it.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let mut bind = Self::parse_unresolved(spec)?;
+        bind.source = fs::canonicalize(&bind.source).map_err(|e| {
+            Error::usage(format!(
+                "bind source {}: {}",
+                bind.source.display(),
+                io_reason(&e)
+            ))
+        })?;
+        Ok(bind)
+    }
+
+    /// Parses `SRC[:DST[:ro|rw]]` without looking at the filesystem (the
+    /// caller resolves SRC, for example with the job user's credentials).
+    pub fn parse_unresolved(spec: &str) -> Result<Self> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (src, dst, mode) = match parts.as_slice() {
+            [src] => (*src, *src, None),
+            [src, dst] => (*src, *dst, None),
+            [src, dst, mode] => (*src, *dst, Some(*mode)),
+            _ => {
+                return Err(Error::usage(format!(
+                    "invalid bind '{spec}' (expected SRC[:DST[:ro]])"
+                )))
+            }
+        };
+        let read_only = match mode {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(other) => {
+                return Err(Error::usage(format!(
+                    "invalid bind option '{other}' in '{spec}' (expected ro or rw)"
+                )))
+            }
+        };
+        if src.is_empty() || dst.is_empty() {
+            return Err(Error::usage(format!("invalid bind '{spec}' (empty path)")));
+        }
+        let destination = PathBuf::from(dst);
+        if !destination.is_absolute() {
+            return Err(Error::usage(format!(
+                "bind destination must be an absolute path: {dst}"
+            )));
+        }
+        Ok(BindMount {
+            source: PathBuf::from(src),
+            destination,
+            read_only,
+        })
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Everything needed to assemble a container root, independent of how the
+/// image got mounted and of the process that will run in it.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Empty directory on the host used as the staging mount point. A tmpfs
+    /// is mounted on it in the (private) namespace; the host only ever sees
+    /// the empty directory.
+    pub staging_dir: PathBuf,
+    /// The user the command will run as (passwd/group entries, home dir).
+    pub identity: Identity,
+    /// Bind the user's home directory (if it exists on the host).
+    pub mount_home: bool,
+    /// Bind the host's /tmp.
+    pub mount_tmp: bool,
+    /// Host directory to bind at the same path (normally the cwd); skipped
+    /// for `/` and top-level system directories.
+    pub cwd: Option<PathBuf>,
+    /// What to bind at `cwd` when it is not `cwd` itself: a `/proc/self/fd`
+    /// link to the directory as opened with the job user's credentials, so
+    /// root never re-resolves a path the user controls.
+    pub cwd_source: Option<PathBuf>,
+    /// User requested binds, applied last (they win over home/tmp/cwd).
+    pub binds: Vec<BindMount>,
+    /// Keep the root writable (changes go to the tmpfs and are discarded).
+    pub writable_tmpfs: bool,
+    /// Size of the overlay's tmpfs in MiB.
+    pub tmpfs_size_mib: u64,
+}
+
+impl ContainerSpec {
+    /// A spec with the usual defaults: home, /tmp and `cwd` bound, read-only root.
+    pub fn new(staging_dir: PathBuf, identity: Identity) -> Self {
+        ContainerSpec {
+            staging_dir,
+            identity,
+            mount_home: true,
+            mount_tmp: true,
+            cwd: None,
+            cwd_source: None,
+            binds: Vec::new(),
+            writable_tmpfs: false,
+            tmpfs_size_mib: DEFAULT_TMPFS_SIZE_MIB,
+        }
+    }
+}
+
+/// An assembled (not yet entered) container root.
+#[derive(Debug, Clone)]
+pub struct Rootfs {
+    /// Host-side path of the container root (the overlay mount).
+    pub root: PathBuf,
+}
+
+impl Rootfs {
+    /// `pivot_root`s into the container; see [`crate::namespaces::enter_root`].
+    pub fn enter(&self) -> Result<()> {
+        crate::namespaces::enter_root(&self.root)
+    }
+}
+
+/// Mounts the staging tmpfs and the SquashFS from `device` (e.g. the loop
+/// device) read-only at `<staging>/image`; returns that directory.
+pub fn mount_image(spec: &ContainerSpec, device: &Path) -> Result<PathBuf> {
+    mount_fs(
+        "tmpfs",
+        &spec.staging_dir,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("mode=700,size={}m", spec.tmpfs_size_mib.max(1))),
+    )?;
+    let image_dir = spec.staging_dir.join("image");
+    fs::create_dir(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
+    let source = device
+        .to_str()
+        .ok_or_else(|| Error::system("loop device path is not UTF-8"))?;
+    mount_fs(
+        source,
+        &image_dir,
+        "squashfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    Ok(image_dir)
+}
+
+/// Builds the container root on top of the mounted image (`image_dir`, from
+/// [`mount_image`]) in the current mount namespace. Must run as root inside
+/// a private mount namespace.
+pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
+    let root = mount_overlay(spec, image_dir)?;
+
+    let proc_dir = create_dir_in_root(&root, Path::new("/proc"))?;
+    mount_fs(
+        "proc",
+        &proc_dir,
+        "proc",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    let sys_dir = create_dir_in_root(&root, Path::new("/sys"))?;
+    mount_fs(
+        "sysfs",
+        &sys_dir,
+        "sysfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    super::dev::mount_dev(&root)?;
+
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if spec.mount_tmp {
+        bind_host_dir(&root, Path::new("/tmp"), Path::new("/tmp"), nosuid_nodev)?;
+    }
+    if spec.mount_home && spec.identity.home.is_dir() && spec.identity.home != Path::new("/") {
+        let home = &spec.identity.home;
+        bind_host_dir(&root, home, home, nosuid_nodev)?;
+    }
+    if let Some(cwd) = spec.cwd.as_deref().filter(|c| cwd_is_bindable(spec, c)) {
+        let source = spec.cwd_source.as_deref().unwrap_or(cwd);
+        bind_host_dir(&root, source, cwd, nosuid_nodev)?;
+    }
+    for b in &spec.binds {
+        let target = create_mount_point(&root, &b.destination, &b.source)?;
+        let mut flags = nosuid_nodev;
+        if b.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        bind(&b.source, &target, true, flags)?;
+    }
+
+    write_identity_files(&root, &spec.identity)?;
+
+    if !spec.writable_tmpfs {
+        remount_bind(&root, MsFlags::MS_RDONLY | nosuid_nodev)?;
+    }
+    Ok(Rootfs { root })
+}
+
+/// Overlay: lower = image, upper/work on the staging tmpfs.
+fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
+    let staging = &spec.staging_dir;
+    let (upper, work, root) = (
+        staging.join("upper"),
+        staging.join("work"),
+        staging.join("root"),
+    );
+    for dir in [&upper, &work, &root] {
+        fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // The container root directory itself must be traversable by the target user.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", upper.display()))?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image_dir.display(),
+        upper.display(),
+        work.display()
+    );
+    mount_fs(
+        "overlay",
+        &root,
+        "overlay",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&data),
+    )?;
+    Ok(root)
+}
+
+/// Binds host directory `source` at container path `dest` (non-recursive:
+/// submounts of the host directory stay hidden).
+fn bind_host_dir(root: &Path, source: &Path, dest: &Path, flags: MsFlags) -> Result<()> {
+    if !source.is_dir() {
+        return Ok(());
+    }
+    let target = create_dir_in_root(root, dest)?;
+    bind(source, &target, false, flags)
+}
+
+/// The cwd is bound unless it is `/`, a system directory (it would shadow
+/// the image's), or already visible through the home or /tmp bind.
+fn cwd_is_bindable(spec: &ContainerSpec, cwd: &Path) -> bool {
+    let first = cwd.components().nth(1).and_then(|c| c.as_os_str().to_str());
+    let Some(first) = first else {
+        return false; // "/"
+    };
+    if SYSTEM_DIRS.contains(&first) {
+        return false;
+    }
+    if spec.mount_tmp && cwd.starts_with("/tmp") {
+        return false;
+    }
+    if spec.mount_home && spec.identity.home.is_dir() && cwd.starts_with(&spec.identity.home) {
+        return false;
+    }
+    cwd.is_dir()
+}
+
+/// Writes passwd/group with the user's entries into the overlay (i.e. into
+/// the tmpfs, never into the image).
+fn write_identity_files(root: &Path, identity: &Identity) -> Result<()> {
+    create_dir_in_root(root, Path::new("/etc"))?;
+    let passwd = resolve_in_root(root, Path::new("/etc/passwd"))?;
+    let group = resolve_in_root(root, Path::new("/etc/group"))?;
+    let image_passwd = fs::read_to_string(&passwd).unwrap_or_default();
+    let image_group = fs::read_to_string(&group).unwrap_or_default();
+    fs::write(&passwd, merge_passwd(&image_passwd, identity))
+        .context("writing /etc/passwd in the container")?;
+    fs::write(&group, merge_group(&image_group, identity))
+        .context("writing /etc/group in the container")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_bind_specs() {
+        let b = BindMount::parse("/tmp:/data:ro").unwrap();
+        assert_eq!(b.destination, Path::new("/data"));
+        assert!(b.read_only);
+        let b = BindMount::parse("/tmp").unwrap();
+        assert_eq!(b.destination, Path::new("/tmp"));
+        assert!(!b.read_only);
+        assert!(BindMount::parse("/tmp:/x:zz").is_err());
+        assert!(BindMount::parse("/tmp:rel").is_err());
+        let e = BindMount::parse("/no/such/dir:/x").unwrap_err();
+        assert_eq!(e.message(), "bind source /no/such/dir: does not exist");
+    }
+}

@@ -1,0 +1,234 @@
+//! `sifrun slurm-setup`: build one Slurm step's container on this node.
+//!
+//! Started by the SPANK plugin from inside slurmstepd (as root, with a
+//! cleared environment). The sequence:
+//!
+//! 1. open the image **as the job user** (a file the user cannot read is
+//!    refused), and resolve user-named bind sources and the working
+//!    directory as the user too; root only ever uses the resulting
+//!    descriptors (`/proc/self/fd/N`), never the user's paths again;
+//! 2. attach the primary partition to a read-only autoclear loop device;
+//! 3. in a new mount namespace: mount it `ro,nosuid,nodev`, build the
+//!    container root, `pivot_root` (this process is now inside);
+//! 4. print one JSON line on stdout: `{"ok":true,"env":[[NAME,VALUE],...],
+//!    "staging":DIR}` or `{"ok":false,"error":"..."}`;
+//! 5. wait for stdin to close (the plugin has then opened
+//!    `/proc/<pid>/ns/mnt`, which keeps the namespace alive) and exit.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::credentials::{PathHandle, UserCredentials};
+use crate::error::{Error, Result};
+use crate::exec::StagingDir;
+use crate::image::RunnableImage;
+use crate::loop_device::LoopAttachment;
+use crate::mount::rootfs::{build_rootfs, mount_image, BindMount, ContainerSpec};
+use crate::namespaces::unshare_mount_namespace;
+use crate::user::{GroupEntry, Identity};
+
+/// What the plugin asks for (all of it already validated by the plugin,
+/// checked again here because this is a root program).
+#[derive(Debug, Clone, Default)]
+pub struct SetupOptions {
+    pub image: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The job's working directory (bound at the same path).
+    pub cwd: Option<PathBuf>,
+    /// Binds named by the job user: resolved with the user's credentials.
+    pub binds: Vec<String>,
+    /// Binds from the admin's configuration: trusted.
+    pub admin_binds: Vec<String>,
+    /// Must exist inside the container.
+    pub workdir: Option<PathBuf>,
+    pub mount_home: bool,
+    pub writable_tmpfs: bool,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<&'a [(String, String)]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    staging: Option<String>,
+}
+
+/// Runs the whole sequence and returns the process exit status.
+pub fn run(opts: &SetupOptions) -> i32 {
+    let mut stdout = std::io::stdout().lock();
+    match setup(opts) {
+        Ok(ready) => {
+            let report = Report {
+                ok: true,
+                error: None,
+                env: Some(&ready.env),
+                staging: Some(ready.staging.display().to_string()),
+            };
+            if write_report(&mut stdout, &report).is_err() {
+                return 1;
+            }
+            // Bounded by the plugin: it closes our stdin right after opening
+            // the namespace, or dies, which closes it too.
+            let mut sink = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            0
+        }
+        Err(e) => {
+            let report = Report {
+                ok: false,
+                error: Some(e.message().to_string()),
+                env: None,
+                staging: None,
+            };
+            let _ = write_report(&mut stdout, &report);
+            1
+        }
+    }
+}
+
+fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+struct Ready {
+    env: Vec<(String, String)>,
+    staging: PathBuf,
+}
+
+fn setup(opts: &SetupOptions) -> Result<Ready> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::usage("sifrun slurm-setup must run as root"));
+    }
+    let user = UserCredentials {
+        uid: opts.uid,
+        gid: opts.gid,
+        groups: opts.groups.clone(),
+    };
+
+    let image_file = user.open_file(&opts.image)?;
+    let image_fd_path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&image_file)
+    ));
+    let image = RunnableImage::open(&image_fd_path)
+        .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+
+    let mut identity = Identity::lookup(&opts.uid.to_string())?;
+    identity.gid = opts.gid;
+    if !opts.groups.is_empty() {
+        identity.groups = opts.groups.iter().map(|g| group_entry(*g)).collect();
+    }
+
+    let device =
+        LoopAttachment::attach(&image_fd_path, image.partition_offset, image.partition_size)
+            .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+    // From here on this process is in its own mount namespace: paths are
+    // resolved (as the user) in it, so bind sources belong to it (the kernel
+    // refuses to bind a mount of another namespace). On any error the
+    // process exits, the namespace dies, and the device is detached.
+    let result = build_in_new_namespace(opts, &user, identity, device.path());
+    match result {
+        Ok(staging) => {
+            // Our mount holds the device now; autoclear detaches it with
+            // the namespace.
+            drop(device);
+            Ok(Ready {
+                env: image.env,
+                staging,
+            })
+        }
+        Err(e) => {
+            let _ = device.detach();
+            Err(e)
+        }
+    }
+}
+
+/// Everything after the loop device: unshare, resolve user paths, mount,
+/// build the root, pivot into it. Returns the host staging directory.
+fn build_in_new_namespace(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    identity: Identity,
+    device: &Path,
+) -> Result<PathBuf> {
+    let staging = StagingDir::create()?;
+    unshare_mount_namespace()?;
+
+    // Handles must stay open until the binds are made (they are the sources).
+    let mut handles: Vec<PathHandle> = Vec::new();
+    let mut binds = Vec::new();
+    for spec in &opts.binds {
+        let mut bind = BindMount::parse_unresolved(spec)?;
+        let handle = user
+            .open_path(&bind.source)
+            .map_err(|e| Error::usage(format!("--container-mounts {spec}: {}", e.message())))?;
+        bind.source = handle.proc_path();
+        handles.push(handle);
+        binds.push(bind);
+    }
+    for spec in &opts.admin_binds {
+        binds.push(BindMount::parse(spec)?);
+    }
+
+    let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
+    spec.mount_home = opts.mount_home;
+    spec.binds = binds;
+    spec.writable_tmpfs = opts.writable_tmpfs;
+    if let Some(cwd) = &opts.cwd {
+        // An unreachable cwd is not fatal: Slurm falls back to /tmp, as it
+        // does outside containers.
+        if let Ok(handle) = user.open_path(cwd) {
+            spec.cwd = Some(handle.canonical.clone());
+            spec.cwd_source = Some(handle.proc_path());
+            handles.push(handle);
+        }
+    }
+
+    let image_dir = mount_image(&spec, device)?;
+    build_rootfs(&spec, &image_dir)?.enter()?;
+    drop(handles);
+
+    if let Some(dir) = &opts.workdir {
+        // We are inside the container root now.
+        if !dir.is_dir() {
+            return Err(Error::usage(format!(
+                "--container-workdir {}: no such directory in the image",
+                dir.display()
+            )));
+        }
+    }
+
+    let staging_path = staging.path().to_path_buf();
+    // The staging directory lives in the host's namespace; we are no longer
+    // there, so the plugin removes it (dropping here would look for it in
+    // the container).
+    std::mem::forget(staging);
+    Ok(staging_path)
+}
+
+fn group_entry(gid: u32) -> GroupEntry {
+    let name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string());
+    GroupEntry { name, gid }
+}
+
+/// Error messages name the image as the user gave it, not our fd link.
+fn rename_path(e: Error, fd_path: &Path, image: &Path) -> Error {
+    let message = e
+        .message()
+        .replace(&fd_path.display().to_string(), &image.display().to_string());
+    Error::new(e.kind(), message)
+}

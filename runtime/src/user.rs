@@ -1,0 +1,291 @@
+//! Who the container command runs as: looking up the identity on the host,
+//! rendering its `/etc/passwd` and `/etc/group` entries for the container,
+//! and dropping privileges to it.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use nix::unistd::{getgrouplist, setgid, setgroups, setuid, Gid, Group, Uid, User};
+
+use crate::error::{Context, Error, Result};
+
+/// A group the target user belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    /// Group name on the host (may be a number when the group has no name).
+    pub name: String,
+    /// Numeric group ID.
+    pub gid: u32,
+}
+
+/// The user the container command runs as, resolved on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Login name.
+    pub name: String,
+    /// Numeric user ID.
+    pub uid: u32,
+    /// Primary group ID.
+    pub gid: u32,
+    /// GECOS field, copied into the container's passwd entry.
+    pub gecos: String,
+    /// Home directory (host path, bound at the same path in the container).
+    pub home: PathBuf,
+    /// Login shell.
+    pub shell: PathBuf,
+    /// Primary and supplementary groups (primary first).
+    pub groups: Vec<GroupEntry>,
+}
+
+impl Identity {
+    /// Looks up `spec`, a user name or a numeric UID, in the host user database.
+    pub fn lookup(spec: &str) -> Result<Self> {
+        let user = if let Ok(uid) = spec.parse::<u32>() {
+            User::from_uid(Uid::from_raw(uid))
+        } else {
+            User::from_name(spec)
+        }
+        .with_context(|| format!("looking up user {spec}"))?
+        .ok_or_else(|| Error::usage(format!("unknown user: {spec}")))?;
+        Self::from_user(user)
+    }
+
+    /// The identity of the real UID of this process (the invoking user).
+    pub fn current() -> Result<Self> {
+        let uid = nix::unistd::getuid();
+        let user = User::from_uid(uid)
+            .context("looking up the invoking user")?
+            .ok_or_else(|| Error::system(format!("UID {uid} has no passwd entry")))?;
+        Self::from_user(user)
+    }
+
+    fn from_user(user: User) -> Result<Self> {
+        let cname = CString::new(user.name.clone())
+            .map_err(|_| Error::usage("user name contains a NUL byte"))?;
+        let gids = getgrouplist(&cname, user.gid)
+            .with_context(|| format!("listing groups of {}", user.name))?;
+        let mut groups = vec![group_entry(user.gid)];
+        for gid in gids {
+            if !groups.iter().any(|g| g.gid == gid.as_raw()) {
+                groups.push(group_entry(gid));
+            }
+        }
+        Ok(Identity {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            gecos: user.gecos.to_string_lossy().into_owned(),
+            home: user.dir,
+            shell: user.shell,
+            groups,
+        })
+    }
+
+    /// True for UID 0.
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// The `/etc/passwd` line for this user.
+    pub fn passwd_line(&self) -> String {
+        format!(
+            "{}:x:{}:{}:{}:{}:{}",
+            self.name,
+            self.uid,
+            self.gid,
+            self.gecos.replace([':', '\n'], " "),
+            self.home.display(),
+            self.shell.display()
+        )
+    }
+
+    /// Switches the calling process to this identity: supplementary groups,
+    /// GID, then UID (in that order: after setuid we could no longer change
+    /// groups). Then sets `no_new_privs` so setuid binaries or file
+    /// capabilities in the image cannot raise privileges again, and checks
+    /// that a non-root target really holds no capabilities. A parent-death
+    /// signal set by the caller is preserved.
+    pub fn drop_privileges(&self) -> Result<()> {
+        // The kernel clears the parent-death signal on credential changes;
+        // callers that asked for one (sifrun exec) still want it afterwards.
+        let pdeathsig = nix::sys::prctl::get_pdeathsig().unwrap_or(None);
+        let gids: Vec<Gid> = self.groups.iter().map(|g| Gid::from_raw(g.gid)).collect();
+        setgroups(&gids).context("setting supplementary groups")?;
+        setgid(Gid::from_raw(self.gid)).context("setting the group ID")?;
+        setuid(Uid::from_raw(self.uid)).context("setting the user ID")?;
+        if pdeathsig.is_some() {
+            nix::sys::prctl::set_pdeathsig(pdeathsig).context("restoring parent-death signal")?;
+        }
+        nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
+        if !self.is_root() {
+            let (permitted, effective) = capabilities()?;
+            if permitted != 0 || effective != 0 {
+                return Err(Error::system(format!(
+                    "capabilities still present after switching to {} (permitted {permitted:#x}, effective {effective:#x})",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn group_entry(gid: Gid) -> GroupEntry {
+    let name = Group::from_gid(gid)
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string());
+    GroupEntry {
+        name,
+        gid: gid.as_raw(),
+    }
+}
+
+/// Returns (permitted, effective) capability sets of the calling thread.
+fn capabilities() -> Result<(u64, u64)> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with a v3 header writes exactly two Data structs.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading capabilities");
+    }
+    let join = |lo: u32, hi: u32| (u64::from(hi) << 32) | u64::from(lo);
+    Ok((
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].effective, data[1].effective),
+    ))
+}
+
+/// Returns the image's `/etc/passwd` with the user's entry added (replacing
+/// any image entry with the same name or UID), so `id`, `whoami` and `~`
+/// work inside the container.
+pub fn merge_passwd(image_passwd: &str, id: &Identity) -> String {
+    let mut out = String::new();
+    for line in image_passwd.lines() {
+        let mut fields = line.split(':');
+        let name = fields.next().unwrap_or("");
+        let uid = fields.nth(1).and_then(|u| u.parse::<u32>().ok());
+        if name == id.name || uid == Some(id.uid) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&id.passwd_line());
+    out.push('\n');
+    out
+}
+
+/// Returns the image's `/etc/group` with the user's groups added: an image
+/// group with the same GID gets the user appended to its member list, a GID
+/// unknown to the image gets the host's group name.
+pub fn merge_group(image_group: &str, id: &Identity) -> String {
+    let mut out = String::new();
+    let mut seen: Vec<u32> = Vec::new();
+    for line in image_group.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let gid = fields.get(2).and_then(|g| g.parse::<u32>().ok());
+        match gid {
+            Some(gid) if fields.len() == 4 && id.groups.iter().any(|g| g.gid == gid) => {
+                seen.push(gid);
+                let mut members: Vec<&str> =
+                    fields[3].split(',').filter(|m| !m.is_empty()).collect();
+                // Primary group membership is implied by passwd; listing it is harmless.
+                if !members.contains(&id.name.as_str()) {
+                    members.push(&id.name);
+                }
+                out.push_str(&format!(
+                    "{}:{}:{}:{}\n",
+                    fields[0],
+                    fields[1],
+                    gid,
+                    members.join(",")
+                ));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    for g in &id.groups {
+        if !seen.contains(&g.gid) {
+            out.push_str(&format!("{}:x:{}:{}\n", g.name, g.gid, id.name));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            name: "alice".into(),
+            uid: 1000,
+            gid: 1000,
+            gecos: "Alice".into(),
+            home: "/home/alice".into(),
+            shell: "/bin/sh".into(),
+            groups: vec![
+                GroupEntry {
+                    name: "alice".into(),
+                    gid: 1000,
+                },
+                GroupEntry {
+                    name: "wheel".into(),
+                    gid: 10,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn passwd_replaces_same_uid() {
+        let merged = merge_passwd(
+            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/h:/bin/sh\n",
+            &alice(),
+        );
+        assert_eq!(
+            merged,
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"
+        );
+    }
+
+    #[test]
+    fn group_adds_member_and_missing_groups() {
+        let merged = merge_group("root:x:0:\nwheel:x:10:root\n", &alice());
+        assert_eq!(
+            merged,
+            "root:x:0:\nwheel:x:10:root,alice\nalice:x:1000:alice\n"
+        );
+    }
+
+    #[test]
+    fn lookup_root_and_unknown() {
+        let root = Identity::lookup("0").unwrap();
+        assert_eq!(root.name, "root");
+        assert!(root.is_root());
+        let err = Identity::lookup("no-such-user-sifrun").unwrap_err();
+        assert_eq!(err.message(), "unknown user: no-such-user-sifrun");
+    }
+}

@@ -1,0 +1,547 @@
+//! `sifrun exec` end to end: real loop devices, mounts and namespaces.
+//! Needs root; every test also checks that nothing leaked on the host.
+
+mod common;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Runs `body` between two host snapshots and asserts they match.
+fn leak_checked(body: impl FnOnce(&Fixture)) {
+    let fx = Fixture::new();
+    let before = fx.snapshot();
+    body(&fx);
+    fx.assert_no_leaks(&before);
+}
+
+#[test]
+fn echo_output() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&[], &["echo", "hello", "world"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "hello world\n");
+    });
+}
+
+#[test]
+fn exit_code_propagates() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&[], &["sh", "-c", "exit 7"]);
+        assert_eq!(out.status.code(), Some(7));
+    });
+}
+
+#[test]
+fn signal_death_is_128_plus_n() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&[], &["sh", "-c", "kill -TERM $$"]);
+        assert_eq!(out.status.code(), Some(143));
+    });
+}
+
+#[test]
+fn missing_command_is_127() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&[], &["no-such-command"]);
+        assert_eq!(out.status.code(), Some(127));
+        assert_one_line_error(&out, "command not found in image: no-such-command");
+    });
+}
+
+#[test]
+fn non_executable_command_is_126() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&[], &["/opt/not-executable"]);
+        assert_eq!(out.status.code(), Some(126));
+        assert_one_line_error(&out, "not executable");
+    });
+}
+
+#[test]
+fn command_resolved_inside_container() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        // Only exists in the image; found via the container PATH.
+        let out = fx.exec(&["--env", "PATH=/opt:/bin"], &["only-in-image.sh"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "only-in-image\n");
+        let out = fx.exec(&[], &["/opt/only-in-image.sh"]);
+        assert_eq!(stdout(&out), "only-in-image\n");
+    });
+}
+
+#[test]
+fn user_drop_no_new_privs_and_no_caps() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(
+            &["--user", "nobody"],
+            &["sh", "-c", "id -u; id -un; cat /proc/self/status"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("65534"));
+        assert_eq!(lines.next(), Some("nobody"));
+        assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+        assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+        assert!(text.contains("CapPrm:\t0000000000000000"), "{text}");
+        // By UID too.
+        let out = fx.exec(&["--user", "65534"], &["id", "-u"]);
+        assert_eq!(stdout(&out), "65534\n");
+    });
+}
+
+#[test]
+fn unknown_user_is_an_error() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&["--user", "no-such-user-xyz"], &["true"]);
+        assert_one_line_error(&out, "unknown user: no-such-user-xyz");
+    });
+}
+
+#[test]
+fn root_is_read_only_unless_writable_tmpfs() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let image_before = fs::read(&fx.image).unwrap();
+        let out = fx.exec(&[], &["touch", "/new-file"]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("Read-only file system"),
+            "{}",
+            stderr(&out)
+        );
+
+        let out = fx.exec(
+            &["--writable-tmpfs"],
+            &[
+                "sh",
+                "-c",
+                "touch /new-file && echo data > /opt/only-in-image.sh && cat /opt/only-in-image.sh",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "data\n");
+
+        // Changes vanished with the container; the image is untouched.
+        let out = fx.exec(
+            &[],
+            &["sh", "-c", "test -e /new-file || cat /opt/only-in-image.sh"],
+        );
+        assert_eq!(stdout(&out), "#!/bin/sh\necho only-in-image\n");
+        assert_eq!(fs::read(&fx.image).unwrap(), image_before);
+    });
+}
+
+#[test]
+fn bind_rw_and_ro() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let data = fx.path("data");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("in.txt"), "from host\n").unwrap();
+        let rw = format!("{}:/data", data.display());
+        let out = fx.exec(
+            &["--bind", &rw],
+            &[
+                "sh",
+                "-c",
+                "cat /data/in.txt && echo written > /data/out.txt",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "from host\n");
+        assert_eq!(
+            fs::read_to_string(data.join("out.txt")).unwrap(),
+            "written\n"
+        );
+
+        let ro = format!("{}:/deep/ro/data:ro", data.display());
+        let out = fx.exec(
+            &["--bind", &ro],
+            &[
+                "sh",
+                "-c",
+                "cat /deep/ro/data/in.txt && touch /deep/ro/data/nope",
+            ],
+        );
+        assert!(!out.status.success());
+        assert_eq!(stdout(&out), "from host\n");
+        assert!(!data.join("nope").exists());
+
+        // A single file.
+        let file = format!("{}:/etc/host-file:ro", data.join("in.txt").display());
+        let out = fx.exec(&["--bind", &file], &["cat", "/etc/host-file"]);
+        assert_eq!(stdout(&out), "from host\n");
+    });
+}
+
+#[test]
+fn bind_missing_source_is_an_error() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let spec = format!("{}:/x", fx.path("missing").display());
+        let out = fx.exec(&["--bind", &spec], &["true"]);
+        assert_one_line_error(&out, "does not exist");
+        let out = fx.exec(&["--bind", "/tmp:/x:bogus"], &["true"]);
+        assert_one_line_error(&out, "invalid bind option");
+    });
+}
+
+#[test]
+fn environment_layers() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = Command::new(sifrun())
+            .args(["exec", "--env", "FOO=cli", "--env", "NEW=1"])
+            .arg(&fx.image)
+            .arg("env")
+            .env("LD_PRELOAD", "/nonexistent.so")
+            .env("LD_LIBRARY_PATH", "/host/lib")
+            .env("HOST_VAR", "kept")
+            .env("PATH", "/host/only")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let env = stdout(&out);
+        let has = |l: &str| env.lines().any(|x| x == l);
+        assert!(has("FOO=cli"), "{env}");
+        assert!(has("IMG_VAR=from-image"), "{env}");
+        assert!(has("NEW=1"), "{env}");
+        assert!(has("HOST_VAR=kept"), "{env}");
+        assert!(
+            has("HOME=/root") && has("USER=root") && has("LOGNAME=root"),
+            "{env}"
+        );
+        assert!(
+            has("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            "{env}"
+        );
+        assert!(
+            !env.contains("LD_PRELOAD") && !env.contains("LD_LIBRARY_PATH"),
+            "{env}"
+        );
+    });
+}
+
+#[test]
+fn workdir_option_and_default() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&["--workdir", "/opt"], &["pwd"]);
+        assert_eq!(stdout(&out), "/opt\n");
+        let out = fx.exec(&["--workdir", "/does/not/exist"], &["pwd"]);
+        assert_one_line_error(&out, "cannot enter workdir /does/not/exist");
+        // Default: the current directory (bound from the host).
+        let out = Command::new(sifrun())
+            .arg("exec")
+            .arg(&fx.image)
+            .arg("pwd")
+            .current_dir(fx.dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&out).trim(), fx.dir.path().to_str().unwrap());
+    });
+}
+
+#[test]
+fn mounts_are_nosuid_nodev() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&[], &["cat", "/proc/self/mountinfo"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let info = stdout(&out);
+        for line in info.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (mount_point, opts) = (fields[4], fields[5]);
+            assert!(opts.contains("nosuid"), "{line}");
+            let is_dev = mount_point == "/dev"
+                || mount_point.starts_with("/dev/") && mount_point != "/dev/shm";
+            if !is_dev {
+                assert!(opts.contains("nodev"), "{line}");
+            }
+            if mount_point == "/" {
+                assert!(opts.split(',').any(|o| o == "ro"), "{line}");
+            }
+        }
+        // The host's mounts are not visible.
+        assert!(!info.contains(" /run/sifrun"), "{info}");
+    });
+}
+
+#[test]
+fn passwd_and_group_contain_user() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(&["--user", "nobody"], &["sh", "-c", "id; cat /etc/passwd"]);
+        let text = stdout(&out);
+        assert!(text.contains("uid=65534(nobody)"), "{text}");
+        assert!(text.contains("root:x:0:0:root:/root:/bin/sh"), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("nobody:x:65534:")),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn minimal_dev() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = fx.exec(
+            &[],
+            &["sh", "-c", "ls /dev; echo x > /dev/null && test -c /dev/urandom && test -d /dev/pts && test -L /dev/fd"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let listing = stdout(&out);
+        assert!(
+            listing.contains("null") && listing.contains("shm"),
+            "{listing}"
+        );
+        assert!(
+            !listing.contains("vda") && !listing.contains("loop"),
+            "{listing}"
+        );
+    });
+}
+
+#[test]
+fn image_errors_are_one_line() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let missing = fx.path("missing.sif");
+        let out = run_sifrun(&["exec", missing.to_str().unwrap(), "true"]);
+        assert_one_line_error(&out, "image not found");
+        assert_eq!(out.status.code(), Some(255));
+
+        let junk = fx.path("junk.sif");
+        fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+        let out = run_sifrun(&["exec", junk.to_str().unwrap(), "true"]);
+        assert_one_line_error(&out, "not a valid SIF image");
+
+        let no_part = fx.path("no-partition.sif");
+        sif::create(
+            &no_part,
+            vec![sif::ObjectInput::new(
+                sif::DataType::Generic,
+                b"hello".to_vec(),
+            )],
+            &sif::CreateOptions::default(),
+        )
+        .unwrap();
+        let out = run_sifrun(&["exec", no_part.to_str().unwrap(), "true"]);
+        assert_one_line_error(&out, "no primary partition");
+
+        let ext3 = fx.path("ext3.sif");
+        sif::create(
+            &ext3,
+            vec![
+                sif::ObjectInput::new(sif::DataType::Partition, vec![0u8; 8192]).partition(
+                    sif::FsType::Ext3,
+                    sif::PartType::PrimSys,
+                    sif::Arch::host(),
+                ),
+            ],
+            &sif::CreateOptions::default(),
+        )
+        .unwrap();
+        let out = run_sifrun(&["exec", ext3.to_str().unwrap(), "true"]);
+        assert_one_line_error(&out, "unsupported filesystem type ext3");
+
+        // A "squashfs" partition that is not one: the mount fails in the
+        // child, the loop device must still go away.
+        let bogus = fx.path("bogus-squashfs.sif");
+        sif::create(
+            &bogus,
+            vec![
+                sif::ObjectInput::new(sif::DataType::Partition, vec![0u8; 8192]).partition(
+                    sif::FsType::Squashfs,
+                    sif::PartType::PrimSys,
+                    sif::Arch::host(),
+                ),
+            ],
+            &sif::CreateOptions::default(),
+        )
+        .unwrap();
+        let out = run_sifrun(&["exec", bogus.to_str().unwrap(), "true"]);
+        assert_one_line_error(&out, "mounting squashfs");
+        assert_eq!(out.status.code(), Some(255));
+    });
+}
+
+#[test]
+fn not_root_is_refused() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sifrun(),
+                "exec",
+            ])
+            .arg(&fx.image)
+            .arg("true")
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped part: setpriv not available");
+            return;
+        };
+        if out.status.code() == Some(127) || stderr(&out).contains("Permission denied") {
+            eprintln!("skipped part: sifrun binary not reachable as nobody");
+            return;
+        }
+        assert_one_line_error(&out, "must be run as root");
+    });
+}
+
+/// Starts `sifrun exec IMAGE sleep 100` and returns (sifrun child, sleep pid).
+fn start_sleep(fx: &Fixture) -> (std::process::Child, i32) {
+    let child = Command::new(sifrun())
+        .arg("exec")
+        .arg(&fx.image)
+        .args(["sleep", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleep = wait_for_child(child.id(), "sleep");
+    (child, sleep)
+}
+
+#[test]
+fn sigterm_of_command() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let (child, sleep) = start_sleep(fx);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleep), nix::sys::signal::SIGTERM)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(143));
+    });
+}
+
+#[test]
+fn sigkill_of_command() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let (child, sleep) = start_sleep(fx);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleep), nix::sys::signal::SIGKILL)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(137));
+    });
+}
+
+#[test]
+fn sigterm_to_sifrun_is_forwarded() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let (child, _sleep) = start_sleep(fx);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        // sifrun itself survived and reported the command's signal death.
+        assert_eq!(out.status.code(), Some(143), "{:?}", out.status);
+    });
+}
+
+#[test]
+fn sigkill_of_sifrun_takes_the_command_along() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let (mut child, sleep) = start_sleep(fx);
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(9));
+        // The parent-death signal kills the container command too.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::metadata(format!("/proc/{sleep}")).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep survived sifrun"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+}
+
+#[test]
+fn parallel_runs_do_not_interfere() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let children: Vec<_> = (0..6)
+            .map(|i| {
+                Command::new(sifrun())
+                    .arg("exec")
+                    .arg(&fx.image)
+                    .args(["sh", "-c", &format!("echo {i}")])
+                    .output()
+            })
+            .collect();
+        for (i, out) in children.into_iter().enumerate() {
+            let out = out.unwrap();
+            assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
+        }
+    });
+}

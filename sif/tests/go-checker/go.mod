@@ -1,0 +1,3 @@
+module sifchecker
+
+go 1.18
