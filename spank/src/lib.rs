@@ -45,6 +45,19 @@ struct SifrunPlugin {
     setup: Option<Result<Container, String>>,
 }
 
+/// Slurm's special step ids (slurm.h): the batch script, the extern step
+/// (pam_slurm_adopt) and `salloc`'s interactive step run on the host.
+const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
+const SLURM_EXTERN_CONT: u32 = 0xffff_fffc;
+const SLURM_INTERACTIVE_STEP: u32 = 0xffff_fffa;
+
+fn runs_in_container(step_id: u32) -> bool {
+    !matches!(
+        step_id,
+        SLURM_BATCH_SCRIPT | SLURM_EXTERN_CONT | SLURM_INTERACTIVE_STEP
+    )
+}
+
 /// Options and their help text, registered in every context.
 fn options() -> Vec<SpankOption> {
     use request::*;
@@ -175,6 +188,16 @@ unsafe impl Plugin for SifrunPlugin {
         let Some(request) = request else {
             return Ok(());
         };
+        if let Ok(step) = spank.job_stepid() {
+            if !runs_in_container(step) {
+                // `sbatch --container=img.sif`: the batch script runs on the
+                // host (it needs Slurm's client, config and munge socket);
+                // its `srun` steps inherit SLURM_CONTAINER and run in the
+                // image. The extern step never runs user code.
+                spank_log_verbose!("sifrun: step {step:#x} runs on the host");
+                return Ok(());
+            }
+        }
         // Never fail here: Slurm would drain the node and hide the reason
         // from the user. The outcome is reported in task_init.
         let setup = match &self.config {
@@ -271,6 +294,15 @@ unsafe impl Plugin for SifrunPlugin {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn batch_extern_and_interactive_steps_run_on_the_host() {
+        assert!(super::runs_in_container(0));
+        assert!(super::runs_in_container(41));
+        for step in [0xffff_fffb, 0xffff_fffc, 0xffff_fffa] {
+            assert!(!super::runs_in_container(step));
+        }
+    }
+
     #[test]
     fn built_for_installed_slurm() {
         let Ok(header) = std::fs::read_to_string("/usr/include/slurm/slurm_version.h") else {

@@ -295,7 +295,11 @@ fn cwd_is_bindable(spec: &ContainerSpec, cwd: &Path) -> bool {
     let Some(first) = first else {
         return false; // "/"
     };
-    if SYSTEM_DIRS.contains(&first) {
+    let depth = cwd.components().count() - 1;
+    // A top-level system directory itself, or anything under the ones that
+    // hold the image's software, would shadow the image. /var/tmp/job or
+    // /run/user/N are fine.
+    if SYSTEM_DIRS.contains(&first) && (depth == 1 || !matches!(first, "var" | "run")) {
         return false;
     }
     if spec.mount_tmp && cwd.starts_with("/tmp") {
