@@ -89,6 +89,9 @@ pub struct SlurmSetupArgs {
     /// Writable root (changes kept in memory).
     #[arg(long)]
     pub writable_tmpfs: bool,
+    /// Node-local state directory (staging mount points live here).
+    #[arg(long, default_value = sifrun_runtime::exec::STAGING_BASE)]
+    pub state_dir: PathBuf,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -106,6 +109,7 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             workdir: a.workdir,
             mount_home: !a.no_home,
             writable_tmpfs: a.writable_tmpfs,
+            state_dir: a.state_dir,
         }
     }
 }

@@ -163,7 +163,11 @@ pub struct StagingDir {
 impl StagingDir {
     /// Creates `/run/sifrun/<pid>-<n>` (mode 0700), unique within the host.
     pub fn create() -> Result<Self> {
-        let base = Path::new(STAGING_BASE);
+        Self::create_in(Path::new(STAGING_BASE))
+    }
+
+    /// Creates `<base>/<pid>-<n>` (mode 0700); `base` is created if missing.
+    pub fn create_in(base: &Path) -> Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

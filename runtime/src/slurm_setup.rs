@@ -47,6 +47,8 @@ pub struct SetupOptions {
     pub workdir: Option<PathBuf>,
     pub mount_home: bool,
     pub writable_tmpfs: bool,
+    /// Node-local state directory (admin config `state_dir`).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -161,7 +163,10 @@ fn build_in_new_namespace(
     identity: Identity,
     device: &Path,
 ) -> Result<PathBuf> {
-    let staging = StagingDir::create()?;
+    if !opts.state_dir.is_absolute() {
+        return Err(Error::usage("--state-dir must be an absolute path"));
+    }
+    let staging = StagingDir::create_in(&opts.state_dir)?;
     unshare_mount_namespace()?;
 
     // Handles must stay open until the binds are made (they are the sources).

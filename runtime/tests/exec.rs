@@ -207,6 +207,54 @@ fn bind_rw_and_ro() {
 }
 
 #[test]
+fn binds_over_identity_files_never_let_root_write_host_files() {
+    // Root writes the container's /etc/passwd and /etc/group. A bind onto
+    // those paths (or onto /etc) must only shadow them, never become the
+    // target of that write.
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        let victim = fx.path("victim-passwd");
+        fs::write(&victim, "original\n").unwrap();
+        let etc = fx.path("victim-etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(etc.join("group"), "original\n").unwrap();
+        let file_bind = format!("{}:/etc/passwd", victim.display());
+        let dir_bind = format!("{}:/etc", etc.display());
+        for bind in [&file_bind, &dir_bind] {
+            let out = fx.exec(&["--user", "nobody", "--bind", bind], &["true"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "original\n");
+        assert_eq!(fs::read_to_string(etc.join("group")).unwrap(), "original\n");
+        assert!(!etc.join("passwd").exists());
+    });
+}
+
+#[test]
+fn read_only_bind_has_no_writable_submounts() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        // /dev on the host has submounts (pts, shm, ...); bound read-only,
+        // none of them may show up writable inside.
+        let out = fx.exec(
+            &["--bind", "/dev:/hostdev:ro"],
+            &["sh", "-c", "grep ' /hostdev' /proc/self/mountinfo"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 1, "submounts visible: {lines:?}");
+        assert!(
+            lines[0].split(' ').nth(5).unwrap().starts_with("ro"),
+            "{lines:?}"
+        );
+    });
+}
+
+#[test]
 fn bind_missing_source_is_an_error() {
     if skip_unless_root() {
         return;

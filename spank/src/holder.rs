@@ -86,6 +86,8 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
     if req.writable {
         args.push("--writable-tmpfs".into());
     }
+    args.push("--state-dir".into());
+    args.push(config.state_dir.display().to_string());
     args.push(req.image.display().to_string());
     args
 }
@@ -108,13 +110,14 @@ pub fn build_container(
         .map_err(|e| format!("cannot start {}: {e}", config.sifrun.display()))?;
 
     let result = wait_ready(&mut child, config.setup_timeout());
+    let state_dir = config.state_dir.clone();
     let container = result.and_then(|report| {
         let ns_path = format!("/proc/{}/ns/mnt", child.id());
         let mount_ns = File::open(&ns_path).map_err(|e| format!("cannot open {ns_path}: {e}"));
         if let Some(dir) = report
             .staging
             .as_deref()
-            .filter(|d| d.starts_with("/run/sifrun/"))
+            .filter(|d| Path::new(d).parent() == Some(state_dir.as_path()))
         {
             // Nothing is mounted on it in our namespace: it is empty.
             let _ = std::fs::remove_dir(dir);
@@ -264,6 +267,8 @@ mod tests {
                 "/in",
                 "--no-home",
                 "--writable-tmpfs",
+                "--state-dir",
+                "/run/sifrun",
                 "/img/a.sif"
             ]
         );

@@ -217,7 +217,15 @@ unsafe impl Plugin for SifrunPlugin {
         if let Err(e) = &setup {
             spank_log_error!("sifrun: {}: {e}", request.image.display());
         }
-        self.setup = Some(setup.map_err(|e| format!("{}: {e}", request.image.display())));
+        let image = request.image.display().to_string();
+        // Most helper errors already start with the image path.
+        self.setup = Some(setup.map_err(|e| {
+            if e.starts_with(&image) {
+                e
+            } else {
+                format!("{image}: {e}")
+            }
+        }));
         self.request = Some(request);
         Ok(())
     }

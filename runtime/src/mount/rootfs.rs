@@ -199,6 +199,11 @@ pub fn mount_image(spec: &ContainerSpec, device: &Path) -> Result<PathBuf> {
 /// a private mount namespace.
 pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
     let root = mount_overlay(spec, image_dir)?;
+    // First, while the root holds nothing but the image and its tmpfs upper
+    // layer: root writes these files, and a later bind (or an image symlink
+    // pointing into one) must never be able to redirect that write onto a
+    // host file.
+    write_identity_files(&root, &spec.identity)?;
 
     let proc_dir = create_dir_in_root(&root, Path::new("/proc"))?;
     mount_fs(
@@ -236,10 +241,10 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
         if b.read_only {
             flags |= MsFlags::MS_RDONLY;
         }
-        bind(&b.source, &target, true, flags)?;
+        // Not recursive: a read-only remount applies to one mount only, so
+        // submounts of the source would stay writable under a `:ro` bind.
+        bind(&b.source, &target, false, flags)?;
     }
-
-    write_identity_files(&root, &spec.identity)?;
 
     if !spec.writable_tmpfs {
         remount_bind(&root, MsFlags::MS_RDONLY | nosuid_nodev)?;
