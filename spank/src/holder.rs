@@ -287,6 +287,16 @@ mod tests {
         assert!(check_helper(Path::new("/nonexistent/sifrun")).is_err());
     }
 
+    /// The helper ownership check wants a root-owned helper: only root can
+    /// make one in a temporary directory.
+    fn skip_unless_root() -> bool {
+        let skip = nix::unistd::geteuid().as_raw() != 0;
+        if skip {
+            eprintln!("skipped: helper ownership check needs root");
+        }
+        skip
+    }
+
     fn fake_helper(dir: &Path, script: &str) -> Config {
         use std::os::unix::fs::PermissionsExt;
         let helper = dir.join("sifrun");
@@ -320,8 +330,7 @@ mod tests {
 
     #[test]
     fn helper_error_report_becomes_the_error() {
-        if nix::unistd::geteuid().as_raw() != 0 {
-            eprintln!("skipped: helper ownership check needs root");
+        if skip_unless_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -336,8 +345,7 @@ mod tests {
 
     #[test]
     fn a_hung_helper_times_out_and_is_killed() {
-        if nix::unistd::geteuid().as_raw() != 0 {
-            eprintln!("skipped: helper ownership check needs root");
+        if skip_unless_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -351,8 +359,7 @@ mod tests {
 
     #[test]
     fn ready_helper_gives_its_mount_namespace_and_env() {
-        if nix::unistd::geteuid().as_raw() != 0 {
-            eprintln!("skipped: helper ownership check needs root");
+        if skip_unless_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
