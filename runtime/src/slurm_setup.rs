@@ -27,7 +27,7 @@ use crate::image::RunnableImage;
 use crate::loop_device::LoopAttachment;
 use crate::mount::rootfs::{build_rootfs, mount_image, BindMount, ContainerSpec};
 use crate::namespaces::unshare_mount_namespace;
-use crate::user::{GroupEntry, Identity};
+use crate::user::{group_entry, Identity};
 
 /// What the plugin asks for (all of it already validated by the plugin,
 /// checked again here because this is a root program).
@@ -127,7 +127,11 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     let mut identity = Identity::lookup(&opts.uid.to_string())?;
     identity.gid = opts.gid;
     if !opts.groups.is_empty() {
-        identity.groups = opts.groups.iter().map(|g| group_entry(*g)).collect();
+        identity.groups = opts
+            .groups
+            .iter()
+            .map(|g| group_entry(nix::unistd::Gid::from_raw(*g)))
+            .collect();
     }
 
     let device =
@@ -219,15 +223,6 @@ fn build_in_new_namespace(
     // the container).
     std::mem::forget(staging);
     Ok(staging_path)
-}
-
-fn group_entry(gid: u32) -> GroupEntry {
-    let name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
-        .ok()
-        .flatten()
-        .map(|g| g.name)
-        .unwrap_or_else(|| gid.to_string());
-    GroupEntry { name, gid }
 }
 
 /// Error messages name the image as the user gave it, not our fd link.

@@ -130,7 +130,9 @@ impl Identity {
     }
 }
 
-fn group_entry(gid: Gid) -> GroupEntry {
+/// The group entry for `gid`, named from the host's group database (the
+/// number itself when the group has no name).
+pub fn group_entry(gid: Gid) -> GroupEntry {
     let name = Group::from_gid(gid)
         .ok()
         .flatten()
