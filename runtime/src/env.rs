@@ -146,7 +146,9 @@ pub fn render_env_object(vars: &[(String, String)]) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// A portable environment variable name: a letter or `_`, then letters,
+/// digits or `_`.
+pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())

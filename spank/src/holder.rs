@@ -70,7 +70,7 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
     }
     for m in &req.mounts {
         args.push("--bind".into());
-        args.push(m.to_bind_arg());
+        args.push(m.to_spec());
     }
     for b in &config.default_binds {
         args.push("--admin-bind".into());
@@ -224,13 +224,13 @@ fn reap(child: &mut Child, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::MountSpec;
+    use crate::request::parse_mount;
 
     #[test]
     fn setup_arguments_carry_identity_options_and_image_last() {
         let req = ContainerRequest {
             image: "/img/a.sif".into(),
-            mounts: vec![MountSpec::parse("/data:/in:ro").unwrap()],
+            mounts: vec![parse_mount("/data:/in:ro").unwrap()],
             workdir: Some("/in".into()),
             host_env: vec![],
             writable: true,

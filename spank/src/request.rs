@@ -4,7 +4,9 @@
 //! it is only parsed and validated. Paths are resolved later, with the job
 //! user's credentials, by the `sifrun` helper that builds the container.
 
-use std::path::{Path, PathBuf};
+use sifrun_runtime::env::is_valid_name;
+use sifrun_runtime::mount::rootfs::BindMount;
+use std::path::{Component, Path, PathBuf};
 
 /// Plugin-owned image option, for sites where Slurm's `--container` cannot
 /// be used (oci.conf installed, other Slurm versions). Not a prefix of any
@@ -31,55 +33,24 @@ pub fn env_default_for(option: &str) -> String {
     )
 }
 
-/// One `SRC:DST[:FLAGS]` entry of `--container-mounts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountSpec {
-    pub source: PathBuf,
-    pub destination: PathBuf,
-    pub read_only: bool,
-}
-
-impl MountSpec {
-    /// `SRC[:DST[:ro|rw]]`; DST defaults to SRC. Both must be absolute.
-    pub fn parse(spec: &str) -> Result<MountSpec, RequestError> {
-        let bad = |why: &str| RequestError::BadMount {
-            spec: spec.to_string(),
-            why: why.to_string(),
-        };
-        let mut parts = spec.split(':');
-        let source = parts.next().unwrap_or_default();
-        let destination = parts.next().unwrap_or(source);
-        let read_only = match parts.next() {
-            None | Some("rw") => false,
-            Some("ro") => true,
-            Some(flag) => return Err(bad(&format!("unknown flag {flag:?} (use ro or rw)"))),
-        };
-        if parts.next().is_some() {
-            return Err(bad("too many ':' fields (expected SRC:DST[:ro])"));
+/// One `SRC[:DST[:ro|rw]]` entry of `--container-mounts`: the grammar of
+/// `sifrun --bind` (the helper parses it back with the same code), plus what
+/// root code must be able to rely on: both paths absolute, without `..`.
+pub fn parse_mount(spec: &str) -> Result<BindMount, RequestError> {
+    let bad = |why: String| RequestError::BadMount {
+        spec: spec.to_string(),
+        why,
+    };
+    let mount = BindMount::parse_unresolved(spec).map_err(|e| bad(e.message().to_string()))?;
+    for path in [&mount.source, &mount.destination] {
+        if !path.is_absolute() {
+            return Err(bad("paths must be absolute".to_string()));
         }
-        for path in [source, destination] {
-            if !path.starts_with('/') {
-                return Err(bad("paths must be absolute"));
-            }
-            if path.split('/').any(|c| c == "..") {
-                return Err(bad("paths must not contain '..'"));
-            }
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(bad("paths must not contain '..'".to_string()));
         }
-        Ok(MountSpec {
-            source: PathBuf::from(source),
-            destination: PathBuf::from(destination),
-            read_only,
-        })
     }
-
-    /// The `sifrun --bind` form of this mount.
-    pub fn to_bind_arg(&self) -> String {
-        let mut s = format!("{}:{}", self.source.display(), self.destination.display());
-        if self.read_only {
-            s.push_str(":ro");
-        }
-        s
-    }
+    Ok(mount)
 }
 
 /// A validated request to run the step in a SIF container.
@@ -87,7 +58,7 @@ impl MountSpec {
 pub struct ContainerRequest {
     /// Absolute path of the image, as the job user names it.
     pub image: PathBuf,
-    pub mounts: Vec<MountSpec>,
+    pub mounts: Vec<BindMount>,
     pub workdir: Option<PathBuf>,
     /// Variables whose host (job) value wins over the image's.
     pub host_env: Vec<String>,
@@ -183,7 +154,7 @@ impl ContainerRequest {
             .map(|v| {
                 v.split(',')
                     .filter(|s| !s.is_empty())
-                    .map(MountSpec::parse)
+                    .map(parse_mount)
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?
@@ -206,7 +177,7 @@ impl ContainerRequest {
                 v.split(',')
                     .filter(|s| !s.is_empty())
                     .map(|name| {
-                        if is_env_name(name) {
+                        if is_valid_name(name) {
                             Ok(name.to_string())
                         } else {
                             Err(RequestError::BadValue {
@@ -240,12 +211,6 @@ impl ContainerRequest {
             mount_home,
         })
     }
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 /// A relative image path resolves against the job's working directory.
@@ -324,25 +289,25 @@ mod tests {
         assert_eq!(
             req.mounts,
             vec![
-                MountSpec {
+                BindMount {
                     source: "/data".into(),
                     destination: "/data".into(),
                     read_only: true
                 },
-                MountSpec {
+                BindMount {
                     source: "/scratch".into(),
                     destination: "/scratch".into(),
                     read_only: false
                 },
             ]
         );
-        assert_eq!(req.mounts[0].to_bind_arg(), "/data:/data:ro");
+        assert_eq!(req.mounts[0].to_spec(), "/data:/data:ro");
     }
 
     #[test]
     fn bad_mounts_are_refused_with_the_entry_named() {
         for spec in ["data:/data", "/a:/b:rx", "/a:/b:ro:x", "/a/../etc:/e"] {
-            let err = MountSpec::parse(spec).unwrap_err();
+            let err = parse_mount(spec).unwrap_err();
             assert!(err.to_string().contains(spec), "{err}");
         }
     }

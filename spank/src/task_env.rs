@@ -13,8 +13,9 @@ const HOST_OWNED_PREFIXES: &[&str] = &["SLURM_", "SLURMD_", "PMIX_", "PMI_", "SI
 /// Host loader variables that make no sense inside the image.
 const HOST_LOADER_VARS: &[&str] = &["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"];
 
-/// PATH used when neither the image nor `--container-env` provides one.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// PATH used when neither the image nor `--container-env` provides one:
+/// the same as `sifrun exec`'s.
+pub use sifrun_runtime::env::DEFAULT_PATH;
 
 /// One change to a task's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

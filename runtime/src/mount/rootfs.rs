@@ -62,6 +62,15 @@ impl BindMount {
         Ok(bind)
     }
 
+    /// The `SRC:DST[:ro]` form [`BindMount::parse`] reads back.
+    pub fn to_spec(&self) -> String {
+        let mut spec = format!("{}:{}", self.source.display(), self.destination.display());
+        if self.read_only {
+            spec.push_str(":ro");
+        }
+        spec
+    }
+
     /// Parses `SRC[:DST[:ro|rw]]` without looking at the filesystem (the
     /// caller resolves SRC, for example with the job user's credentials).
     pub fn parse_unresolved(spec: &str) -> Result<Self> {
