@@ -110,14 +110,13 @@ pub fn build_container(
         .map_err(|e| format!("cannot start {}: {e}", config.sifrun.display()))?;
 
     let result = wait_ready(&mut child, config.setup_timeout());
-    let state_dir = config.state_dir.clone();
     let container = result.and_then(|report| {
         let ns_path = format!("/proc/{}/ns/mnt", child.id());
         let mount_ns = File::open(&ns_path).map_err(|e| format!("cannot open {ns_path}: {e}"));
         if let Some(dir) = report
             .staging
             .as_deref()
-            .filter(|d| Path::new(d).parent() == Some(state_dir.as_path()))
+            .filter(|d| Path::new(d).parent() == Some(config.state_dir.as_path()))
         {
             // Nothing is mounted on it in our namespace: it is empty.
             let _ = std::fs::remove_dir(dir);

@@ -164,27 +164,26 @@ unsafe impl Plugin for SifrunPlugin {
             _ => true,
         };
         if !remote {
-            // srun/sbatch/salloc: refuse bad options before anything runs.
-            if let Err(e) = ContainerRequest::options_only(&source) {
+            // srun/sbatch/salloc: refuse bad options before anything runs,
+            // with or without an image (each option is parsed once).
+            let checked = match ContainerRequest::from_source(&source, use_builtin) {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => ContainerRequest::options_only(&source).map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
                 spank_log_error!("sifrun: {e}");
                 return Err(e.into());
             }
+            return Ok(());
         }
         let request = match ContainerRequest::from_source(&source, use_builtin) {
             Ok(r) => r,
-            Err(e) if !remote => {
-                // srun/sbatch/salloc: refuse bad options before anything runs.
-                spank_log_error!("sifrun: {e}");
-                return Err(e.into());
-            }
             Err(e) => {
                 self.setup = Some(Err(e.to_string()));
                 return Ok(());
             }
         };
-        if !remote {
-            return Ok(());
-        }
         let Some(request) = request else {
             return Ok(());
         };
@@ -214,17 +213,16 @@ unsafe impl Plugin for SifrunPlugin {
             Some(Err(e)) => Err(format!("plugin configuration: {e}")),
             None => Err("plugin configuration missing".to_string()),
         };
-        if let Err(e) = &setup {
-            spank_log_error!("sifrun: {}: {e}", request.image.display());
-        }
         let image = request.image.display().to_string();
-        // Most helper errors already start with the image path.
         self.setup = Some(setup.map_err(|e| {
-            if e.starts_with(&image) {
+            // Most helper errors already start with the image path.
+            let msg = if e.starts_with(&image) {
                 e
             } else {
                 format!("{image}: {e}")
-            }
+            };
+            spank_log_error!("sifrun: {msg}");
+            msg
         }));
         self.request = Some(request);
         Ok(())
@@ -263,13 +261,9 @@ unsafe impl Plugin for SifrunPlugin {
                 Err(msg.clone().into())
             }
             Some(Ok(container)) => {
-                let host_wins = self
-                    .request
-                    .as_ref()
-                    .map(|r| r.host_env.clone())
-                    .unwrap_or_default();
+                let host_wins = self.request.as_ref().map_or(&[][..], |r| &r.host_env);
                 let job_env = |name: &str| spank.getenv(name).ok().flatten();
-                for change in task_env::task_env_changes(&container.image_env, &host_wins, &job_env)
+                for change in task_env::task_env_changes(&container.image_env, host_wins, &job_env)
                 {
                     match change {
                         EnvChange::Set(k, v) => spank.setenv(k, v, true)?,

@@ -100,7 +100,7 @@ pub fn names_sif_image(value: &str) -> bool {
     v.len() > 4 && v[v.len() - 4..].eq_ignore_ascii_case(".sif")
 }
 
-fn parse_flag(src: &dyn OptionSource, name: &str) -> Result<Option<bool>, RequestError> {
+fn parse_flag(src: &dyn OptionSource, name: &'static str) -> Result<Option<bool>, RequestError> {
     if src.option(name).is_some() {
         return Ok(Some(true));
     }
@@ -109,11 +109,7 @@ fn parse_flag(src: &dyn OptionSource, name: &str) -> Result<Option<bool>, Reques
         Some("1" | "yes" | "true") => Ok(Some(true)),
         Some("0" | "no" | "false") => Ok(Some(false)),
         Some(other) => Err(RequestError::BadValue {
-            option: if name == OPT_WRITABLE {
-                OPT_WRITABLE
-            } else {
-                OPT_MOUNT_HOME
-            },
+            option: name,
             why: format!(
                 "{}={other:?}: expected 1/0, yes/no or true/false",
                 env_default_for(name)
