@@ -58,6 +58,48 @@ pub enum Command {
     /// then waits until stdin is closed. Not meant to be run by hand.
     #[command(name = "slurm-setup")]
     SlurmSetup(SlurmSetupArgs),
+
+    /// Show or clean this node's cache of mounted images (admins).
+    ///
+    /// The SPANK plugin mounts each image once per node under
+    /// STATE_DIR/images and shares that mount between steps and jobs; an
+    /// unused image is unmounted after the configured idle time.
+    #[command(after_help = "Examples:\n  \
+        sifrun cache list\n  \
+        sifrun cache list --json --state-dir /run/sifrun\n  \
+        sifrun cache clean")]
+    Cache(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Node-local state directory (the plugin's `state_dir`).
+    #[arg(long, global = true, default_value = sifrun_runtime::exec::STAGING_BASE)]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// List cached images: key, mounted, in use, idle seconds, image file.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unmount every cached image that no step uses, now.
+    Clean,
+    /// Unmount images idle for IDLE_SECS until none is left (started by slurm-setup).
+    #[command(hide = true)]
+    Keeper {
+        /// Idle time before an unused image is unmounted.
+        #[arg(long)]
+        idle_secs: u64,
+        /// Return at once and keep running in the background.
+        #[arg(long)]
+        detach: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +134,10 @@ pub struct SlurmSetupArgs {
     /// Node-local state directory (staging mount points live here).
     #[arg(long, default_value = sifrun_runtime::exec::STAGING_BASE)]
     pub state_dir: PathBuf,
+    /// Keep the image mounted in the node cache for this many idle seconds
+    /// (0: no cache, the step mounts its own copy).
+    #[arg(long, default_value_t = 300)]
+    pub cache_idle_secs: u64,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -110,6 +156,7 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             mount_home: !a.no_home,
             writable_tmpfs: a.writable_tmpfs,
             state_dir: a.state_dir,
+            cache_idle_secs: a.cache_idle_secs,
         }
     }
 }

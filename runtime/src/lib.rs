@@ -15,16 +15,20 @@
 //! * [`container`]: the two reusable halves: [`container::create`] (per node) and
 //!   [`container::exec_command`] (per task)
 //! * [`credentials`]: resolving user-named paths with the job user's permissions
+//! * [`image_cache`]: node-wide cache of mounted images (shared by steps and jobs);
+//!   [`cache_cmd`]: `sifrun cache`
 //! * [`slurm_setup`]: `sifrun slurm-setup`, one Slurm step's container (used by the SPANK plugin)
 //! * [`exec`]: `sifrun exec` orchestration; [`build`], [`inspect`]: the other subcommands
 
 pub mod build;
+pub mod cache_cmd;
 pub mod container;
 pub mod credentials;
 pub mod env;
 pub mod error;
 pub mod exec;
 pub mod image;
+pub mod image_cache;
 pub mod inspect;
 pub mod loop_device;
 pub mod mount;

@@ -4,12 +4,13 @@ mod cli;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
 
-use cli::{Cli, Command};
-use sifrun_runtime::{build, exec, inspect, slurm_setup, Error};
+use cli::{CacheAction, Cli, Command};
+use sifrun_runtime::{build, cache_cmd, exec, inspect, slurm_setup, Error};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -34,6 +35,21 @@ fn main() -> ExitCode {
             1,
         ),
         Command::SlurmSetup(args) => exit_code(slurm_setup::run(&args.into())),
+        Command::Cache(args) => finish(
+            match args.action {
+                CacheAction::List { json } => cache_cmd::list(&args.state_dir, json),
+                CacheAction::Clean => cache_cmd::clean(&args.state_dir),
+                CacheAction::Keeper { idle_secs, detach } => {
+                    cache_cmd::keeper(&args.state_dir, Duration::from_secs(idle_secs), detach)
+                        .map(|()| String::new())
+                }
+            }
+            .map(|text| {
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                0
+            }),
+            1,
+        ),
         Command::Exec(args) => {
             let opts = args.into();
             match exec::run(&opts) {

@@ -7,13 +7,18 @@
 //!    refused), and resolve user-named bind sources and the working
 //!    directory as the user too; root only ever uses the resulting
 //!    descriptors (`/proc/self/fd/N`), never the user's paths again;
-//! 2. attach the primary partition to a read-only autoclear loop device;
-//! 3. in a new mount namespace: mount it `ro,nosuid,nodev`, build the
-//!    container root, `pivot_root` (this process is now inside);
+//! 2. find the image in the node's cache ([`crate::image_cache`]), or attach
+//!    its primary partition to a read-only autoclear loop device and mount
+//!    it `ro,nosuid,nodev` there (and start the cache keeper); with the cache
+//!    off (`--cache-idle-secs 0`) the mount is private to this step instead;
+//! 3. in a new mount namespace: build the container root over the image,
+//!    `pivot_root` (this process is now inside);
 //! 4. print one JSON line on stdout: `{"ok":true,"env":[[NAME,VALUE],...],
-//!    "staging":DIR}` or `{"ok":false,"error":"..."}`;
+//!    "staging":DIR,"cache_lock":FILE}` or `{"ok":false,"error":"..."}`;
 //! 5. wait for stdin to close (the plugin has then opened
-//!    `/proc/<pid>/ns/mnt`, which keeps the namespace alive) and exit.
+//!    `/proc/<pid>/ns/mnt`, which keeps the namespace alive, and taken its
+//!    own shared lock on `cache_lock`, which keeps the image mounted) and
+//!    exit.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,8 +29,10 @@ use crate::credentials::{PathHandle, UserCredentials};
 use crate::error::{Error, Result};
 use crate::exec::StagingDir;
 use crate::image::RunnableImage;
+use crate::image_cache::{CacheKey, ImageCache, Lease};
 use crate::loop_device::LoopAttachment;
-use crate::mount::rootfs::{build_rootfs, mount_image, BindMount, ContainerSpec};
+use crate::mount::mount_squashfs;
+use crate::mount::rootfs::{build_rootfs, mount_image, mount_staging, BindMount, ContainerSpec};
 use crate::namespaces::unshare_mount_namespace;
 use crate::user::{group_entry, Identity};
 
@@ -49,6 +56,9 @@ pub struct SetupOptions {
     pub writable_tmpfs: bool,
     /// Node-local state directory (admin config `state_dir`).
     pub state_dir: PathBuf,
+    /// Seconds a cached image stays mounted once unused; 0 turns the cache
+    /// off (every step mounts its own copy).
+    pub cache_idle_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -60,6 +70,8 @@ struct Report<'a> {
     env: Option<&'a [(String, String)]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     staging: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_lock: Option<String>,
 }
 
 /// Runs the whole sequence and returns the process exit status.
@@ -72,14 +84,20 @@ pub fn run(opts: &SetupOptions) -> i32 {
                 error: None,
                 env: Some(&ready.env),
                 staging: Some(ready.staging.display().to_string()),
+                cache_lock: ready
+                    .lease
+                    .as_ref()
+                    .map(|l| l.lock_path().display().to_string()),
             };
             if write_report(&mut stdout, &report).is_err() {
                 return 1;
             }
             // Bounded by the plugin: it closes our stdin right after opening
-            // the namespace, or dies, which closes it too.
+            // the namespace and locking the cache entry, or dies, which
+            // closes it too. Our lease (if any) is held until then.
             let mut sink = [0u8; 64];
             while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            drop(ready);
             0
         }
         Err(e) => {
@@ -88,6 +106,7 @@ pub fn run(opts: &SetupOptions) -> i32 {
                 error: Some(e.message().to_string()),
                 env: None,
                 staging: None,
+                cache_lock: None,
             };
             let _ = write_report(&mut stdout, &report);
             1
@@ -104,6 +123,16 @@ fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
 struct Ready {
     env: Vec<(String, String)>,
     staging: PathBuf,
+    /// Keeps the cached image mounted until the plugin holds its own lock.
+    lease: Option<Lease>,
+}
+
+/// Where the container's lower layer comes from.
+enum ImageLayer<'a> {
+    /// A loop device to mount privately in the step's namespace.
+    Device(&'a Path),
+    /// The node's cached mount of the image.
+    Cached(&'a Path),
 }
 
 fn setup(opts: &SetupOptions) -> Result<Ready> {
@@ -134,14 +163,62 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
             .collect();
     }
 
+    if opts.cache_idle_secs == 0 {
+        return setup_uncached(opts, &user, identity, image, &image_fd_path);
+    }
+    let cache = ImageCache::open(&opts.state_dir)?;
+    let key = CacheKey::for_partition(&image_file, image.partition_offset, image.partition_size)?;
+    let lease = cache
+        .acquire(&key, |dir| {
+            let device = LoopAttachment::attach(
+                &image_fd_path,
+                image.partition_offset,
+                image.partition_size,
+            )?;
+            // On success the mount holds the device (autoclear detaches it
+            // with the last unmount); on failure nothing holds it.
+            match mount_squashfs(device.path(), dir) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = device.detach();
+                    Err(e)
+                }
+            }
+        })
+        .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+    if lease.mounted_now {
+        start_keeper(opts);
+    }
+    let staging = build_in_new_namespace(
+        opts,
+        &user,
+        identity,
+        ImageLayer::Cached(&lease.mount_dir()),
+    )?;
+    Ok(Ready {
+        env: image.env,
+        staging,
+        lease: Some(lease),
+    })
+}
+
+/// The cache is off: this step attaches and mounts its own copy, which
+/// lives and dies with its namespace.
+fn setup_uncached(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    identity: Identity,
+    image: RunnableImage,
+    image_fd_path: &Path,
+) -> Result<Ready> {
     let device =
-        LoopAttachment::attach(&image_fd_path, image.partition_offset, image.partition_size)
-            .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+        LoopAttachment::attach(image_fd_path, image.partition_offset, image.partition_size)
+            .map_err(|e| rename_path(e, image_fd_path, &opts.image))?;
     // From here on this process is in its own mount namespace: paths are
     // resolved (as the user) in it, so bind sources belong to it (the kernel
     // refuses to bind a mount of another namespace). On any error the
     // process exits, the namespace dies, and the device is detached.
-    let result = build_in_new_namespace(opts, &user, identity, device.path());
+    let result = build_in_new_namespace(opts, user, identity, ImageLayer::Device(device.path()));
     match result {
         Ok(staging) => {
             // Our mount holds the device now; autoclear detaches it with
@@ -150,6 +227,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
             Ok(Ready {
                 env: image.env,
                 staging,
+                lease: None,
             })
         }
         Err(e) => {
@@ -159,13 +237,36 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     }
 }
 
-/// Everything after the loop device: unshare, resolve user paths, mount,
-/// build the root, pivot into it. Returns the host staging directory.
+/// Starts `sifrun cache keeper` for the node (it exits at once if one is
+/// already running). It must start here, before we leave the node's mount
+/// namespace, because it unmounts entries there. A failure only means the
+/// image stays mounted until the next keeper runs, so it is not fatal.
+fn start_keeper(opts: &SetupOptions) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let status = std::process::Command::new(exe)
+        .args(["cache", "keeper", "--detach", "--idle-secs"])
+        .arg(opts.cache_idle_secs.to_string())
+        .arg("--state-dir")
+        .arg(&opts.state_dir)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(e) = status {
+        eprintln!("sifrun slurm-setup: cannot start the cache keeper: {e}");
+    }
+}
+
+/// Everything after the image is available: unshare, resolve user paths,
+/// mount, build the root, pivot into it. Returns the host staging directory.
 fn build_in_new_namespace(
     opts: &SetupOptions,
     user: &UserCredentials,
     identity: Identity,
-    device: &Path,
+    layer: ImageLayer,
 ) -> Result<PathBuf> {
     if !opts.state_dir.is_absolute() {
         return Err(Error::usage("--state-dir must be an absolute path"));
@@ -203,7 +304,13 @@ fn build_in_new_namespace(
         }
     }
 
-    let image_dir = mount_image(&spec, device)?;
+    let image_dir = match layer {
+        ImageLayer::Device(device) => mount_image(&spec, device)?,
+        ImageLayer::Cached(dir) => {
+            mount_staging(&spec)?;
+            dir.to_path_buf()
+        }
+    };
     build_rootfs(&spec, &image_dir)?.enter()?;
     drop(handles);
 

@@ -28,6 +28,9 @@ pub struct Config {
     pub setup_timeout_secs: u64,
     /// Honour Slurm's own `--container` when it names a SIF file.
     pub use_builtin_container_option: bool,
+    /// Seconds an image stays mounted in the node cache after its last step
+    /// ends; 0 turns the cache off (each step mounts its own copy).
+    pub cache_idle_secs: u64,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             default_binds: Vec::new(),
             setup_timeout_secs: 120,
             use_builtin_container_option: true,
+            cache_idle_secs: 300,
         }
     }
 }
@@ -121,6 +125,11 @@ impl Config {
             }
             "setup_timeout_secs" => {
                 self.setup_timeout_secs = value
+                    .parse()
+                    .map_err(|_| bad("expected a number of seconds"))?
+            }
+            "cache_idle_secs" => {
+                self.cache_idle_secs = value
                     .parse()
                     .map_err(|_| bad("expected a number of seconds"))?
             }

@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::request::ContainerRequest;
+use nix::fcntl::{Flock, FlockArg};
 use serde::Deserialize;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -40,6 +41,10 @@ struct Report {
     /// Empty host directory the helper used as a mount point; ours to remove.
     #[serde(default)]
     staging: Option<String>,
+    /// Lock file of the node cache entry the container uses: we hold a
+    /// shared lock on it for the step's lifetime.
+    #[serde(default)]
+    cache_lock: Option<String>,
 }
 
 /// A ready per-node container: the pinned mount namespace and the image's
@@ -48,6 +53,10 @@ struct Report {
 pub struct Container {
     pub mount_ns: File,
     pub image_env: Vec<(String, String)>,
+    /// Shared lock on the node cache entry: keeps the image mounted while
+    /// the step runs, released by the kernel when slurmstepd exits (even if
+    /// it is killed).
+    pub cache_lease: Option<Flock<File>>,
 }
 
 /// Argument vector for `sifrun slurm-setup`.
@@ -88,6 +97,8 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
     }
     args.push("--state-dir".into());
     args.push(config.state_dir.display().to_string());
+    args.push("--cache-idle-secs".into());
+    args.push(config.cache_idle_secs.to_string());
     args.push(req.image.display().to_string());
     args
 }
@@ -121,9 +132,14 @@ pub fn build_container(
             // Nothing is mounted on it in our namespace: it is empty.
             let _ = std::fs::remove_dir(dir);
         }
+        let cache_lease = match report.cache_lock.as_deref() {
+            Some(lock) => Some(take_cache_lease(lock, config)?),
+            None => None,
+        };
         Ok(Container {
             mount_ns: mount_ns?,
             image_env: report.env,
+            cache_lease,
         })
     });
     // Closing stdin lets the helper exit; the namespace stays pinned by our fd.
@@ -134,6 +150,23 @@ pub fn build_container(
         Err(e) if stderr.trim().is_empty() => Err(e),
         Err(e) => Err(format!("{e} ({})", stderr.trim().replace('\n', "; "))),
     }
+}
+
+/// Takes our own shared lock on the cache entry while the helper still
+/// holds its lock, so the entry can never look unused in between.
+fn take_cache_lease(lock: &str, config: &Config) -> Result<Flock<File>, String> {
+    let path = Path::new(lock);
+    let cache_dir = config.state_dir.join("images");
+    // Only a lock inside our own cache directory: the path comes from the
+    // helper's report and we open it as root.
+    let inside = path.parent().and_then(Path::parent) == Some(cache_dir.as_path())
+        && path.file_name() == Some(std::ffi::OsStr::new("lock"));
+    if !inside {
+        return Err(format!("helper reported an unexpected cache lock {lock}"));
+    }
+    let file = File::open(path).map_err(|e| format!("cannot open {lock}: {e}"))?;
+    Flock::lock(file, FlockArg::LockSharedNonblock)
+        .map_err(|(_, e)| format!("cannot lock {lock}: {e}"))
 }
 
 /// The helper runs as root: refuse one that someone else could have replaced.
@@ -200,8 +233,22 @@ fn wait_readable(fd: &impl AsFd, deadline: Instant) -> bool {
 
 /// Wait for the helper to exit (bounded), killing it if it does not, and
 /// return what it wrote on stderr.
+///
+/// Its stderr reaching end-of-file is the exit signal: the helper holds
+/// the only write end, so this wakes up the moment it exits instead of
+/// polling `waitpid` (every millisecond here is on the step's start path).
 fn reap(child: &mut Child, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
+    let mut err = Vec::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let mut chunk = [0u8; 4096];
+        while err.len() < 64 * 1024 && wait_readable(&stderr, deadline) {
+            match stderr.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => err.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
     loop {
         match child.try_wait() {
             Ok(Some(_)) | Err(_) => break,
@@ -210,14 +257,10 @@ fn reap(child: &mut Child, timeout: Duration) -> String {
                 let _ = child.wait();
                 break;
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
-    let mut err = String::new();
-    if let Some(stderr) = child.stderr.take() {
-        let _ = stderr.take(64 * 1024).read_to_string(&mut err);
-    }
-    err
+    String::from_utf8_lossy(&err).into_owned()
 }
 
 #[cfg(test)]
@@ -268,6 +311,8 @@ mod tests {
                 "--writable-tmpfs",
                 "--state-dir",
                 "/run/sifrun",
+                "--cache-idle-secs",
+                "300",
                 "/img/a.sif"
             ]
         );

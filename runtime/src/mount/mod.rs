@@ -32,6 +32,22 @@ pub fn mount_fs(
         .with_context(|| format!("mounting {fstype} ({source}) on {}", target.display()))
 }
 
+/// Mounts the SquashFS on `device` (a loop device over an image partition)
+/// at `target`: read-only, and neither setuid bits nor device nodes in the
+/// image take effect.
+pub fn mount_squashfs(device: &Path, target: &Path) -> Result<()> {
+    let source = device
+        .to_str()
+        .ok_or_else(|| Error::system("loop device path is not UTF-8"))?;
+    mount_fs(
+        source,
+        target,
+        "squashfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )
+}
+
 /// Bind-mounts `source` on `target`, then applies `flags` (nosuid, nodev,
 /// rdonly, ...) with a remount: the kernel ignores per-mount flags on the
 /// initial `MS_BIND` call.

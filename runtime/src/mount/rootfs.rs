@@ -178,28 +178,25 @@ impl Rootfs {
     }
 }
 
-/// Mounts the staging tmpfs and the SquashFS from `device` (e.g. the loop
-/// device) read-only at `<staging>/image`; returns that directory.
-pub fn mount_image(spec: &ContainerSpec, device: &Path) -> Result<PathBuf> {
+/// Mounts the staging tmpfs that holds the overlay's upper layer (and,
+/// for [`mount_image`], the image mount point).
+pub fn mount_staging(spec: &ContainerSpec) -> Result<()> {
     mount_fs(
         "tmpfs",
         &spec.staging_dir,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(&format!("mode=700,size={}m", spec.tmpfs_size_mib.max(1))),
-    )?;
+    )
+}
+
+/// Mounts the staging tmpfs and the SquashFS from `device` (e.g. the loop
+/// device) read-only at `<staging>/image`; returns that directory.
+pub fn mount_image(spec: &ContainerSpec, device: &Path) -> Result<PathBuf> {
+    mount_staging(spec)?;
     let image_dir = spec.staging_dir.join("image");
     fs::create_dir(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
-    let source = device
-        .to_str()
-        .ok_or_else(|| Error::system("loop device path is not UTF-8"))?;
-    mount_fs(
-        source,
-        &image_dir,
-        "squashfs",
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )?;
+    super::mount_squashfs(device, &image_dir)?;
     Ok(image_dir)
 }
 
