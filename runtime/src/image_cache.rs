@@ -174,40 +174,51 @@ impl ImageCache {
 
     /// Returns a lease on the mounted entry for `key`, mounting the image
     /// with `mount` (given the mount point) if no step has it mounted.
+    ///
+    /// Never blocks on a lock: a step holds its shared lock for its whole
+    /// run, so waiting for the exclusive lock would wait for that step to
+    /// end. Instead each round tries the shared lock (the image may have
+    /// been mounted meanwhile), then the exclusive one, then sleeps.
     pub fn acquire(
         &self,
         key: &CacheKey,
         mount: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Lease> {
         let entry = self.root.join(key.as_str());
-        create_private_dir(&entry)?;
         let deadline = Instant::now() + LOCK_WAIT;
         let mut mount = Some(mount);
         let mut mounted_now = false;
         loop {
-            let shared = lock_entry(&entry, FlockArg::LockSharedNonblock, deadline)?;
-            if is_mounted(&entry)? {
-                touch(&entry.join("last-used"));
-                return Ok(Lease {
-                    _lock: shared,
-                    entry,
-                    mounted_now,
-                });
+            if let Some(shared) = try_lock_entry(&entry, FlockArg::LockSharedNonblock)? {
+                if is_mounted(&entry)? {
+                    touch(&entry.join("last-used"));
+                    return Ok(Lease {
+                        _lock: shared,
+                        entry,
+                        mounted_now,
+                    });
+                }
             }
-            drop(shared);
-            // Not mounted: mount it under the exclusive lock (another step
-            // may beat us to it, then the next round finds it mounted).
-            let exclusive = lock_entry(&entry, FlockArg::LockExclusiveNonblock, deadline)?;
-            if !is_mounted(&entry)? {
-                let mount = mount
-                    .take()
-                    .ok_or_else(|| Error::system("image cache: mount vanished twice"))?;
-                let dir = entry.join("mnt");
-                create_private_dir(&dir)?;
-                mount(&dir)?;
-                mounted_now = true;
+            if let Some(exclusive) = try_lock_entry(&entry, FlockArg::LockExclusiveNonblock)? {
+                if !is_mounted(&entry)? {
+                    let mount = mount
+                        .take()
+                        .ok_or_else(|| Error::system("image cache: mount vanished twice"))?;
+                    let dir = entry.join("mnt");
+                    create_private_dir(&dir)?;
+                    mount(&dir)?;
+                    mounted_now = true;
+                }
+                drop(exclusive);
+                continue;
             }
-            drop(exclusive);
+            if Instant::now() >= deadline {
+                return Err(Error::system(format!(
+                    "timed out waiting for the image cache lock {}",
+                    entry.join("lock").display()
+                )));
+            }
+            std::thread::sleep(LOCK_POLL);
         }
     }
 
@@ -307,10 +318,11 @@ impl ImageCache {
     }
 }
 
-/// Takes `how` on `<entry>/lock`, retrying until `deadline`. Also makes
-/// sure the locked file is still the one at that path: a sweep may remove
-/// an idle entry between our `open` and our `flock`.
-fn lock_entry(entry: &Path, how: FlockArg, deadline: Instant) -> Result<Flock<File>> {
+/// Tries to take `how` (non-blocking) on `<entry>/lock`; `None` when
+/// someone holds a conflicting lock. Also makes sure the locked file is
+/// still the one at that path: a sweep may remove an idle entry between
+/// our `open` and our `flock`.
+fn try_lock_entry(entry: &Path, how: FlockArg) -> Result<Option<Flock<File>>> {
     let lock_path = entry.join("lock");
     loop {
         create_private_dir(entry)?;
@@ -322,21 +334,13 @@ fn lock_entry(entry: &Path, how: FlockArg, deadline: Instant) -> Result<Flock<Fi
                     .with_context(|| format!("reading {}", lock_path.display()))?;
                 match fs::metadata(&lock_path) {
                     Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
-                        return Ok(guard)
+                        return Ok(Some(guard))
                     }
                     // Replaced or removed under us: start again.
                     _ => continue,
                 }
             }
-            Err((_, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                std::thread::sleep(LOCK_POLL)
-            }
-            Err((_, Errno::EWOULDBLOCK)) => {
-                return Err(Error::system(format!(
-                    "timed out waiting for the image cache lock {}",
-                    lock_path.display()
-                )))
-            }
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
             Err((_, e)) => {
                 return Err(Error::system(format!(
                     "locking {}: {e}",

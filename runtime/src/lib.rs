@@ -19,11 +19,13 @@
 //!   [`cache_cmd`]: `sifrun cache`
 //! * [`slurm_setup`]: `sifrun slurm-setup`, one Slurm step's container (used by the SPANK plugin)
 //! * [`exec`]: `sifrun exec` orchestration; [`build`], [`inspect`]: the other subcommands
+//! * [`sign`], [`verify`]: `sifrun sign` / `sifrun verify` over `sif::integrity`
 
 pub mod build;
 pub mod cache_cmd;
 pub mod container;
 pub mod credentials;
+pub mod ecl;
 pub mod env;
 pub mod error;
 pub mod exec;
@@ -34,7 +36,9 @@ pub mod loop_device;
 pub mod mount;
 pub mod namespaces;
 pub mod process;
+pub mod sign;
 pub mod slurm_setup;
 pub mod user;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

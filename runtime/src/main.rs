@@ -10,7 +10,7 @@ use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
 
 use cli::{CacheAction, Cli, Command};
-use sifrun_runtime::{build, cache_cmd, exec, inspect, slurm_setup, Error};
+use sifrun_runtime::{build, cache_cmd, exec, inspect, sign, slurm_setup, verify, Error};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -33,6 +33,26 @@ fn main() -> ExitCode {
                 0
             }),
             1,
+        ),
+        Command::Sign(args) => finish(
+            sign::run(&args.into()).map(|line| {
+                eprintln!("{line}");
+                0
+            }),
+            1,
+        ),
+        Command::Verify(args) => finish(
+            verify::run(&(&args).into(), args.json).map(|o| {
+                // The verdict line goes to stderr when it is a failure, so
+                // scripts can keep stdout for the JSON report.
+                if args.json || o.verified {
+                    let _ = std::io::stdout().lock().write_all(o.text.as_bytes());
+                } else {
+                    eprint!("sifrun: {}", o.text);
+                }
+                i32::from(!o.verified)
+            }),
+            2,
         ),
         Command::SlurmSetup(args) => exit_code(slurm_setup::run(&args.into())),
         Command::Cache(args) => finish(

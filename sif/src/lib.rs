@@ -26,6 +26,7 @@ mod descriptor;
 pub mod display;
 mod error;
 mod header;
+pub mod integrity;
 mod read;
 mod types;
 mod write;

@@ -10,82 +10,15 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
-use common::{corpus_dir, SYLABS_SIF};
+use common::{checker, corpus_dir, run_checker};
 use sif::{
     add_object, create, delete_object, AddOptions, Arch, CreateOptions, CryptoFormat, DataType,
     DeleteOptions, FsType, HashType, Image, Link, MessageType, ObjectData, ObjectInput, PartType,
     SbomFormat,
 };
-
-/// Builds the Go checker once per test binary; `None` when the toolchain or
-/// sources are missing.
-fn checker() -> Option<&'static Path> {
-    static CHECKER: OnceLock<Result<(tempfile::TempDir, PathBuf), String>> = OnceLock::new();
-    let built = CHECKER.get_or_init(|| {
-        let skip = |why: String| Err(why);
-        if !Path::new(SYLABS_SIF).join("pkg/sif/sif.go").is_file() {
-            return skip(format!(
-                "{SYLABS_SIF} missing (install golang-github-sylabs-sif-dev)"
-            ));
-        }
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let src = tmp.path().join("src/sifchecker");
-        std::fs::create_dir_all(&src).unwrap();
-        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go-checker");
-        // The go.mod makes Go's GOPATH mode resolve the /v2/ import path to
-        // the Debian source tree ("minimal module compatibility").
-        for f in ["main.go", "go.mod"] {
-            std::fs::copy(here.join(f), src.join(f)).unwrap();
-        }
-        let bin = tmp.path().join("go-checker");
-        let gopath = format!("{}:/usr/share/gocode", tmp.path().display());
-        let out = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(&src)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", gopath)
-            .env("GOCACHE", tmp.path().join("cache"))
-            .env("GOFLAGS", "")
-            .env("GOPROXY", "off")
-            .output();
-        match out {
-            Err(e) => skip(format!("cannot run `go` ({e}); install golang-go")),
-            Ok(o) if !o.status.success() => {
-                panic!(
-                    "go build of the checker failed:\n{}",
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            }
-            Ok(_) => Ok((tmp, bin)),
-        }
-    });
-    match built {
-        Ok((_, bin)) => Some(bin.as_path()),
-        Err(why) => {
-            if std::env::var_os("SIF_REQUIRE_GO").is_some_and(|v| v == "1") {
-                panic!("SIF_REQUIRE_GO=1 but the Go checker is unavailable: {why}");
-            }
-            eprintln!("SKIPPED: Go interoperability test: {why}");
-            None
-        }
-    }
-}
-
-fn run_checker(bin: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "go-checker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Go's `%q` for the ASCII strings used in these tests.
 fn go_quote(s: &str) -> String {

@@ -5,6 +5,12 @@
 //	go-checker add <image> <type> <data> <name> append an object (deterministic, group 1)
 //	go-checker delete <image> <id> <zero> <compact>
 //	                                            delete an object (deterministic; zero/compact are 0 or 1)
+//	go-checker sign <image> <key.asc> [group|object N]
+//	                                            sign with pkg/integrity (deterministic, fixed time)
+//	go-checker verify <image> <keyring.asc> [legacy]
+//	                                            verify with pkg/integrity; prints "ok" or the error
+//	go-checker metadata <image> <key.asc> <group>
+//	                                            print the JSON document pkg/integrity signs for a group
 //
 // "print" writes a stable line-oriented description that the Rust tests
 // compare with what the sif crate reads; any load error exits non-zero.
@@ -27,7 +33,7 @@ func fail(format string, args ...interface{}) {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: go-checker print|add|delete <image> ...")
+		fmt.Fprintln(os.Stderr, "usage: go-checker print|add|delete|sign|verify|metadata <image> ...")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -43,6 +49,12 @@ func main() {
 			fail("usage: go-checker delete <image> <id> <zero> <compact>")
 		}
 		deleteObject(os.Args[2], os.Args[3], os.Args[4] == "1", os.Args[5] == "1")
+	case "sign":
+		signImage(os.Args[2:])
+	case "verify":
+		verifyImage(os.Args[2:])
+	case "metadata":
+		printMetadata(os.Args[2:])
 	default:
 		fail("unknown command %q", os.Args[1])
 	}

@@ -1,0 +1,15 @@
+//! Execution control lists: which signers' images may run, per Slurm
+//! partition. Enforced by `sifrun slurm-setup` (root) before anything of
+//! the image is mounted; `sifrun ecl check` gives the same decision offline.
+//!
+//! * [`config`]: the site file (per-partition lists in Apptainer's
+//!   `ecl.toml` schema, keyrings), validated, from root-owned files only
+//! * [`decide`]: the decision from verified signer facts
+//! * [`partition`]: the job's partition, from slurmctld (never from the job)
+
+pub mod config;
+pub mod decide;
+pub mod partition;
+
+pub use config::{EclConfig, PartitionPolicy};
+pub use decide::{decide, Decision, SigStatus, SignatureFact, SignerFacts};
