@@ -99,6 +99,39 @@ pub enum Command {
         sifrun cache list --json --state-dir /run/sifrun\n  \
         sifrun cache clean")]
     Cache(CacheArgs),
+
+    /// Execution control lists (admins): test a site ECL configuration.
+    #[command(after_help = "Examples:\n  \
+        sifrun ecl check --config /etc/slurm/sifrun-ecl.toml --partition gpu app.sif\n  \
+        sifrun ecl check --config /etc/slurm/sifrun-ecl.toml --partition gpu --json app.sif")]
+    Ecl(EclArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EclArgs {
+    #[command(subcommand)]
+    pub action: EclAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EclAction {
+    /// Decide, as the plugin would, whether IMAGE may run in PARTITION.
+    ///
+    /// Exit status: 0 allowed, 1 refused (with the rule and the reason),
+    /// 2 the configuration, a keyring or the image cannot be read.
+    Check {
+        /// Site ECL file (the plugin's `ecl_config`).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Slurm partition whose list applies.
+        #[arg(long)]
+        partition: String,
+        /// Print the decision, the rule and the verified signers as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The SIF image.
+        image: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +201,15 @@ pub struct SlurmSetupArgs {
     /// (0: no cache, the step mounts its own copy).
     #[arg(long, default_value_t = 300)]
     pub cache_idle_secs: u64,
+    /// Site ECL file: the job's partition decides which list applies.
+    #[arg(long, value_name = "FILE", requires = "job_id")]
+    pub ecl_config: Option<PathBuf>,
+    /// The job (its partition is asked from slurmctld).
+    #[arg(long)]
+    pub job_id: Option<u32>,
+    /// The job's restart count (a requeued job may change partition).
+    #[arg(long, default_value_t = 0)]
+    pub restart_count: u32,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -187,6 +229,9 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             writable_tmpfs: a.writable_tmpfs,
             state_dir: a.state_dir,
             cache_idle_secs: a.cache_idle_secs,
+            ecl_config: a.ecl_config,
+            job_id: a.job_id,
+            restart_count: a.restart_count,
         }
     }
 }

@@ -76,8 +76,10 @@ const LOCK_POLL: Duration = Duration::from_millis(2);
 pub struct CacheKey(String);
 
 impl CacheKey {
-    /// Key for the partition `[offset, offset+size)` of the open `file`.
-    pub fn for_partition(file: &File, offset: u64, size: u64) -> Result<Self> {
+    /// Key for the partition `[offset, offset+size)` of the open `file`;
+    /// `variant` separates differently trusted views of the same file (the
+    /// live file vs a verified copy, see [`crate::ecl::enforce::ImageSource`]).
+    pub fn for_partition(file: &File, offset: u64, size: u64, variant: u64) -> Result<Self> {
         let meta = file.metadata().context("reading image file metadata")?;
         let mut hash = Sha256::new();
         for field in [
@@ -90,6 +92,7 @@ impl CacheKey {
             meta.ctime_nsec() as u64,
             offset,
             size,
+            variant,
         ] {
             hash.update(field.to_le_bytes());
         }
@@ -122,6 +125,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The entry's directory (root-only): files that belong to the mounted
+    /// image, such as a verified copy, live here and go with it.
+    pub fn entry_dir(&self) -> &Path {
+        &self.entry
+    }
+
     /// The mounted image (the SquashFS root).
     pub fn mount_dir(&self) -> PathBuf {
         self.entry.join("mnt")
@@ -404,12 +413,20 @@ fn touch(path: &Path) {
     }
 }
 
-/// Removes an unmounted entry (called with its exclusive lock held; the
-/// lock file goes last so that [`lock_entry`]'s identity check catches
-/// anyone who opened it meanwhile).
+/// Removes an unmounted entry (called with its exclusive lock held): the
+/// mount point, its files (verified copy, verification records), then the
+/// lock file last, so that [`try_lock_entry`]'s identity check catches
+/// anyone who opened it meanwhile.
 fn remove_entry(entry: &Path) {
     let _ = fs::remove_dir(entry.join("mnt"));
-    let _ = fs::remove_file(entry.join("last-used"));
+    if let Ok(items) = fs::read_dir(entry) {
+        for item in items.flatten() {
+            let is_file = item.file_type().is_ok_and(|t| t.is_file());
+            if is_file && item.file_name() != "lock" {
+                let _ = fs::remove_file(item.path());
+            }
+        }
+    }
     let _ = fs::remove_file(entry.join("lock"));
     let _ = fs::remove_dir(entry);
 }

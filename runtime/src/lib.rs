@@ -17,6 +17,7 @@
 //! * [`credentials`]: resolving user-named paths with the job user's permissions
 //! * [`image_cache`]: node-wide cache of mounted images (shared by steps and jobs);
 //!   [`cache_cmd`]: `sifrun cache`
+//! * [`ecl`]: per-partition execution control lists; [`ecl_cmd`]: `sifrun ecl check`
 //! * [`slurm_setup`]: `sifrun slurm-setup`, one Slurm step's container (used by the SPANK plugin)
 //! * [`exec`]: `sifrun exec` orchestration; [`build`], [`inspect`]: the other subcommands
 //! * [`sign`], [`verify`]: `sifrun sign` / `sifrun verify` over `sif::integrity`
@@ -26,6 +27,7 @@ pub mod cache_cmd;
 pub mod container;
 pub mod credentials;
 pub mod ecl;
+pub mod ecl_cmd;
 pub mod env;
 pub mod error;
 pub mod exec;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
 
-use cli::{CacheAction, Cli, Command};
-use sifrun_runtime::{build, cache_cmd, exec, inspect, sign, slurm_setup, verify, Error};
+use cli::{CacheAction, Cli, Command, EclAction};
+use sifrun_runtime::{build, cache_cmd, ecl_cmd, exec, inspect, sign, slurm_setup, verify, Error};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -55,6 +55,23 @@ fn main() -> ExitCode {
             2,
         ),
         Command::SlurmSetup(args) => exit_code(slurm_setup::run(&args.into())),
+        Command::Ecl(args) => match args.action {
+            EclAction::Check {
+                config,
+                partition,
+                json,
+                image,
+            } => match ecl_cmd::check(&config, &partition, &image, json) {
+                Ok(outcome) => {
+                    let _ = std::io::stdout().lock().write_all(outcome.text.as_bytes());
+                    exit_code(if outcome.allowed { 0 } else { 1 })
+                }
+                Err(e) => {
+                    report(&e);
+                    ExitCode::from(2)
+                }
+            },
+        },
         Command::Cache(args) => finish(
             match args.action {
                 CacheAction::List { json } => cache_cmd::list(&args.state_dir, json),

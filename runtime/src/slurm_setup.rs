@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::credentials::{PathHandle, UserCredentials};
+use crate::ecl::enforce::{copy_image, EclCheck, ImageSource};
+use crate::error::Context;
 use crate::error::{Error, Result};
 use crate::exec::StagingDir;
 use crate::image::RunnableImage;
@@ -57,8 +59,13 @@ pub struct SetupOptions {
     /// Node-local state directory (admin config `state_dir`).
     pub state_dir: PathBuf,
     /// Seconds a cached image stays mounted once unused; 0 turns the cache
-    /// off (every step mounts its own copy).
+    /// off (every step mounts its own copy) unless an ECL applies.
     pub cache_idle_secs: u64,
+    /// Site ECL file (admin config `ecl_config`); with it, `job_id` and
+    /// `restart_count` name the job whose partition decides the list.
+    pub ecl_config: Option<PathBuf>,
+    pub job_id: Option<u32>,
+    pub restart_count: u32,
 }
 
 #[derive(Serialize)]
@@ -163,15 +170,75 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
             .collect();
     }
 
-    if opts.cache_idle_secs == 0 {
+    let ecl = match (&opts.ecl_config, opts.job_id) {
+        (Some(config), Some(job)) => {
+            EclCheck::for_job(config, job, opts.restart_count, &opts.state_dir)?
+        }
+        (Some(_), None) => return Err(Error::usage("--ecl-config needs --job-id")),
+        _ => None,
+    };
+    if ecl.is_none() && opts.cache_idle_secs == 0 {
         return setup_uncached(opts, &user, identity, image, &image_fd_path);
     }
+    // Under an ECL, bytes the user could still change are copied first
+    // (see ecl::enforce): the copy is what gets verified and mounted.
+    let source = match &ecl {
+        Some(_) => ImageSource::for_checked_image(
+            &image_file.metadata().context("reading image metadata")?,
+        ),
+        None => ImageSource::File,
+    };
+    // The real directory of the opened file, for the list's dirpath rules.
+    let image_dir = std::fs::read_link(&image_fd_path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let backing = |entry: &Path| match source {
+        ImageSource::File => image_fd_path.clone(),
+        ImageSource::Copy => entry.join("image.sif"),
+    };
+    let enforce = |entry: &Path| -> Result<()> {
+        let Some(check) = &ecl else { return Ok(()) };
+        let verdict = check.check(&backing(entry), &image_dir, Some(entry))?;
+        // The slurmd log gets everything (the plugin logs our stderr).
+        eprintln!(
+            "sifrun slurm-setup: ECL verdict for {}: {}",
+            opts.image.display(),
+            serde_json::to_string(&verdict).unwrap_or_default()
+        );
+        if verdict.decision.allowed {
+            Ok(())
+        } else {
+            Err(Error::image(format!(
+                "{}: {}",
+                opts.image.display(),
+                verdict.refusal()
+            )))
+        }
+    };
+
     let cache = ImageCache::open(&opts.state_dir)?;
-    let key = CacheKey::for_partition(&image_file, image.partition_offset, image.partition_size)?;
+    let key = CacheKey::for_partition(
+        &image_file,
+        image.partition_offset,
+        image.partition_size,
+        source.tag(),
+    )?;
     let lease = cache
         .acquire(&key, |dir| {
+            let entry = dir.parent().unwrap_or(dir);
+            if source == ImageSource::Copy {
+                copy_image(&image_fd_path, &backing(entry))?;
+            }
+            // Nothing of the image is mounted before the list allows it.
+            if let Err(e) = enforce(entry) {
+                if source == ImageSource::Copy {
+                    let _ = std::fs::remove_file(backing(entry));
+                }
+                return Err(e);
+            }
             let device = LoopAttachment::attach(
-                &image_fd_path,
+                &backing(entry),
                 image.partition_offset,
                 image.partition_size,
             )?;
@@ -186,6 +253,10 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
             }
         })
         .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+    // Already mounted (by another step, maybe under another partition's
+    // list or none): this step's list decides too, from the node's record
+    // of the verified bytes when there is one.
+    enforce(lease.entry_dir()).map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
     if lease.mounted_now {
         start_keeper(opts);
     }

@@ -21,7 +21,7 @@ use sifrun_runtime::{Error, Result};
 fn key_of(image: &Path) -> CacheKey {
     let img = RunnableImage::open(image).unwrap();
     let file = File::open(image).unwrap();
-    CacheKey::for_partition(&file, img.partition_offset, img.partition_size).unwrap()
+    CacheKey::for_partition(&file, img.partition_offset, img.partition_size, 0).unwrap()
 }
 
 /// What slurm-setup does on a cache miss, counting the calls.
@@ -141,12 +141,17 @@ fn key_follows_the_file_bytes_not_the_path() {
     fs::write(&a, b"some image bytes").unwrap();
     let link = dir.path().join("link.sif");
     fs::hard_link(&a, &link).unwrap();
-    let key = |p: &Path| CacheKey::for_partition(&File::open(p).unwrap(), 0, 16).unwrap();
+    let key = |p: &Path| CacheKey::for_partition(&File::open(p).unwrap(), 0, 16, 0).unwrap();
     assert_eq!(key(&a), key(&link), "two paths to one file share a key");
     assert_ne!(
-        CacheKey::for_partition(&File::open(&a).unwrap(), 0, 8).unwrap(),
+        CacheKey::for_partition(&File::open(&a).unwrap(), 0, 8, 0).unwrap(),
         key(&a),
         "another partition window is another key"
+    );
+    assert_ne!(
+        CacheKey::for_partition(&File::open(&a).unwrap(), 0, 16, 1).unwrap(),
+        key(&a),
+        "a verified copy is not the live file"
     );
     let copy = dir.path().join("copy.sif");
     fs::copy(&a, &copy).unwrap();

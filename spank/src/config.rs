@@ -31,6 +31,9 @@ pub struct Config {
     /// Seconds an image stays mounted in the node cache after its last step
     /// ends; 0 turns the cache off (each step mounts its own copy).
     pub cache_idle_secs: u64,
+    /// Site file of per-partition execution control lists (see
+    /// `sifrun ecl check`); none: any image the user can read runs.
+    pub ecl_config: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             setup_timeout_secs: 120,
             use_builtin_container_option: true,
             cache_idle_secs: 300,
+            ecl_config: None,
         }
     }
 }
@@ -127,6 +131,9 @@ impl Config {
                 self.setup_timeout_secs = value
                     .parse()
                     .map_err(|_| bad("expected a number of seconds"))?
+            }
+            "ecl_config" => {
+                self.ecl_config = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
             }
             "cache_idle_secs" => {
                 self.cache_idle_secs = value

@@ -28,6 +28,10 @@ pub struct JobUser {
     pub groups: Vec<u32>,
     /// The job's working directory (bound into the container).
     pub cwd: Option<String>,
+    /// Job ID and restart count from slurmstepd (the helper asks
+    /// slurmctld for the job's partition when an ECL is configured).
+    pub job_id: u32,
+    pub restart_count: u32,
 }
 
 /// What the helper reports once the container root is ready.
@@ -99,15 +103,27 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
     args.push(config.state_dir.display().to_string());
     args.push("--cache-idle-secs".into());
     args.push(config.cache_idle_secs.to_string());
+    if let Some(ecl) = &config.ecl_config {
+        args.push("--ecl-config".into());
+        args.push(ecl.display().to_string());
+        args.push("--job-id".into());
+        args.push(user.job_id.to_string());
+        args.push("--restart-count".into());
+        args.push(user.restart_count.to_string());
+    }
     args.push(req.image.display().to_string());
     args
 }
 
 /// Start the helper and wait (bounded) for the container to be ready.
+/// Whatever the helper wrote on stderr (details such as the ECL verdict
+/// with its signers) goes to `log`, one call per line: it belongs in the
+/// slurmd log, not on the user's terminal.
 pub fn build_container(
     req: &ContainerRequest,
     user: &JobUser,
     config: &Config,
+    log: &mut dyn FnMut(&str),
 ) -> Result<Container, String> {
     check_helper(&config.sifrun)?;
     let mut child = Command::new(&config.sifrun)
@@ -145,11 +161,10 @@ pub fn build_container(
     // Closing stdin lets the helper exit; the namespace stays pinned by our fd.
     drop(child.stdin.take());
     let stderr = reap(&mut child, Duration::from_secs(5));
-    match container {
-        Ok(c) => Ok(c),
-        Err(e) if stderr.trim().is_empty() => Err(e),
-        Err(e) => Err(format!("{e} ({})", stderr.trim().replace('\n', "; "))),
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        log(line);
     }
+    container
 }
 
 /// Takes our own shared lock on the cache entry while the helper still
@@ -283,9 +298,12 @@ mod tests {
             gid: 1002,
             groups: vec![1002, 27],
             cwd: Some("/home/u".into()),
+            job_id: 42,
+            restart_count: 1,
         };
         let config = Config {
             default_binds: vec!["/etc/hosts:/etc/hosts:ro".into()],
+            ecl_config: Some("/etc/slurm/ecl.toml".into()),
             ..Config::default()
         };
         let args = setup_args(&req, &user, &config);
@@ -313,6 +331,12 @@ mod tests {
                 "/run/sifrun",
                 "--cache-idle-secs",
                 "300",
+                "--ecl-config",
+                "/etc/slurm/ecl.toml",
+                "--job-id",
+                "42",
+                "--restart-count",
+                "1",
                 "/img/a.sif"
             ]
         );
@@ -368,6 +392,8 @@ mod tests {
                 gid: 0,
                 groups: vec![],
                 cwd: None,
+                job_id: 1,
+                restart_count: 0,
             },
         )
     }
@@ -383,7 +409,7 @@ mod tests {
             r#"echo '{"ok":false,"error":"/img/a.sif: permission denied"}'"#,
         );
         let (req, user) = any_request();
-        let err = build_container(&req, &user, &config).unwrap_err();
+        let err = build_container(&req, &user, &config, &mut |_| {}).unwrap_err();
         assert_eq!(err, "/img/a.sif: permission denied");
     }
 
@@ -396,7 +422,7 @@ mod tests {
         let config = fake_helper(dir.path(), "exec sleep 30");
         let (req, user) = any_request();
         let started = Instant::now();
-        let err = build_container(&req, &user, &config).unwrap_err();
+        let err = build_container(&req, &user, &config, &mut |_| {}).unwrap_err();
         assert!(err.contains("did not finish within 2 s"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
@@ -412,7 +438,7 @@ mod tests {
             r#"echo '{"ok":true,"env":[["PATH","/opt/bin"]]}'; read _"#,
         );
         let (req, user) = any_request();
-        let c = build_container(&req, &user, &config).unwrap();
+        let c = build_container(&req, &user, &config, &mut |_| {}).unwrap();
         assert_eq!(c.image_env, vec![("PATH".into(), "/opt/bin".into())]);
         // The fake helper never unshared, so its namespace is ours.
         let ours = std::fs::metadata("/proc/self/ns/mnt").unwrap();

@@ -22,7 +22,8 @@ use config::Config;
 use holder::{Container, JobUser};
 use request::{ContainerRequest, OptionSource};
 use slurm_spank::{
-    spank_log_error, spank_log_verbose, Context, Plugin, SpankHandle, SpankOption, SPANK_PLUGIN,
+    spank_log_error, spank_log_info, spank_log_verbose, Context, Plugin, SpankHandle, SpankOption,
+    SPANK_PLUGIN,
 };
 use std::error::Error;
 use std::os::fd::AsFd;
@@ -112,11 +113,15 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
     let gid = spank.job_gid().map_err(|e| format!("job gid: {e}"))?;
     let groups = spank.job_supplementary_gids().unwrap_or_default();
     let cwd = spank.getenv("PWD").ok().flatten();
+    let job_id = spank.job_id().map_err(|e| format!("job id: {e}"))?;
+    let restart_count = spank.slurm_restart_count().unwrap_or(0);
     Ok(JobUser {
         uid,
         gid,
         groups,
         cwd,
+        job_id,
+        restart_count,
     })
 }
 
@@ -202,7 +207,9 @@ unsafe impl Plugin for SifrunPlugin {
         let setup = match &self.config {
             Some(Ok(config)) => job_user(spank).and_then(|user| {
                 let started = std::time::Instant::now();
-                let c = holder::build_container(&request, &user, config);
+                let c = holder::build_container(&request, &user, config, &mut |line| {
+                    spank_log_info!("sifrun: helper: {line}");
+                });
                 spank_log_verbose!(
                     "sifrun: container for {} ready in {} ms",
                     request.image.display(),

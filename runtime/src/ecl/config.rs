@@ -13,6 +13,8 @@
 //! dirpath = ""
 //! keyfp = ["7064B1D6EFF01B1262FED3F03581D99FE87EAFD1"]
 //!
+//! scontrol = "/usr/bin/scontrol"                 # asks slurmctld for a job's partition
+//!
 //! [partitions.debug]
 //! activated = false                               # anything readable runs
 //!
@@ -103,6 +105,8 @@ struct PartitionEntry {
 struct SiteFile {
     #[serde(default)]
     keyrings: Vec<PathBuf>,
+    /// Slurm's `scontrol`, used to ask slurmctld for a job's partition.
+    scontrol: Option<PathBuf>,
     default: Option<PartitionEntry>,
     #[serde(default)]
     partitions: BTreeMap<String, PartitionEntry>,
@@ -122,6 +126,8 @@ pub struct PartitionPolicy {
 #[derive(Debug, Clone)]
 pub struct EclConfig {
     path: PathBuf,
+    /// Slurm's `scontrol` (default `/usr/bin/scontrol`).
+    pub scontrol: PathBuf,
     default: Option<PartitionPolicy>,
     partitions: BTreeMap<String, PartitionPolicy>,
 }
@@ -182,9 +188,22 @@ impl EclConfig {
         }
         Ok(EclConfig {
             path: path.to_path_buf(),
+            scontrol: site
+                .scontrol
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/usr/bin/scontrol")),
             default,
             partitions,
         })
+    }
+
+    /// True when some partition (or the default) has an activated list;
+    /// when none has, the job's partition need not even be looked up.
+    pub fn any_activated(&self) -> bool {
+        self.default
+            .iter()
+            .chain(self.partitions.values())
+            .any(|p| p.ecl.activated)
     }
 
     /// The site file this was loaded from.

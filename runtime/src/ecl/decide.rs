@@ -10,12 +10,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::config::{Ecl, ExecGroup, Mode};
 
 /// How one signature object fared against the partition's keyring.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "status")]
 pub enum SigStatus {
     /// Checked: made by `signer`, and the digests it covers match.
@@ -27,7 +27,7 @@ pub enum SigStatus {
 }
 
 /// One signature object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureFact {
     /// The object group it covers (`None`: it covers a single object).
     pub group: Option<u32>,
@@ -38,7 +38,7 @@ pub struct SignatureFact {
 }
 
 /// What verification established about an image.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignerFacts {
     /// The image's object groups.
     pub groups: Vec<u32>,

@@ -5,10 +5,13 @@
 //! * [`config`]: the site file (per-partition lists in Apptainer's
 //!   `ecl.toml` schema, keyrings), validated, from root-owned files only
 //! * [`decide`]: the decision from verified signer facts
+//! * [`enforce`]: which bytes to trust (the file or a root-owned copy),
+//!   verification, the per-node record of it
 //! * [`partition`]: the job's partition, from slurmctld (never from the job)
 
 pub mod config;
 pub mod decide;
+pub mod enforce;
 pub mod partition;
 
 pub use config::{EclConfig, PartitionPolicy};

@@ -1,0 +1,301 @@
+//! Applying a partition's ECL to one image, for `sifrun slurm-setup` and
+//! `sifrun ecl check`: which bytes to trust, verification against the
+//! partition's keyrings, the decision, and the per-node record of what was
+//! verified.
+//!
+//! # The bytes verified are the bytes mounted
+//!
+//! The loop device reads the image file live, so verifying a file its
+//! owner can still write proves nothing about what the kernel reads later.
+//! An image is therefore mounted straight from the user's file only when
+//! the file cannot change under us: owned by root and not writable by
+//! group or others ([`ImageSource::File`]). Any other image is first copied
+//! into the node cache entry (a root-only directory), and the *copy* is
+//! verified and mounted ([`ImageSource::Copy`]). A writer racing the copy
+//! only produces a copy that fails verification.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use sif::integrity::{self, Keyring, Report, VerifyOptions};
+use sif::Link;
+
+use super::config::{EclConfig, PartitionPolicy};
+use super::decide::{decide, Decision, SigStatus, SignatureFact, SignerFacts};
+use crate::error::{Context, Error, Result};
+
+/// Where the bytes that run come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSource {
+    /// The user's file itself (it cannot change: root-owned, not group or
+    /// other writable), or no ECL applies.
+    File,
+    /// A root-owned copy in the node cache.
+    Copy,
+}
+
+impl ImageSource {
+    /// For an ECL-checked image with metadata `meta`.
+    pub fn for_checked_image(meta: &std::fs::Metadata) -> Self {
+        if meta.uid() == 0 && meta.mode() & 0o022 == 0 {
+            ImageSource::File
+        } else {
+            ImageSource::Copy
+        }
+    }
+
+    /// Distinguishes cache keys: a copy and the live file are different
+    /// bytes as far as trust goes.
+    pub fn tag(self) -> u64 {
+        match self {
+            ImageSource::File => 0,
+            ImageSource::Copy => 1,
+        }
+    }
+}
+
+/// A partition's activated ECL, ready to check images.
+#[derive(Debug)]
+pub struct EclCheck {
+    pub partition: String,
+    pub policy: PartitionPolicy,
+    verify: VerifyOptions,
+    /// Names this policy's verification records.
+    digest: String,
+}
+
+/// An ECL decision and the verification facts it rests on.
+#[derive(Debug, serde::Serialize)]
+pub struct Verdict {
+    pub partition: String,
+    /// The list's source file.
+    pub ecl: PathBuf,
+    #[serde(flatten)]
+    pub decision: Decision,
+    pub facts: SignerFacts,
+    /// True when the facts came from the node's record (no hashing).
+    pub cached: bool,
+}
+
+impl Verdict {
+    /// The refusal as the user sees it (one line, image named by the caller).
+    pub fn refusal(&self) -> String {
+        format!(
+            "refused by the execution control list of partition {} ({}): {}",
+            self.partition, self.decision.rule, self.decision.reason
+        )
+    }
+}
+
+impl EclCheck {
+    /// The check for job `job_id` (restart `restart_count`) under the site
+    /// file `config`: `None` when no activated list applies to its
+    /// partition. The partition comes from slurmctld, cached in
+    /// `<state_dir>/jobs`.
+    pub fn for_job(
+        config: &Path,
+        job_id: u32,
+        restart_count: u32,
+        state_dir: &Path,
+    ) -> Result<Option<Self>> {
+        let config = EclConfig::load(config)?;
+        if !config.any_activated() {
+            return Ok(None);
+        }
+        let partition = super::partition::job_partition(
+            job_id,
+            restart_count,
+            &state_dir.join("jobs"),
+            &config.scontrol,
+        )?;
+        Self::for_partition(&config, &partition)
+    }
+
+    /// The check for `partition`; `None` when no activated list applies.
+    pub fn for_partition(config: &EclConfig, partition: &str) -> Result<Option<Self>> {
+        let Some(policy) = config.for_partition(partition) else {
+            return Ok(None);
+        };
+        if !policy.ecl.activated {
+            return Ok(None);
+        }
+        Ok(Some(EclCheck {
+            partition: partition.to_string(),
+            verify: verify_options(policy)?,
+            digest: policy_digest(policy)?,
+            policy: policy.clone(),
+        }))
+    }
+
+    /// Verifies the image at `backing` (or reuses the record kept in
+    /// `record_dir` from an earlier verification of the same bytes under
+    /// the same keys) and decides. `image_dir` is the real directory of
+    /// the image the user named (for `dirpath` rules).
+    pub fn check(
+        &self,
+        backing: &Path,
+        image_dir: &Path,
+        record_dir: Option<&Path>,
+    ) -> Result<Verdict> {
+        let record = record_dir.map(|d| d.join(format!("verified-{}.json", self.digest)));
+        let cached = record.as_deref().and_then(load_facts);
+        let (facts, was_cached) = match cached {
+            Some(facts) => (facts, true),
+            None => {
+                let facts = verify_image(backing, &self.verify)?;
+                if let Some(record) = &record {
+                    store_facts(record, &facts)?;
+                }
+                (facts, false)
+            }
+        };
+        Ok(Verdict {
+            partition: self.partition.clone(),
+            ecl: self.policy.source.clone(),
+            decision: decide(&self.policy.ecl, image_dir, &facts),
+            facts,
+            cached: was_cached,
+        })
+    }
+}
+
+/// The partition's keyrings, loaded, and the verification options they
+/// imply.
+pub fn verify_options(policy: &PartitionPolicy) -> Result<VerifyOptions> {
+    let mut opts = VerifyOptions {
+        legacy: policy.ecl.legacyinsecure,
+        ..VerifyOptions::default()
+    };
+    for path in &policy.keyrings {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading keyring {}", path.display()))?;
+        let ring = Keyring::from_bytes(&bytes).map_err(|e| {
+            Error::usage(format!(
+                "ECL configuration: keyring {}: {e}",
+                path.display()
+            ))
+        })?;
+        opts.keyring.extend(ring);
+    }
+    Ok(opts)
+}
+
+/// Names a verification record: the same image verified against other
+/// keys (another partition) is another record.
+pub fn policy_digest(policy: &PartitionPolicy) -> Result<String> {
+    let mut hash = Sha256::new();
+    hash.update([u8::from(policy.ecl.legacyinsecure)]);
+    for path in &policy.keyrings {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading keyring {}", path.display()))?;
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+    }
+    Ok(hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Verifies the image at `path` and returns what an ECL needs to know.
+pub fn verify_image(path: &Path, opts: &VerifyOptions) -> Result<SignerFacts> {
+    let mut image =
+        sif::Image::open(path).map_err(|e| Error::image(format!("{}: {e}", path.display())))?;
+    Ok(facts_from_report(&integrity::verify(&mut image, opts)))
+}
+
+/// Per-signature outcomes. Any failed verdict other than "unknown key"
+/// also becomes an invalid pseudo-signature, so every mode refuses it.
+pub fn facts_from_report(report: &Report) -> SignerFacts {
+    let mut signatures: Vec<SignatureFact> = report
+        .signatures
+        .iter()
+        .map(|s| SignatureFact {
+            group: match s.target {
+                Link::Group(g) => Some(g),
+                _ => None,
+            },
+            fingerprint: s.fingerprint.clone(),
+            status: match &s.result {
+                Ok(()) => SigStatus::Verified {
+                    signer: s
+                        .signer
+                        .clone()
+                        .or_else(|| s.fingerprint.clone())
+                        .unwrap_or_default(),
+                },
+                Err(e) if e.kind() == "unknown-key" => SigStatus::UnknownKey,
+                Err(e) => SigStatus::Invalid {
+                    reason: e.to_string(),
+                },
+            },
+        })
+        .collect();
+    if let Err(e) = &report.verdict {
+        if e.kind() != "unknown-key" {
+            // Covers image-level failures the per-signature view cannot
+            // show (an object outside every group, an unreadable image).
+            signatures.push(SignatureFact {
+                group: None,
+                fingerprint: None,
+                status: SigStatus::Invalid {
+                    reason: e.to_string(),
+                },
+            });
+        }
+    }
+    SignerFacts {
+        groups: report.groups.iter().map(|g| g.id).collect(),
+        signatures,
+    }
+}
+
+/// Copies the whole image from `src` (the user's descriptor) to `dest`,
+/// root-only, through a temporary file renamed into place.
+pub fn copy_image(src: &Path, dest: &Path) -> Result<()> {
+    let tmp = dest.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut input = File::open(src)?;
+        let mut output = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::copy(&mut input, &mut output)?;
+        output.flush()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::system(format!(
+            "copying the image to {}: {e}",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a stored verification record.
+pub fn load_facts(path: &Path) -> Option<SignerFacts> {
+    let text = std::fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Stores a verification record (write, then rename: readers never see
+/// half a record).
+pub fn store_facts(path: &Path, facts: &SignerFacts) -> Result<()> {
+    let tmp: PathBuf = path.with_extension(format!("tmp.{}", std::process::id()));
+    let text = serde_json::to_vec(facts).map_err(|e| Error::system(e.to_string()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()))
+}
