@@ -129,6 +129,11 @@ pub enum EclAction {
         /// Print the decision, the rule and the verified signers as JSON.
         #[arg(long)]
         json: bool,
+        /// Developer option (benchmarks, tests): keep verification records
+        /// under DIR the way the plugin keeps them per cache entry, and
+        /// print the decision time on stderr. DIR must be private to root.
+        #[arg(long, value_name = "DIR", hide = true)]
+        record_dir: Option<PathBuf>,
         /// The SIF image.
         image: PathBuf,
     },

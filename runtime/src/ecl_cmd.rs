@@ -1,24 +1,64 @@
 //! `sifrun ecl check`: the plugin's ECL decision for an image, offline, so
 //! admins can test a configuration before jobs meet it.
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use crate::ecl::enforce::EclCheck;
 use crate::ecl::EclConfig;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// The decision and the text to print.
 #[derive(Debug)]
 pub struct Outcome {
     pub allowed: bool,
     pub text: String,
+    /// Set when a record directory was given (developer option).
+    pub timing: Option<Timing>,
+}
+
+/// Where the time of one check went, for `ci/bench-verify`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Loading the site file and the partition's keyrings.
+    pub setup: Duration,
+    /// [`EclCheck::check`]: verification, or reading the record.
+    pub decision: Duration,
+    /// True when the record answered (no hashing).
+    pub cached: bool,
+}
+
+impl Timing {
+    /// One machine-readable line (microseconds).
+    pub fn line(&self) -> String {
+        format!(
+            "setup_us={} decision_us={} cached={}",
+            self.setup.as_micros(),
+            self.decision.as_micros(),
+            self.cached
+        )
+    }
 }
 
 /// Loads `config`, picks `partition`'s list and checks `image` against it.
-pub fn check(config: &Path, partition: &str, image: &Path, json: bool) -> Result<Outcome> {
+/// With `record_dir`, verification records are kept there as the plugin
+/// keeps them in a cache entry (see [`record_dir_for`]).
+pub fn check(
+    config: &Path,
+    partition: &str,
+    image: &Path,
+    json: bool,
+    record_dir: Option<&Path>,
+) -> Result<Outcome> {
+    let start = Instant::now();
     let config = EclConfig::load(config)?;
     let image_dir = real_dir_of(image)?;
-    let Some(check) = EclCheck::for_partition(&config, partition)? else {
+    let policy = EclCheck::for_partition(&config, partition)?;
+    let setup = start.elapsed();
+    let Some(check) = policy else {
         let text = if json {
             format!(
                 "{{\"partition\":{},\"allowed\":true,\"rule\":\"no activated ECL\"}}\n",
@@ -30,9 +70,17 @@ pub fn check(config: &Path, partition: &str, image: &Path, json: bool) -> Result
         return Ok(Outcome {
             allowed: true,
             text,
+            timing: None,
         });
     };
-    let verdict = check.check(image, &image_dir, None)?;
+    let records = record_dir.map(|d| record_dir_for(d, image)).transpose()?;
+    let start = Instant::now();
+    let verdict = check.check(image, &image_dir, records.as_deref())?;
+    let timing = record_dir.map(|_| Timing {
+        setup,
+        decision: start.elapsed(),
+        cached: verdict.cached,
+    });
     let text = if json {
         let mut t = serde_json::to_string_pretty(&verdict)
             .map_err(|e| Error::system(format!("rendering JSON: {e}")))?;
@@ -49,7 +97,41 @@ pub fn check(config: &Path, partition: &str, image: &Path, json: bool) -> Result
     Ok(Outcome {
         allowed: verdict.decision.allowed,
         text,
+        timing,
     })
+}
+
+/// The sub-directory of `base` for `image`'s current bytes, named (like the
+/// plugin's cache entries) by device, inode, size, mtime and ctime, so a
+/// rewritten file gets a fresh directory and is verified again. Unlike the
+/// plugin, this verifies the live file: the option is for measuring, not a
+/// guarantee that the bytes checked are the bytes later run.
+fn record_dir_for(base: &Path, image: &Path) -> Result<PathBuf> {
+    let meta =
+        std::fs::metadata(image).map_err(|e| Error::image(format!("{}: {e}", image.display())))?;
+    let mut hash = Sha256::new();
+    for field in [
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ctime() as u64,
+        meta.ctime_nsec() as u64,
+    ] {
+        hash.update(field.to_le_bytes());
+    }
+    let name: String = hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = base.join(name);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// The directory an image really sits in (symlinks resolved), as the

@@ -60,10 +60,14 @@ fn main() -> ExitCode {
                 config,
                 partition,
                 json,
+                record_dir,
                 image,
-            } => match ecl_cmd::check(&config, &partition, &image, json) {
+            } => match ecl_cmd::check(&config, &partition, &image, json, record_dir.as_deref()) {
                 Ok(outcome) => {
                     let _ = std::io::stdout().lock().write_all(outcome.text.as_bytes());
+                    if let Some(t) = &outcome.timing {
+                        eprintln!("sifrun: ecl check: {}", t.line());
+                    }
                     exit_code(if outcome.allowed { 0 } else { 1 })
                 }
                 Err(e) => {

@@ -34,6 +34,9 @@ pub struct Config {
     /// Site file of per-partition execution control lists (see
     /// `sifrun ecl check`); none: any image the user can read runs.
     pub ecl_config: Option<PathBuf>,
+    /// Slurm's configuration, read for `SlurmdSpoolDir` and `TmpFS` (the
+    /// PMIx rendezvous directories bound into containers of PMIx steps).
+    pub slurm_conf: PathBuf,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             use_builtin_container_option: true,
             cache_idle_secs: 300,
             ecl_config: None,
+            slurm_conf: PathBuf::from("/etc/slurm/slurm.conf"),
         }
     }
 }
@@ -132,6 +136,7 @@ impl Config {
                     .parse()
                     .map_err(|_| bad("expected a number of seconds"))?
             }
+            "slurm_conf" => self.slurm_conf = PathBuf::from(value),
             "ecl_config" => {
                 self.ecl_config = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
             }

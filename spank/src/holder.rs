@@ -32,6 +32,10 @@ pub struct JobUser {
     /// slurmctld for the job's partition when an ECL is configured).
     pub job_id: u32,
     pub restart_count: u32,
+    /// Host directories the step needs at the same path, decided by the
+    /// plugin from the admin's configuration (PMIx rendezvous), as
+    /// `SRC:SRC[:ro]` bind specs.
+    pub system_binds: Vec<String>,
 }
 
 /// What the helper reports once the container root is ready.
@@ -85,7 +89,7 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
         args.push("--bind".into());
         args.push(m.to_spec());
     }
-    for b in &config.default_binds {
+    for b in config.default_binds.iter().chain(&user.system_binds) {
         args.push("--admin-bind".into());
         args.push(b.clone());
     }
@@ -300,6 +304,7 @@ mod tests {
             cwd: Some("/home/u".into()),
             job_id: 42,
             restart_count: 1,
+            system_binds: vec!["/var/spool/slurmd:/var/spool/slurmd".into()],
         };
         let config = Config {
             default_binds: vec!["/etc/hosts:/etc/hosts:ro".into()],
@@ -323,6 +328,8 @@ mod tests {
                 "/data:/in:ro",
                 "--admin-bind",
                 "/etc/hosts:/etc/hosts:ro",
+                "--admin-bind",
+                "/var/spool/slurmd:/var/spool/slurmd",
                 "--workdir",
                 "/in",
                 "--no-home",
@@ -394,6 +401,7 @@ mod tests {
                 cwd: None,
                 job_id: 1,
                 restart_count: 0,
+                system_binds: vec![],
             },
         )
     }

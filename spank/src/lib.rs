@@ -108,6 +108,36 @@ impl OptionSource for SpankSource<'_, '_> {
     }
 }
 
+/// Binds a PMIx step needs (the server and client rendezvous directories,
+/// see `pmix_compat`); none for other steps. `SLURM_MPI_TYPE` comes from the
+/// job, but it only selects node directories the user can see outside the
+/// container anyway; their paths come from the admin's slurm.conf.
+fn pmix_binds(spank: &SpankHandle, config: &Config) -> Result<Vec<String>, String> {
+    let mpi = spank.getenv("SLURM_MPI_TYPE").ok().flatten();
+    if !pmix_compat::uses_pmix(mpi.as_deref()) {
+        return Ok(Vec::new());
+    }
+    // The node name is the host name (slurm.conf's %n and %h): taken from
+    // the kernel, not from the job's environment.
+    let host = nix::unistd::gethostname()
+        .map_err(|e| format!("host name: {e}"))?
+        .to_string_lossy()
+        .into_owned();
+    let paths = pmix_compat::SlurmPaths::from_file(&config.slurm_conf, &host, &host)
+        .map_err(|e| format!("reading {}: {e}", config.slurm_conf.display()))?;
+    Ok(pmix_compat::binds(&paths)
+        .into_iter()
+        .map(|b| {
+            let p = b.path.display();
+            if b.read_only {
+                format!("{p}:{p}:ro")
+            } else {
+                format!("{p}:{p}")
+            }
+        })
+        .collect())
+}
+
 fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
     let uid = spank.job_uid().map_err(|e| format!("job uid: {e}"))?;
     let gid = spank.job_gid().map_err(|e| format!("job gid: {e}"))?;
@@ -122,6 +152,7 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
         cwd,
         job_id,
         restart_count,
+        system_binds: Vec::new(),
     })
 }
 
@@ -205,7 +236,8 @@ unsafe impl Plugin for SifrunPlugin {
         // Never fail here: Slurm would drain the node and hide the reason
         // from the user. The outcome is reported in task_init.
         let setup = match &self.config {
-            Some(Ok(config)) => job_user(spank).and_then(|user| {
+            Some(Ok(config)) => job_user(spank).and_then(|mut user| {
+                user.system_binds = pmix_binds(spank, config)?;
                 let started = std::time::Instant::now();
                 let c = holder::build_container(&request, &user, config, &mut |line| {
                     spank_log_info!("sifrun: helper: {line}");
@@ -276,6 +308,14 @@ unsafe impl Plugin for SifrunPlugin {
                         EnvChange::Set(k, v) => spank.setenv(k, v, true)?,
                         EnvChange::Unset(k) => spank.unsetenv(k)?,
                     }
+                }
+                // PMIx variables exist only now (Slurm sets them per task).
+                let pmix_env: Vec<(String, String)> = pmix_compat::env::MAPPED_NAMES
+                    .iter()
+                    .filter_map(|n| job_env(n).map(|v| (n.to_string(), v)))
+                    .collect();
+                for (k, v) in pmix_compat::compat_env(&pmix_env) {
+                    spank.setenv(k, v, false)?;
                 }
                 spank.setenv("SIFRUN_CONTAINER", "1", true)?;
                 if let Some(dir) = self.request.as_ref().and_then(|r| r.workdir.as_ref()) {
