@@ -20,7 +20,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use sif::integrity::{self, Keyring, Report, VerifyOptions};
+use sif::integrity::{self, Format, Keyring, Report, VerifyOptions};
 use sif::Link;
 
 use super::config::{EclConfig, PartitionPolicy};
@@ -209,13 +209,28 @@ pub fn verify_image(path: &Path, opts: &VerifyOptions) -> Result<SignerFacts> {
 
 /// Per-signature outcomes. Any failed verdict other than "unknown key"
 /// also becomes an invalid pseudo-signature, so every mode refuses it.
+///
+/// Legacy signatures (only reported under `legacyinsecure`) may cover a
+/// single object: Singularity < 3.6 signed the primary partition alone.
+/// Such a signature counts for the group holding its object, and the
+/// groups that need a signature are those the legacy signatures cover:
+/// the legacy verdict already requires the primary partition (the bytes
+/// that run) to be covered, as Apptainer's `legacyinsecure` does.
 pub fn facts_from_report(report: &Report) -> SignerFacts {
+    let group_of_object = |id: u32| {
+        report
+            .groups
+            .iter()
+            .find(|g| g.objects.contains(&id))
+            .map(|g| g.id)
+    };
     let mut signatures: Vec<SignatureFact> = report
         .signatures
         .iter()
         .map(|s| SignatureFact {
             group: match s.target {
                 Link::Group(g) => Some(g),
+                Link::Object(id) if s.format == Format::Legacy => group_of_object(id),
                 _ => None,
             },
             fingerprint: s.fingerprint.clone(),
@@ -247,10 +262,16 @@ pub fn facts_from_report(report: &Report) -> SignerFacts {
             });
         }
     }
-    SignerFacts {
-        groups: report.groups.iter().map(|g| g.id).collect(),
-        signatures,
-    }
+    let legacy = report.signatures.iter().any(|s| s.format == Format::Legacy);
+    let groups = if legacy {
+        let mut covered: Vec<u32> = signatures.iter().filter_map(|s| s.group).collect();
+        covered.sort_unstable();
+        covered.dedup();
+        covered
+    } else {
+        report.groups.iter().map(|g| g.id).collect()
+    };
+    SignerFacts { groups, signatures }
 }
 
 /// Copies the whole image from `src` (the user's descriptor) to `dest`,
@@ -298,4 +319,72 @@ pub fn store_facts(path: &Path, facts: &SignerFacts) -> Result<()> {
         .and_then(|mut f| f.write_all(&text))
         .and_then(|()| std::fs::rename(&tmp, path))
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sif::integrity::{GroupReport, SignatureReport, VerifyError};
+
+    const FP: &str = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84";
+
+    fn report(target: Link, format: Format, verdict: Result<(), VerifyError>) -> Report {
+        Report {
+            groups: vec![
+                GroupReport {
+                    id: 1,
+                    objects: vec![1, 2],
+                },
+                GroupReport {
+                    id: 2,
+                    objects: vec![3],
+                },
+            ],
+            signatures: vec![SignatureReport {
+                id: 4,
+                target,
+                format,
+                fingerprint: Some(FP.into()),
+                signer: Some(FP.into()),
+                verified_objects: vec![2],
+                result: Ok(()),
+            }],
+            verdict,
+        }
+    }
+
+    #[test]
+    fn legacy_object_signatures_count_for_their_group() {
+        // Singularity < 3.6 signed the primary partition (object 2) alone;
+        // the legacy verdict already checked that it covers what runs.
+        let facts = facts_from_report(&report(Link::Object(2), Format::Legacy, Ok(())));
+        assert_eq!(facts.groups, vec![1]);
+        assert_eq!(facts.signatures[0].group, Some(1));
+        // A failed legacy verdict still refuses.
+        let facts = facts_from_report(&report(
+            Link::Object(2),
+            Format::Legacy,
+            Err(VerifyError::UnsignedObject { id: 3 }),
+        ));
+        assert!(facts
+            .signatures
+            .iter()
+            .any(|s| matches!(s.status, SigStatus::Invalid { .. })));
+    }
+
+    #[test]
+    fn current_signatures_need_every_group() {
+        let facts = facts_from_report(&report(
+            Link::Group(1),
+            Format::OpenPgp,
+            Err(VerifyError::Unsigned {
+                group: 2,
+                legacy_only: false,
+            }),
+        ));
+        assert_eq!(facts.groups, vec![1, 2]);
+        // An object signature that is not legacy names no group.
+        let facts = facts_from_report(&report(Link::Object(2), Format::OpenPgp, Ok(())));
+        assert_eq!(facts.signatures[0].group, None);
+    }
 }
