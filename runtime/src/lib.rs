@@ -31,6 +31,7 @@ pub mod ecl_cmd;
 pub mod env;
 pub mod error;
 pub mod exec;
+pub mod gpu;
 pub mod image;
 pub mod image_cache;
 pub mod inspect;

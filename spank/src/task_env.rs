@@ -6,9 +6,26 @@
 //! (`SLURM_*`, `PMIX_*`, `PMI_*`: per-rank values that a per-node image must
 //! never override), and loader variables from the host (`LD_PRELOAD`,
 //! `LD_LIBRARY_PATH`) that point at host paths and are dropped unless named.
+//! Slurm's per-task GPU selection (`CUDA_VISIBLE_DEVICES`, ...) is host-owned
+//! too, and the interconnect libraries' settings (`UCX_*`, `FI_*`) from the
+//! host win over the image's when the host sets them.
 
 /// Prefixes whose host value always wins.
 const HOST_OWNED_PREFIXES: &[&str] = &["SLURM_", "SLURMD_", "PMIX_", "PMI_", "SIFRUN_"];
+
+/// Exact names whose host value always wins: the GPUs Slurm gave this task
+/// (with `--gpus-per-task` each task of the shared container has its own).
+const HOST_OWNED_NAMES: &[&str] = &[
+    "CUDA_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ZE_AFFINITY_MASK",
+];
+
+/// Prefixes whose host value wins when the host sets one (the site's
+/// interconnect tuning); the image's applies otherwise.
+const HOST_WINS_PREFIXES: &[&str] = &["UCX_", "FI_"];
 
 /// Host loader variables that make no sense inside the image.
 const HOST_LOADER_VARS: &[&str] = &["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"];
@@ -31,9 +48,13 @@ pub fn task_env_changes(
     host_wins: &[String],
     job_env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<EnvChange> {
+    let host_owned = |name: &str| {
+        HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p)) || HOST_OWNED_NAMES.contains(&name)
+    };
     let keep_host = |name: &str| {
         host_wins.iter().any(|n| n == name)
-            || HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p))
+            || host_owned(name)
+            || HOST_WINS_PREFIXES.iter().any(|p| name.starts_with(p))
     };
     let mut changes = Vec::new();
     for var in HOST_LOADER_VARS {
@@ -50,7 +71,7 @@ pub fn task_env_changes(
         // Process-manager and Slurm wiring is per rank and comes from the
         // host only: an image value is never applied, even when the job has
         // none (a stale PMIX_* from the image breaks the client).
-        if HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        if host_owned(name) {
             continue;
         }
         if keep_host(name) && job_env(name).is_some() {
@@ -100,6 +121,30 @@ mod tests {
                 EnvChange::Unset("LD_LIBRARY_PATH".into()),
                 EnvChange::Set("PATH".into(), "/opt/bin:/usr/bin".into()),
                 EnvChange::Set("APP_HOME".into(), "/opt/app".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn gpu_selection_is_the_hosts_and_interconnect_settings_win_when_set() {
+        let job = |name: &str| match name {
+            "CUDA_VISIBLE_DEVICES" => Some("1".to_string()),
+            "UCX_TLS" => Some("rc,sm".to_string()),
+            _ => None,
+        };
+        let image = pairs(&[
+            ("PATH", "/usr/bin"),
+            ("CUDA_VISIBLE_DEVICES", "0,1,2,3"),
+            ("ROCR_VISIBLE_DEVICES", "0"),
+            ("UCX_TLS", "tcp"),
+            ("FI_PROVIDER", "tcp"),
+        ]);
+        let changes = task_env_changes(&image, &[], &job);
+        assert_eq!(
+            changes,
+            vec![
+                EnvChange::Set("PATH".into(), "/usr/bin".into()),
+                EnvChange::Set("FI_PROVIDER".into(), "tcp".into()),
             ]
         );
     }

@@ -1,0 +1,101 @@
+//! GPU (and RDMA) passthrough: what of the host a step's GPU allocation
+//! brings into its container.
+//!
+//! * [`devices`]: the device nodes: the vendor's control devices plus the
+//!   GPUs Slurm allocated to the step on this node (`SLURM_STEP_GPUS`),
+//!   InfiniBand/RDMA devices when the node has them;
+//! * [`libs`]: the host driver's user-space libraries and tools, found in
+//!   the `ldconfig` cache from an admin-editable list, bound under
+//!   [`GPU_LIB_DIR`] / [`GPU_BIN_DIR`] (added to `LD_LIBRARY_PATH` / `PATH`);
+//!   the image itself is never written.
+//!
+//! Which GPU each *task* uses stays Slurm's business: every task keeps the
+//! `CUDA_VISIBLE_DEVICES` Slurm gave it; the container holds the union of
+//! the step's GPUs on the node. Isolation between jobs is the device cgroup
+//! Slurm applies (`ConstrainDevices=yes`): a device node in the container
+//! is no more usable than the same node on the host.
+
+pub mod devices;
+pub mod libs;
+
+use std::path::PathBuf;
+
+pub use devices::{allocated_devices, rdma_devices, DeviceNode};
+pub use libs::{find_driver_files, parse_ldconfig, DriverFiles, DEFAULT_BINARIES, DEFAULT_LIBRARIES};
+
+/// Container directory holding the host's driver libraries.
+pub const GPU_LIB_DIR: &str = "/.sifrun/gpu/lib";
+/// Container directory holding the host's driver tools (`nvidia-smi`, ...).
+pub const GPU_BIN_DIR: &str = "/.sifrun/gpu/bin";
+
+/// Everything to bring in for one step on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuPlan {
+    /// Device nodes, bound at the same path.
+    pub devices: Vec<DeviceNode>,
+    /// `(host file, container path)` read-only binds of driver files.
+    pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl GpuPlan {
+    /// True when nothing is to be passed through.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.files.is_empty()
+    }
+
+    /// Whether the plan binds driver libraries (the task environment then
+    /// needs [`GPU_LIB_DIR`] on `LD_LIBRARY_PATH`).
+    pub fn has_libraries(&self) -> bool {
+        self.files.iter().any(|(_, c)| c.starts_with(GPU_LIB_DIR))
+    }
+
+    /// Whether the plan binds driver tools (then [`GPU_BIN_DIR`] goes on `PATH`).
+    pub fn has_binaries(&self) -> bool {
+        self.files.iter().any(|(_, c)| c.starts_with(GPU_BIN_DIR))
+    }
+}
+
+/// Builds the plan for the GPUs `allocated` (Slurm's `SLURM_STEP_GPUS`
+/// numbers) under `/dev`, with driver files found by `driver` (`None`:
+/// devices only).
+pub fn plan(allocated: &[u32], driver: Option<&DriverFiles>) -> GpuPlan {
+    let devices = allocated_devices(std::path::Path::new("/dev"), allocated);
+    let mut files = Vec::new();
+    let has_nvidia = devices.iter().any(|d| d.vendor == devices::Vendor::Nvidia);
+    if let (true, Some(driver)) = (has_nvidia, driver) {
+        for lib in &driver.libraries {
+            let name = lib.file_name().unwrap_or_default();
+            files.push((lib.clone(), PathBuf::from(GPU_LIB_DIR).join(name)));
+        }
+        for bin in &driver.binaries {
+            let name = bin.file_name().unwrap_or_default();
+            files.push((bin.clone(), PathBuf::from(GPU_BIN_DIR).join(name)));
+        }
+    }
+    GpuPlan { devices, files }
+}
+
+/// Parses `SLURM_STEP_GPUS` (`"0,1"`, `""`) into GPU numbers; anything that
+/// is not a small number is ignored (the value is Slurm's, but stay safe).
+pub fn parse_step_gpus(value: &str) -> Vec<u32> {
+    let mut out: Vec<u32> = value
+        .split(',')
+        .filter_map(|s| s.trim().parse::<u32>().ok())
+        .filter(|n| *n < 4096)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_gpus() {
+        assert_eq!(parse_step_gpus("1,0,1"), vec![0, 1]);
+        assert!(parse_step_gpus("").is_empty());
+        assert_eq!(parse_step_gpus("3,x,../.."), vec![3]);
+    }
+}
