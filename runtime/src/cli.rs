@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use sifrun_runtime::build::{BuildOptions, DEFAULT_COMPRESSOR};
-use sifrun_runtime::exec::ExecOptions;
+use sifrun_runtime::exec::{ExecOptions, VerifyPolicy};
+use sifrun_runtime::target::Target;
 
 /// Build, inspect and run SIF container images.
 #[derive(Debug, Parser)]
@@ -35,19 +36,42 @@ pub enum Command {
     )]
     Inspect(InspectArgs),
 
-    /// Run a command inside a SIF image (as root for now).
+    /// Run a command inside a SIF image.
     ///
-    /// The image's SquashFS partition is mounted read-only from a loop
-    /// device in a private mount namespace; /proc, /sys, a minimal /dev,
-    /// /tmp, the user's home and the current directory are made available.
-    /// The command's exit status is returned (128+N if killed by signal N);
+    /// As root, the image's SquashFS partition is mounted read-only from a
+    /// loop device in a private mount namespace. As any other user, sifrun
+    /// uses an unprivileged user namespace and serves the partition through
+    /// FUSE (squashfuse). Either way /proc, /sys, a minimal /dev, /tmp, the
+    /// user's home and the current directory are made available. The
+    /// command's exit status is returned (128+N if killed by signal N);
     /// sifrun's own failures exit with 255, a command that is not found
     /// with 127 and one that cannot be executed with 126.
     #[command(after_help = "Examples:\n  \
         sifrun exec app.sif cat /etc/os-release\n  \
         sifrun exec --user alice --bind /data:/data:ro app.sif python3 train.py\n  \
-        sifrun exec --writable-tmpfs --env DEBUG=1 --workdir /opt app.sif sh")]
+        sifrun exec --writable-tmpfs --env DEBUG=1 --workdir /opt app.sif sh\n  \
+        sifrun exec --verify --keyring trusted.asc app.sif ./check")]
     Exec(ExecArgs),
+
+    /// Start an interactive shell inside a SIF image.
+    ///
+    /// Runs $SHELL if the image has it, else /bin/sh. Same options and
+    /// modes (root or unprivileged) as `sifrun exec`.
+    #[command(
+        after_help = "Examples:\n  sifrun shell app.sif\n  sifrun shell --bind /data app.sif"
+    )]
+    Shell(ShellArgs),
+
+    /// Run the image's runscript with ARGS.
+    ///
+    /// The runscript is /.singularity.d/runscript in the image (as
+    /// Apptainer and Singularity store it), else the %runscript section of
+    /// the definition file stored in the SIF. Same options and modes as
+    /// `sifrun exec`.
+    #[command(
+        after_help = "Examples:\n  sifrun run app.sif\n  sifrun run app.sif --input data.csv"
+    )]
+    Run(RunArgs),
 
     /// Sign a SIF image with an OpenPGP key (in place).
     ///
@@ -293,9 +317,10 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// Options shared by `exec`, `shell` and `run`.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// Run as this user (name or UID). Default: the invoking user.
+pub struct ContainerArgs {
+    /// Run as this user (name or UID; root only). Default: the invoking user.
     #[arg(short, long, value_name = "NAME|UID")]
     pub user: Option<String>,
     /// Bind a host path into the container (repeatable); DST defaults to SRC.
@@ -311,6 +336,38 @@ pub struct ExecArgs {
     /// Make the root filesystem writable; changes go to a tmpfs and are discarded.
     #[arg(long)]
     pub writable_tmpfs: bool,
+    /// Verify the image's signatures before running (default with
+    /// SIFRUN_VERIFY=1); refuses to run unless every object group is signed
+    /// by one of the keys.
+    #[arg(long)]
+    pub verify: bool,
+    /// OpenPGP public keyring for --verify (repeatable; also SIFRUN_KEYRING, `:`-separated).
+    #[arg(long = "keyring", value_name = "PUBLIC.asc")]
+    pub keyrings: Vec<PathBuf>,
+    /// PEM public key for --verify (repeatable; also SIFRUN_KEY_PEM, `:`-separated).
+    #[arg(long = "key-pem", value_name = "PUBLIC.pem")]
+    pub pem_keys: Vec<PathBuf>,
+}
+
+impl ContainerArgs {
+    fn into_options(self, image: PathBuf, target: Target) -> ExecOptions {
+        ExecOptions {
+            image,
+            target,
+            user: self.user,
+            binds: self.binds,
+            env: self.env,
+            workdir: self.workdir,
+            writable_tmpfs: self.writable_tmpfs,
+            verify: VerifyPolicy::from_args_and_env(self.verify, self.keyrings, self.pem_keys),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// SIF image.
     pub image: PathBuf,
     /// Command to run (resolved with the container's PATH) and its arguments.
@@ -325,15 +382,51 @@ pub struct ExecArgs {
 
 impl From<ExecArgs> for ExecOptions {
     fn from(a: ExecArgs) -> Self {
-        ExecOptions {
-            image: a.image,
-            command: a.command,
-            user: a.user,
-            binds: a.binds,
-            env: a.env,
-            workdir: a.workdir,
-            writable_tmpfs: a.writable_tmpfs,
-        }
+        a.container
+            .into_options(a.image, Target::Command(a.command))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    /// SIF image.
+    pub image: PathBuf,
+}
+
+impl From<ShellArgs> for ExecOptions {
+    fn from(a: ShellArgs) -> Self {
+        let preferred = std::env::var_os("SHELL").map(PathBuf::from);
+        a.container
+            .into_options(a.image, Target::Shell { preferred })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    /// SIF image.
+    pub image: PathBuf,
+    /// Arguments for the runscript.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<String>,
+}
+
+impl From<RunArgs> for ExecOptions {
+    fn from(a: RunArgs) -> Self {
+        a.container.into_options(
+            a.image,
+            Target::Runscript {
+                args: a.args,
+                deffile_script: None,
+            },
+        )
     }
 }
 

@@ -13,14 +13,18 @@
 //! each task:      ns = open_mount_namespace(holder_pid); join_mount_namespace(ns)
 //!                 (while still privileged) → exec_command(...)
 //! ```
+//!
+//! Unprivileged `sifrun exec` uses [`create_unprivileged`] and
+//! [`exec_command_in_user_namespace`]: same root, the image through FUSE.
 
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::chdir;
 
 use crate::env::Environment;
 use crate::error::{Context, Error, ErrorKind, Result};
-use crate::mount::rootfs::{build_rootfs, mount_image, ContainerSpec};
+use crate::mount::rootfs::{build_rootfs, mount_image, mount_image_fuse, ContainerSpec};
 use crate::namespaces::unshare_mount_namespace;
 use crate::process;
 use crate::user::Identity;
@@ -36,6 +40,38 @@ pub fn create(spec: &ContainerSpec, device: &Path) -> Result<()> {
     let image_dir = mount_image(spec, device)?;
     let rootfs = build_rootfs(spec, &image_dir)?;
     rootfs.enter()
+}
+
+/// Builds the container described by `spec` without privileges: a new user
+/// namespace (the caller's own IDs mapped) and mount namespace, the image
+/// through a FUSE connection mounted here and handed to sifrun over
+/// `server_socket` (sifrun starts the server, see [`crate::fuse`]), then
+/// the same root as [`create`]. `spec.unprivileged` must be set.
+pub fn create_unprivileged(spec: &ContainerSpec, server_socket: UnixStream) -> Result<()> {
+    crate::userns::enter(spec.identity.uid, spec.identity.gid)?;
+    let device = crate::fuse::open_device()?;
+    let image_dir = mount_image_fuse(spec, &device)?;
+    crate::fuse::send_device(&server_socket, &device)?;
+    // Only the server may hold the device: if it dies, the connection
+    // aborts and the container sees errors instead of hanging.
+    drop(device);
+    drop(server_socket);
+    let rootfs = build_rootfs(spec, &image_dir).map_err(server_gone)?;
+    rootfs.enter()
+}
+
+/// A setup error caused by a dead FUSE server reads ENOTCONN; say so.
+fn server_gone(e: Error) -> Error {
+    if e.message().contains("Transport endpoint is not connected")
+        || e.message().contains("ENOTCONN")
+    {
+        Error::system(format!(
+            "the FUSE server serving the image exited during setup ({})",
+            e.message()
+        ))
+    } else {
+        e
+    }
 }
 
 /// Where the command starts.
@@ -56,13 +92,48 @@ pub fn exec_command(
     identity: &Identity,
     workdir: &Workdir,
     command: &[String],
+    env: Environment,
+) -> Error {
+    exec_after(
+        || identity.drop_privileges(),
+        identity,
+        workdir,
+        command,
+        env,
+    )
+}
+
+/// [`exec_command`] for a process in an unprivileged user namespace (from
+/// [`create_unprivileged`]): it already runs as `identity`, so instead of
+/// switching users it drops its namespace capabilities.
+pub fn exec_command_in_user_namespace(
+    identity: &Identity,
+    workdir: &Workdir,
+    command: &[String],
+    env: Environment,
+) -> Error {
+    exec_after(
+        crate::user::drop_user_namespace_capabilities,
+        identity,
+        workdir,
+        command,
+        env,
+    )
+}
+
+/// `drop` (the privilege step), then workdir, PATH resolution and exec.
+fn exec_after(
+    drop: impl FnOnce() -> Result<()>,
+    identity: &Identity,
+    workdir: &Workdir,
+    command: &[String],
     mut env: Environment,
 ) -> Error {
     let result = (|| -> Result<Error> {
         let Some(program) = command.first() else {
             return Err(Error::usage("no command given"));
         };
-        identity.drop_privileges()?;
+        drop()?;
         let dir = enter_workdir(identity, workdir)?;
         env.set("PWD", dir.as_os_str());
         let path = env.get("PATH").map(|p| p.to_os_string());

@@ -1,13 +1,19 @@
-//! `sifrun exec`: the whole run as one straight sequence.
+//! `sifrun exec` / `shell` / `run`: the whole run as one straight sequence.
 //!
-//! parent: open image → resolve user/env/binds → attach loop device → fork
-//! child:  new mount namespace → mount image → build rootfs → pivot_root →
-//!         drop privileges → chdir → resolve command in container PATH → exec
+//! parent: open image → (verify) → resolve user/env/binds → privileged:
+//!         attach loop device → fork; unprivileged: fork, then start the
+//!         FUSE server on the device the child hands over
+//! child:  privileged: new mount namespace → mount image → build rootfs →
+//!         pivot_root → drop privileges; unprivileged: new user + mount
+//!         namespace → mount FUSE → the same rootfs → pivot_root → drop the
+//!         namespace's capabilities; both: chdir → resolve the command in
+//!         the container PATH → exec
 //! parent: forward signals, wait, propagate exit status.
 
 use std::convert::Infallible;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,22 +23,32 @@ use nix::unistd::{getpid, getppid, Pid};
 use crate::container::{self, Workdir};
 use crate::env::{container_environment, parse_assignment, Environment};
 use crate::error::{Context, Error, Result};
+use crate::fuse;
 use crate::image::RunnableImage;
 use crate::loop_device::LoopAttachment;
 use crate::mount::rootfs::{BindMount, ContainerSpec};
 use crate::process;
+use crate::target::{deffile_runscript, Target};
 use crate::user::Identity;
 
 /// Directory holding per-run staging directories on the host.
 pub const STAGING_BASE: &str = "/run/sifrun";
 
-/// Options of `sifrun exec`, already split from the command line.
+/// `SIFRUN_VERIFY=1`: verify signatures before every run (like `--verify`).
+pub const VERIFY_ENV: &str = "SIFRUN_VERIFY";
+/// Default OpenPGP keyrings for verification, `:`-separated.
+pub const KEYRING_ENV: &str = "SIFRUN_KEYRING";
+/// Default PEM public keys for verification, `:`-separated.
+pub const KEY_PEM_ENV: &str = "SIFRUN_KEY_PEM";
+
+/// Options of `sifrun exec` (and `shell`, `run`), already split from the
+/// command line.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOptions {
     /// Path of the SIF image.
     pub image: PathBuf,
-    /// Command and its arguments (at least one element).
-    pub command: Vec<String>,
+    /// What to run.
+    pub target: Target,
     /// Target user (name or UID); default: the invoking user.
     pub user: Option<String>,
     /// `SRC[:DST[:ro]]` bind specifications.
@@ -43,21 +59,102 @@ pub struct ExecOptions {
     pub workdir: Option<PathBuf>,
     /// Keep the root filesystem writable (on a throw-away tmpfs).
     pub writable_tmpfs: bool,
+    /// Signature check before running.
+    pub verify: VerifyPolicy,
 }
 
-/// Runs the command in the container and returns the exit status to use
-/// (the command's, 128+N for a signal death).
-pub fn run(opts: &ExecOptions) -> Result<i32> {
-    require_root()?;
-    if opts.command.is_empty() {
-        return Err(Error::usage("no command given"));
+/// Whether and against which keys the image is verified before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    /// Verify (`--verify`, or `SIFRUN_VERIFY=1`).
+    pub enabled: bool,
+    /// OpenPGP keyrings.
+    pub keyrings: Vec<PathBuf>,
+    /// PEM public keys (DSSE signatures).
+    pub pem_keys: Vec<PathBuf>,
+}
+
+impl VerifyPolicy {
+    /// The policy from the command line, completed by the environment
+    /// defaults: `SIFRUN_VERIFY=1` turns verification on, `SIFRUN_KEYRING`
+    /// and `SIFRUN_KEY_PEM` add keys (`:`-separated paths).
+    pub fn from_args_and_env(flag: bool, keyrings: Vec<PathBuf>, pem_keys: Vec<PathBuf>) -> Self {
+        Self::from_args_and_vars(flag, keyrings, pem_keys, |name| std::env::var_os(name))
     }
 
-    let image = RunnableImage::open(&opts.image)?;
-    let identity = match &opts.user {
-        Some(user) => Identity::lookup(user)?,
-        None => Identity::current()?,
+    fn from_args_and_vars(
+        flag: bool,
+        mut keyrings: Vec<PathBuf>,
+        mut pem_keys: Vec<PathBuf>,
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Self {
+        let env_on = var(VERIFY_ENV)
+            .map(|v| !matches!(v.to_str(), Some("" | "0" | "no" | "false")))
+            .unwrap_or(false);
+        if let Some(list) = var(KEYRING_ENV) {
+            keyrings.extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
+        }
+        if let Some(list) = var(KEY_PEM_ENV) {
+            pem_keys.extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
+        }
+        VerifyPolicy {
+            enabled: flag || env_on,
+            keyrings,
+            pem_keys,
+        }
+    }
+
+    /// Verifies `image` when enabled: every object group signed, every
+    /// signature valid against the keys. One-line error otherwise.
+    pub fn check(&self, image: &Path) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.keyrings.is_empty() && self.pem_keys.is_empty() {
+            return Err(Error::usage(format!(
+                "--verify needs keys: --keyring / --key-pem, or {KEYRING_ENV} / {KEY_PEM_ENV}"
+            )));
+        }
+        let args = crate::verify::VerifyArgs {
+            image: image.to_path_buf(),
+            keyrings: self.keyrings.clone(),
+            pem_keys: self.pem_keys.clone(),
+            legacy: false,
+        };
+        let outcome = crate::verify::run(&args, false)?;
+        if outcome.verified {
+            Ok(())
+        } else {
+            Err(Error::image(format!(
+                "refusing to run: {}",
+                outcome.text.trim_end()
+            )))
+        }
+    }
+}
+
+/// Runs the target in the container and returns the exit status to use
+/// (the command's, 128+N for a signal death). As root the image is mounted
+/// by the kernel from a loop device; as any other user, in an unprivileged
+/// user namespace through FUSE.
+pub fn run(opts: &ExecOptions) -> Result<i32> {
+    let unprivileged = !nix::unistd::geteuid().is_root();
+    if let Target::Command(cmd) = &opts.target {
+        if cmd.is_empty() {
+            return Err(Error::usage("no command given"));
+        }
+    }
+    // Cheap host checks first, so a host without FUSE says so at once.
+    let server = if unprivileged {
+        fuse::check_device()?;
+        Some(fuse::find_server()?)
+    } else {
+        None
     };
+
+    let image = RunnableImage::open(&opts.image)?;
+    opts.verify.check(&opts.image)?;
+    let identity = resolve_identity(opts.user.as_deref(), unprivileged)?;
     let binds = opts
         .binds
         .iter()
@@ -70,19 +167,22 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         .collect::<Result<Vec<_>>>()?;
     let env = container_environment(std::env::vars_os(), &image.env, &identity, &overrides);
     let cwd = std::env::current_dir().ok();
+    let target = with_deffile_runscript(&opts.target, &image);
 
-    let staging = StagingDir::create()?;
+    let staging = if unprivileged {
+        StagingDir::create_private()?
+    } else {
+        StagingDir::create()?
+    };
     let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
     spec.cwd.clone_from(&cwd);
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
+    spec.unprivileged = unprivileged;
 
-    let loop_dev =
-        LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
     let launch = Launch {
         spec: &spec,
-        device: loop_dev.path(),
-        command: &opts.command,
+        target,
         env,
         workdir: Workdir {
             explicit: opts.workdir.clone(),
@@ -90,7 +190,53 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         },
         parent: getpid(),
     };
-    match process::spawn(Box::new(move || launch.run())) {
+    match server {
+        Some(server) => run_unprivileged(launch, &image, &server, staging),
+        None => run_privileged(launch, &image, staging),
+    }
+}
+
+/// The invoking user; `--user` needs root, except naming oneself.
+fn resolve_identity(user: Option<&str>, unprivileged: bool) -> Result<Identity> {
+    let current = Identity::current()?;
+    match user {
+        None => Ok(current),
+        Some(u) if unprivileged => {
+            let wanted = Identity::lookup(u)?;
+            if wanted.uid == current.uid {
+                Ok(current)
+            } else {
+                Err(Error::usage(format!(
+                    "--user {u} needs root: without it sifrun runs the container as the invoking user ({})",
+                    current.name
+                )))
+            }
+        }
+        Some(u) => Identity::lookup(u),
+    }
+}
+
+/// `sifrun run` on an image without a runscript file falls back to the
+/// `%runscript` section of the definition file stored in the SIF.
+fn with_deffile_runscript(target: &Target, image: &RunnableImage) -> Target {
+    match target {
+        Target::Runscript {
+            args,
+            deffile_script: None,
+        } => Target::Runscript {
+            args: args.clone(),
+            deffile_script: image.deffile.as_deref().and_then(deffile_runscript),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Root: loop device, kernel SquashFS.
+fn run_privileged(launch: Launch<'_>, image: &RunnableImage, staging: StagingDir) -> Result<i32> {
+    let loop_dev =
+        LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
+    let device = loop_dev.path().to_path_buf();
+    match process::spawn(Box::new(move || launch.run_privileged(&device))) {
         Ok(child) => {
             // The mount in the child's namespace now holds the device;
             // closing our fd lets autoclear detach it when that namespace dies.
@@ -106,13 +252,47 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     }
 }
 
-fn require_root() -> Result<()> {
-    if nix::unistd::geteuid().is_root() {
+/// Not root: user namespace, FUSE. The child mounts the FUSE connection
+/// and sends us its device; we start the server here, outside the
+/// container's namespaces (see [`crate::fuse`] for why).
+fn run_unprivileged(
+    launch: Launch<'_>,
+    image: &RunnableImage,
+    server_program: &Path,
+    staging: StagingDir,
+) -> Result<i32> {
+    let (ours, theirs) = UnixStream::pair().context("creating the FUSE hand-over socket")?;
+    let mut server: Option<fuse::Server> = None;
+    let hook = |_child: Pid| -> Result<()> {
+        if let Some(device) = fuse::receive_device(&ours)? {
+            server = Some(fuse::Server::start(
+                server_program,
+                &image.path,
+                image.partition_offset,
+                device,
+            )?);
+        }
         Ok(())
-    } else {
-        Err(Error::usage(
-            "sifrun exec must be run as root for now (unprivileged mode is not implemented yet)",
-        ))
+    };
+    let spawned = process::spawn_with(
+        Box::new(move || launch.run_unprivileged(theirs)),
+        Box::new(hook),
+    );
+    drop(staging);
+    match spawned {
+        Ok(child) => {
+            let status = child.wait();
+            if let Some(server) = server {
+                server.wait_for_exit();
+            }
+            status
+        }
+        Err(e) => {
+            if let Some(server) = server {
+                server.kill();
+            }
+            Err(e)
+        }
     }
 }
 
@@ -120,23 +300,35 @@ fn require_root() -> Result<()> {
 /// child only performs system calls.
 struct Launch<'a> {
     spec: &'a ContainerSpec,
-    device: &'a Path,
-    command: &'a [String],
+    target: Target,
     env: Environment,
     workdir: Workdir,
     parent: Pid,
 }
 
 impl Launch<'_> {
-    fn run(self) -> Result<Infallible> {
+    fn run_privileged(self, device: &Path) -> Result<Infallible> {
         die_with_parent(self.parent)?;
-        container::create(self.spec, self.device)?;
+        container::create(self.spec, device)?;
+        let argv = self.target.argv()?;
         // Identity::drop_privileges keeps the parent-death signal across setuid.
         let identity = &self.spec.identity;
         Err(container::exec_command(
             identity,
             &self.workdir,
-            self.command,
+            &argv,
+            self.env,
+        ))
+    }
+
+    fn run_unprivileged(self, server_socket: UnixStream) -> Result<Infallible> {
+        die_with_parent(self.parent)?;
+        container::create_unprivileged(self.spec, server_socket)?;
+        let argv = self.target.argv()?;
+        Err(container::exec_command_in_user_namespace(
+            &self.spec.identity,
+            &self.workdir,
+            &argv,
             self.env,
         ))
     }
@@ -186,6 +378,16 @@ impl StagingDir {
         Ok(StagingDir { path })
     }
 
+    /// Creates a fresh private (0700, randomly named) directory in the
+    /// temporary directory, for unprivileged runs: `/run/sifrun` is root's.
+    pub fn create_private() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(".sifrun-")
+            .tempdir()
+            .context("creating a staging directory in the temporary directory")?;
+        Ok(StagingDir { path: dir.keep() })
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -212,5 +414,46 @@ fn sweep_stale(base: &Path) {
 impl Drop for StagingDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn verify_policy_env_defaults() {
+        let vars = |name: &str| -> Option<OsString> {
+            match name {
+                VERIFY_ENV => Some("1".into()),
+                KEYRING_ENV => Some("/a.asc:/b.asc".into()),
+                _ => None,
+            }
+        };
+        let p = VerifyPolicy::from_args_and_vars(false, vec!["/c.asc".into()], vec![], vars);
+        assert!(p.enabled);
+        assert_eq!(
+            p.keyrings,
+            vec![
+                PathBuf::from("/c.asc"),
+                PathBuf::from("/a.asc"),
+                PathBuf::from("/b.asc")
+            ]
+        );
+        let off = VerifyPolicy::from_args_and_vars(false, vec![], vec![], |n| {
+            (n == VERIFY_ENV).then(|| OsString::from("0"))
+        });
+        assert!(!off.enabled);
+    }
+
+    #[test]
+    fn verify_without_keys_is_a_usage_error() {
+        let p = VerifyPolicy {
+            enabled: true,
+            ..VerifyPolicy::default()
+        };
+        let e = p.check(Path::new("/nonexistent.sif")).unwrap_err();
+        assert!(e.message().starts_with("--verify needs keys"));
     }
 }

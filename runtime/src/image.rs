@@ -25,6 +25,9 @@ pub struct RunnableImage {
     pub partition_size: u64,
     /// The image's own environment (all env objects, in descriptor order).
     pub env: Vec<(String, String)>,
+    /// The definition file the image was built from, if it stores one
+    /// (`sifrun run` falls back to its `%runscript` section).
+    pub deffile: Option<Vec<u8>>,
 }
 
 impl RunnableImage {
@@ -67,11 +70,20 @@ impl RunnableImage {
                 .map_err(|e| Error::image(format!("{display}: reading environment object: {e}")))?;
             env.extend(parse_env_object(&data));
         }
+        let deffile_descriptor = image.find_by_type(sif::DataType::Deffile).next().cloned();
+        let deffile =
+            match deffile_descriptor {
+                Some(d) => Some(image.read_object(&d, MAX_ENV_OBJECT).map_err(|e| {
+                    Error::image(format!("{display}: reading definition file: {e}"))
+                })?),
+                None => None,
+            };
         Ok(RunnableImage {
             path: path.to_path_buf(),
             partition_offset: part.offset,
             partition_size: part.size,
             env,
+            deffile,
         })
     }
 }

@@ -7,6 +7,8 @@
 //! * [`image`]: the only user of the `sif` crate (open/validate, write, summarise)
 //! * [`loop_device`]: read-only, autoclear loop device for one partition
 //! * [`namespaces`]: private mount namespace, `pivot_root`, `setns`
+//! * [`userns`]: unprivileged user namespace (own IDs mapped) for `sifrun exec` without root
+//! * [`fuse`]: the image's SquashFS through a FUSE server (squashfuse) when not root
 //! * [`mount::rootfs`]: [`mount::rootfs::ContainerSpec`] → container root (overlay,
 //!   /proc, /sys, /dev, binds, passwd/group)
 //! * [`user`]: target identity and privilege drop
@@ -19,7 +21,8 @@
 //!   [`cache_cmd`]: `sifrun cache`
 //! * [`ecl`]: per-partition execution control lists; [`ecl_cmd`]: `sifrun ecl check`
 //! * [`slurm_setup`]: `sifrun slurm-setup`, one Slurm step's container (used by the SPANK plugin)
-//! * [`exec`]: `sifrun exec` orchestration; [`build`], [`inspect`]: the other subcommands
+//! * [`exec`]: `sifrun exec`/`shell`/`run` orchestration (privileged or unprivileged);
+//!   [`target`]: command, shell or runscript; [`build`], [`inspect`]: the other subcommands
 //! * [`sign`], [`verify`]: `sifrun sign` / `sifrun verify` over `sif::integrity`
 
 pub mod build;
@@ -31,6 +34,7 @@ pub mod ecl_cmd;
 pub mod env;
 pub mod error;
 pub mod exec;
+pub mod fuse;
 pub mod gpu;
 pub mod image;
 pub mod image_cache;
@@ -41,7 +45,9 @@ pub mod namespaces;
 pub mod process;
 pub mod sign;
 pub mod slurm_setup;
+pub mod target;
 pub mod user;
+pub mod userns;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

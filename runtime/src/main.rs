@@ -91,16 +91,21 @@ fn main() -> ExitCode {
             }),
             1,
         ),
-        Command::Exec(args) => {
-            let opts = args.into();
-            match exec::run(&opts) {
-                Ok(status) => exit_code(status),
-                Err(e) => {
-                    let code = e.exit_code();
-                    report(&e);
-                    exit_code(code)
-                }
-            }
+        Command::Exec(args) => run_container(args.into()),
+        Command::Shell(args) => run_container(args.into()),
+        Command::Run(args) => run_container(args.into()),
+    }
+}
+
+/// `exec`, `shell`, `run`: the container's exit status, or the error's
+/// (255 for sifrun failures, 127/126 for a command not found/not executable).
+fn run_container(opts: exec::ExecOptions) -> ExitCode {
+    match exec::run(&opts) {
+        Ok(status) => exit_code(status),
+        Err(e) => {
+            let code = e.exit_code();
+            report(&e);
+            exit_code(code)
         }
     }
 }

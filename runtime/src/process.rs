@@ -51,6 +51,11 @@ pub struct Child {
 /// Work done in the child: it never returns on success (it execs).
 pub type ChildMain<'a> = dyn FnOnce() -> Result<Infallible> + 'a;
 
+/// Work done in the parent right after the fork, while the child sets up
+/// (e.g. starting a FUSE server the child's mounts need). Its error kills
+/// the child.
+pub type ParentHook<'a> = dyn FnOnce(Pid) -> Result<()> + 'a;
+
 /// Forks; the child runs `child_main` and, if that fails, reports the error
 /// to the parent over the pipe and exits with 255.
 ///
@@ -62,6 +67,15 @@ pub type ChildMain<'a> = dyn FnOnce() -> Result<Infallible> + 'a;
 /// Must be called from a single-threaded process (it forks and then
 /// allocates in the child).
 pub fn spawn(child_main: Box<ChildMain<'_>>) -> Result<Child> {
+    spawn_with(child_main, Box::new(|_| Ok(())))
+}
+
+/// [`spawn`], running `parent_hook` in the parent while the child sets up
+/// (signals are already being forwarded to the child then).
+pub fn spawn_with(
+    child_main: Box<ChildMain<'_>>,
+    parent_hook: Box<ParentHook<'_>>,
+) -> Result<Child> {
     let (read_end, write_end) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("creating the status pipe")?;
     let mut forwarded = SigSet::empty();
@@ -89,10 +103,17 @@ pub fn spawn(child_main: Box<ChildMain<'_>>) -> Result<Child> {
         }
         ForkResult::Parent { child } => {
             drop(write_end);
+            // Whatever the child's closure captured (e.g. its end of a
+            // socket) must not stay open here: the hook may wait for EOF.
+            drop(child_main);
             FORWARD_TO.store(child.as_raw(), Ordering::SeqCst);
             let installed = install_forwarding();
             let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-            let report = read_report(read_end);
+            let installed = installed.and_then(|()| parent_hook(child));
+            let report = match installed {
+                Ok(()) => read_report(read_end),
+                Err(_) => Ok(Vec::new()),
+            };
             if let Err(e) = installed {
                 let _ = signal::kill(child, Signal::SIGKILL);
                 let _ = wait_for(child);

@@ -130,6 +130,24 @@ impl Identity {
     }
 }
 
+/// Gives up what an unprivileged container process still holds before it
+/// runs the command: the capabilities it has over its own user namespace
+/// (cleared explicitly rather than left to `execve`, so the check below
+/// sees the final state) and, with `no_new_privs`, any way to gain new
+/// ones. The process already runs as the invoking user; there is no
+/// identity to switch to. A parent-death signal survives.
+pub fn drop_user_namespace_capabilities() -> Result<()> {
+    clear_capabilities()?;
+    nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
+    let (permitted, effective) = capabilities()?;
+    if permitted != 0 || effective != 0 {
+        return Err(Error::system(format!(
+            "capabilities still present in the user namespace (permitted {permitted:#x}, effective {effective:#x})"
+        )));
+    }
+    Ok(())
+}
+
 /// The group entry for `gid`, named from the host's group database (the
 /// number itself when the group has no name).
 pub fn group_entry(gid: Gid) -> GroupEntry {
@@ -144,21 +162,42 @@ pub fn group_entry(gid: Gid) -> GroupEntry {
     }
 }
 
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the permitted, effective and inheritable capability sets of the
+/// calling thread (dropping capabilities never needs a privilege).
+fn clear_capabilities() -> Result<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: capset with a v3 header reads exactly two CapData structs.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("dropping capabilities");
+    }
+    Ok(())
+}
+
 /// Returns (permitted, effective) capability sets of the calling thread.
 fn capabilities() -> Result<(u64, u64)> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    type Header = CapHeader;
+    type Data = CapData;
     let mut header = Header {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,

@@ -462,7 +462,7 @@ fn image_errors_are_one_line() {
 }
 
 #[test]
-fn not_root_is_refused() {
+fn not_root_takes_the_unprivileged_path() {
     if skip_unless_root() {
         return;
     }
@@ -486,7 +486,12 @@ fn not_root_is_refused() {
             eprintln!("skipped part: sifrun binary not reachable as nobody");
             return;
         }
-        assert_one_line_error(&out, "must be run as root");
+        // Without root sifrun runs in a user namespace through FUSE
+        // (tests/unprivileged.rs); where the host forbids that, it says
+        // why in one line.
+        if !out.status.success() {
+            assert_one_line_error(&out, "");
+        }
     });
 }
 

@@ -133,7 +133,12 @@ mod tests {
             )
             .unwrap();
         };
-        for (n, m) in [("nvidia0", 0), ("nvidia1", 1), ("nvidiactl", 255), ("nvidia-uvm", 2)] {
+        for (n, m) in [
+            ("nvidia0", 0),
+            ("nvidia1", 1),
+            ("nvidiactl", 255),
+            ("nvidia-uvm", 2),
+        ] {
             mk(n, m);
         }
         mk("nvidia-caps/nvidia-cap1", 3);
@@ -146,10 +151,18 @@ mod tests {
         };
         assert_eq!(
             names(allocated_devices(d, &[1])),
-            ["nvidiactl", "nvidia-uvm", "nvidia-caps/nvidia-cap1", "nvidia1"]
+            [
+                "nvidiactl",
+                "nvidia-uvm",
+                "nvidia-caps/nvidia-cap1",
+                "nvidia1"
+            ]
         );
         assert!(allocated_devices(d, &[]).is_empty());
-        assert!(allocated_devices(d, &[7]).is_empty(), "no such GPU: nothing");
+        assert!(
+            allocated_devices(d, &[7]).is_empty(),
+            "no such GPU: nothing"
+        );
         assert_eq!(
             names(rdma_devices(d)),
             ["infiniband/rdma_cm", "infiniband/uverbs0"]

@@ -47,7 +47,12 @@ pub const DEFAULT_BINARIES: &[&str] = &[
 ];
 
 /// Where driver tools are looked for (in order).
-pub const DEFAULT_BIN_DIRS: &[&str] = &["/usr/local/nvidia/bin", "/usr/bin", "/usr/local/bin", "/bin"];
+pub const DEFAULT_BIN_DIRS: &[&str] = &[
+    "/usr/local/nvidia/bin",
+    "/usr/bin",
+    "/usr/local/bin",
+    "/bin",
+];
 
 /// One `ldconfig -p` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +196,12 @@ mod tests {
         let cache = parse_ldconfig(&text);
         let wanted: Vec<String> = DEFAULT_LIBRARIES.iter().map(|s| s.to_string()).collect();
         let bins: Vec<String> = DEFAULT_BINARIES.iter().map(|s| s.to_string()).collect();
-        let found = find_driver_files(&cache, &wanted, &bins, &[dir.path().join("none"), bin.clone()]);
+        let found = find_driver_files(
+            &cache,
+            &wanted,
+            &bins,
+            &[dir.path().join("none"), bin.clone()],
+        );
         if cfg!(target_arch = "x86_64") {
             assert_eq!(
                 found.libraries,

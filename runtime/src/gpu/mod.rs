@@ -21,7 +21,9 @@ pub mod libs;
 use std::path::PathBuf;
 
 pub use devices::{allocated_devices, rdma_devices, DeviceNode};
-pub use libs::{find_driver_files, parse_ldconfig, DriverFiles, DEFAULT_BINARIES, DEFAULT_LIBRARIES};
+pub use libs::{
+    find_driver_files, parse_ldconfig, DriverFiles, DEFAULT_BINARIES, DEFAULT_LIBRARIES,
+};
 
 /// Container directory holding the host's driver libraries.
 pub const GPU_LIB_DIR: &str = "/.sifrun/gpu/lib";

@@ -23,7 +23,9 @@ const LINKS: &[(&str, &str)] = &[
 ];
 
 /// Builds `/dev` inside `root` (the container root, before `pivot_root`).
-pub fn mount_dev(root: &Path) -> Result<()> {
+/// `in_user_namespace`: the devpts instance cannot take the host's `tty`
+/// group there (it is not mapped), so its ptys keep the user's group.
+pub fn mount_dev(root: &Path, in_user_namespace: bool) -> Result<()> {
     let dev = create_dir_in_root(root, Path::new("/dev"))?;
     // Not nodev: this is the one place device nodes must work. noexec and
     // nosuid because nothing legitimate executes from /dev.
@@ -51,7 +53,8 @@ pub fn mount_dev(root: &Path) -> Result<()> {
 
     let pts = create_dir_in_root(root, Path::new("/dev/pts"))?;
     // A new devpts instance: the container cannot see or open the host's ptys.
-    let pts_opts = match tty_gid() {
+    let tty_gid = if in_user_namespace { None } else { tty_gid() };
+    let pts_opts = match tty_gid {
         Some(gid) => format!("newinstance,ptmxmode=0666,mode=0620,gid={gid}"),
         None => "newinstance,ptmxmode=0666,mode=0620".to_string(),
     };

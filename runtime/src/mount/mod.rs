@@ -6,6 +6,7 @@
 
 pub mod dev;
 pub mod rootfs;
+pub mod upper;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -65,15 +66,47 @@ pub fn bind(source: &Path, target: &Path, recursive: bool, flags: MsFlags) -> Re
 }
 
 /// Changes the per-mount flags of the mount at `target`.
+///
+/// In a user namespace the kernel locks the restrictive flags (nosuid,
+/// nodev, noexec, read-only, atime) of mounts inherited from the host, and
+/// refuses a remount that would drop one with EPERM. Then the remount is
+/// retried with the mount's current flags added: the result is at least as
+/// restrictive as asked. As root the first attempt always succeeds, so the
+/// privileged path is unchanged.
 pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
-        None::<&str>,
-    )
+    let remount = |flags: MsFlags| {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+            None::<&str>,
+        )
+    };
+    match remount(flags) {
+        Err(nix::errno::Errno::EPERM) => remount(flags | current_flags(target)?),
+        other => other,
+    }
     .with_context(|| format!("remounting {}", target.display()))
+}
+
+/// The per-mount flags of the mount at `target`, as mount(2) flags.
+fn current_flags(target: &Path) -> Result<MsFlags> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let st = statvfs(target).with_context(|| format!("reading flags of {}", target.display()))?;
+    let map = [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ];
+    Ok(map
+        .iter()
+        .filter(|(st_flag, _)| st.flags().contains(*st_flag))
+        .fold(MsFlags::empty(), |acc, (_, ms)| acc | *ms))
 }
 
 /// Resolves `path` (an absolute container path) to a host path under `root`,

@@ -3,7 +3,8 @@
 //! Layout inside the staging directory (a private tmpfs):
 //!
 //! ```text
-//! <staging>/image   SquashFS from the loop device (ro,nosuid,nodev)
+//! <staging>/image   the image's SquashFS: from the loop device (root) or
+//!                   served through FUSE (unprivileged), ro,nosuid,nodev
 //! <staging>/upper   overlay upper dir  } on the staging tmpfs, so mount
 //! <staging>/work    overlay work dir   } points can be created without
 //! <staging>/root    overlay = the container root   writing to the image
@@ -15,12 +16,20 @@
 //! This module is the reusable part: `sifrun exec` calls it in a forked
 //! child, the SPANK plugin calls it once per node in a holder process and
 //! lets every task join the resulting mount namespace.
+//!
+//! One builder, two ways to get the image's files: [`mount_image`] (kernel
+//! SquashFS on a loop device, root) and [`mount_image_fuse`] (a FUSE
+//! connection, in an unprivileged user namespace). [`build_rootfs`] does
+//! the rest the same way for both; where the kernel refuses an operation in
+//! a user namespace, [`ContainerSpec::unprivileged`] selects the equivalent
+//! that it allows (see the field's documentation).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
+use super::upper::{self, Needed};
 use super::{
     bind, create_dir_in_root, create_mount_point, mount_fs, remount_bind, resolve_in_root,
 };
@@ -145,6 +154,13 @@ pub struct ContainerSpec {
     pub writable_tmpfs: bool,
     /// Size of the overlay's tmpfs in MiB.
     pub tmpfs_size_mib: u64,
+    /// Built inside an unprivileged user namespace (no PID or network
+    /// namespace of its own). The kernel then refuses fresh proc and sysfs
+    /// mounts (they belong to the host's PID and network namespaces), so
+    /// the host's `/proc` and `/sys` are bound instead: the same view a
+    /// fresh mount gives the privileged path, which shares those namespaces
+    /// too. The devpts instance gets no `gid=tty` (that group is not mapped).
+    pub unprivileged: bool,
 }
 
 impl ContainerSpec {
@@ -160,6 +176,7 @@ impl ContainerSpec {
             binds: Vec::new(),
             writable_tmpfs: false,
             tmpfs_size_mib: DEFAULT_TMPFS_SIZE_MIB,
+            unprivileged: false,
         }
     }
 }
@@ -200,9 +217,21 @@ pub fn mount_image(spec: &ContainerSpec, device: &Path) -> Result<PathBuf> {
     Ok(image_dir)
 }
 
+/// Mounts the staging tmpfs and the FUSE connection behind `device` (its
+/// server reads the image's SquashFS) read-only at `<staging>/image`;
+/// returns that directory. The FUSE mount belongs to `spec.identity`.
+pub fn mount_image_fuse(spec: &ContainerSpec, device: &fs::File) -> Result<PathBuf> {
+    mount_staging(spec)?;
+    let image_dir = spec.staging_dir.join("image");
+    fs::create_dir(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
+    crate::fuse::mount(device, &image_dir, spec.identity.uid, spec.identity.gid)?;
+    Ok(image_dir)
+}
+
 /// Builds the container root on top of the mounted image (`image_dir`, from
-/// [`mount_image`]) in the current mount namespace. Must run as root inside
-/// a private mount namespace.
+/// [`mount_image`] or [`mount_image_fuse`]) in the current mount namespace.
+/// Must run inside a private mount namespace, as root or (with
+/// [`ContainerSpec::unprivileged`]) in the user namespace owning it.
 pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
     let root = mount_overlay(spec, image_dir)?;
     // First, while the root holds nothing but the image and its tmpfs upper
@@ -211,35 +240,12 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
     // host file.
     write_identity_files(&root, &spec.identity)?;
 
-    let proc_dir = create_dir_in_root(&root, Path::new("/proc"))?;
-    mount_fs(
-        "proc",
-        &proc_dir,
-        "proc",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-    let sys_dir = create_dir_in_root(&root, Path::new("/sys"))?;
-    mount_fs(
-        "sysfs",
-        &sys_dir,
-        "sysfs",
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-    super::dev::mount_dev(&root)?;
+    mount_proc_sys(spec, &root)?;
+    super::dev::mount_dev(&root, spec.unprivileged)?;
 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if spec.mount_tmp {
-        bind_host_dir(&root, Path::new("/tmp"), Path::new("/tmp"), nosuid_nodev)?;
-    }
-    if spec.mount_home && spec.identity.home.is_dir() && spec.identity.home != Path::new("/") {
-        let home = &spec.identity.home;
-        bind_host_dir(&root, home, home, nosuid_nodev)?;
-    }
-    if let Some(cwd) = spec.cwd.as_deref().filter(|c| cwd_is_bindable(spec, c)) {
-        let source = spec.cwd_source.as_deref().unwrap_or(cwd);
-        bind_host_dir(&root, source, cwd, nosuid_nodev)?;
+    for (source, dest) in host_dir_binds(spec) {
+        bind_host_dir(&root, source, dest, nosuid_nodev)?;
     }
     for b in &spec.binds {
         let target = create_mount_point(&root, &b.destination, &b.source)?;
@@ -258,6 +264,66 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
     Ok(Rootfs { root })
 }
 
+/// The host directories bound at the same path: /tmp, home, cwd (in that
+/// order), as (source, container path).
+fn host_dir_binds(spec: &ContainerSpec) -> Vec<(&Path, &Path)> {
+    let mut binds = Vec::new();
+    if spec.mount_tmp {
+        binds.push((Path::new("/tmp"), Path::new("/tmp")));
+    }
+    if spec.mount_home && spec.identity.home.is_dir() && spec.identity.home != Path::new("/") {
+        binds.push((spec.identity.home.as_path(), spec.identity.home.as_path()));
+    }
+    if let Some(cwd) = spec.cwd.as_deref().filter(|c| cwd_is_bindable(spec, c)) {
+        binds.push((spec.cwd_source.as_deref().unwrap_or(cwd), cwd));
+    }
+    binds
+}
+
+/// Everything [`build_rootfs`] creates or rewrites in the root, for
+/// [`upper::prepare`] (unprivileged builds).
+fn needed_paths(spec: &ContainerSpec) -> Vec<Needed> {
+    let mut needed = vec![
+        Needed::Rewritten("/etc/passwd".into()),
+        Needed::Rewritten("/etc/group".into()),
+        Needed::Dir("/proc".into()),
+        Needed::Dir("/sys".into()),
+        Needed::Dir("/dev".into()),
+    ];
+    for (source, dest) in host_dir_binds(spec) {
+        if source.is_dir() {
+            needed.push(Needed::Dir(dest.to_path_buf()));
+        }
+    }
+    for b in &spec.binds {
+        needed.push(if b.source.is_dir() {
+            Needed::Dir(b.destination.clone())
+        } else {
+            Needed::File(b.destination.clone())
+        });
+    }
+    needed
+}
+
+/// `/proc` and a read-only `/sys`: fresh mounts as root, recursive binds of
+/// the host's in a user namespace (see [`ContainerSpec::unprivileged`];
+/// recursive because the kernel will not bind them without the submounts
+/// that hide parts of them).
+fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
+    let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let sys_flags = proc_flags | MsFlags::MS_RDONLY;
+    let proc_dir = create_dir_in_root(root, Path::new("/proc"))?;
+    let sys_dir = create_dir_in_root(root, Path::new("/sys"))?;
+    if spec.unprivileged {
+        bind(Path::new("/proc"), &proc_dir, true, proc_flags)?;
+        bind(Path::new("/sys"), &sys_dir, true, sys_flags)?;
+    } else {
+        mount_fs("proc", &proc_dir, "proc", proc_flags, None)?;
+        mount_fs("sysfs", &sys_dir, "sysfs", sys_flags, None)?;
+    }
+    Ok(())
+}
+
 /// Overlay: lower = image, upper/work on the staging tmpfs.
 fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
     let staging = &spec.staging_dir;
@@ -273,6 +339,9 @@ fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", upper.display()))?;
+    if spec.unprivileged {
+        upper::prepare(image_dir, &upper, &needed_paths(spec))?;
+    }
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         image_dir.display(),
