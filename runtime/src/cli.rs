@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use sifrun_runtime::gpu::GpuSelection;
 
 use sifrun_runtime::build::{BuildOptions, DEFAULT_COMPRESSOR};
 use sifrun_runtime::exec::{ExecOptions, VerifyPolicy};
@@ -239,6 +240,18 @@ pub struct SlurmSetupArgs {
     /// The job's restart count (a requeued job may change partition).
     #[arg(long, default_value_t = 0)]
     pub restart_count: u32,
+    /// The step's GPUs on this node (Slurm's SLURM_STEP_GPUS numbers).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub gpus: Vec<u32>,
+    /// Do not bind the host GPU driver's libraries and tools.
+    #[arg(long)]
+    pub no_gpu_driver: bool,
+    /// Driver file list in nvliblist.conf format (root-owned).
+    #[arg(long, value_name = "FILE")]
+    pub gpu_list: Option<PathBuf>,
+    /// Bind the node's InfiniBand/RDMA devices (/dev/infiniband/*).
+    #[arg(long)]
+    pub rdma: bool,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -261,6 +274,10 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             ecl_config: a.ecl_config,
             job_id: a.job_id,
             restart_count: a.restart_count,
+            gpus: a.gpus,
+            gpu_driver: !a.no_gpu_driver,
+            gpu_list: a.gpu_list,
+            rdma: a.rdma,
         }
     }
 }
@@ -347,6 +364,14 @@ pub struct ContainerArgs {
     /// PEM public key for --verify (repeatable; also SIFRUN_KEY_PEM, `:`-separated).
     #[arg(long = "key-pem", value_name = "PUBLIC.pem")]
     pub pem_keys: Vec<PathBuf>,
+    /// Pass GPUs through: `all`, or device numbers like `0,1` (/dev/nvidiaN),
+    /// with the host driver's libraries and tools (nvidia-smi). Default: none.
+    #[arg(long, value_name = "all|N,...", value_parser = parse_gpus, default_value = "none")]
+    pub gpus: GpuSelection,
+}
+
+fn parse_gpus(text: &str) -> Result<GpuSelection, String> {
+    GpuSelection::parse(text).map_err(|e| e.message().to_string())
 }
 
 impl ContainerArgs {
@@ -360,6 +385,7 @@ impl ContainerArgs {
             workdir: self.workdir,
             writable_tmpfs: self.writable_tmpfs,
             verify: VerifyPolicy::from_args_and_env(self.verify, self.keyrings, self.pem_keys),
+            gpus: self.gpus,
         }
     }
 }

@@ -49,6 +49,20 @@ impl Environment {
         }
     }
 
+    /// Appends `dir` to the colon-separated list in `name` (or sets it).
+    pub fn append_path(&mut self, name: &str, dir: &str) {
+        let value = match self.get(name) {
+            Some(v) if !v.is_empty() => {
+                let mut joined = v.to_os_string();
+                joined.push(":");
+                joined.push(dir);
+                joined
+            }
+            _ => OsString::from(dir),
+        };
+        self.set(name, value);
+    }
+
     /// Value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<&OsStr> {
         self.vars

@@ -24,6 +24,7 @@ use crate::container::{self, Workdir};
 use crate::env::{container_environment, parse_assignment, Environment};
 use crate::error::{Context, Error, Result};
 use crate::fuse;
+use crate::gpu::{self, DriverList, GpuSelection};
 use crate::image::RunnableImage;
 use crate::loop_device::LoopAttachment;
 use crate::mount::rootfs::{BindMount, ContainerSpec};
@@ -61,6 +62,9 @@ pub struct ExecOptions {
     pub writable_tmpfs: bool,
     /// Signature check before running.
     pub verify: VerifyPolicy,
+    /// GPUs passed through (`--gpus`), with the host driver's files; the
+    /// same code the SPANK plugin drives from Slurm's allocation.
+    pub gpus: GpuSelection,
 }
 
 /// Whether and against which keys the image is verified before it runs.
@@ -165,7 +169,14 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         .iter()
         .map(|e| parse_assignment(e))
         .collect::<Result<Vec<_>>>()?;
-    let env = container_environment(std::env::vars_os(), &image.env, &identity, &overrides);
+    let mut env = container_environment(std::env::vars_os(), &image.env, &identity, &overrides);
+    let gpu = gpu::passthrough(&opts.gpus, Some(&DriverList::default()), true);
+    if gpu.has_libraries() {
+        env.append_path("LD_LIBRARY_PATH", gpu::GPU_LIB_DIR);
+    }
+    if gpu.has_binaries() {
+        env.append_path("PATH", gpu::GPU_BIN_DIR);
+    }
     let cwd = std::env::current_dir().ok();
     let target = with_deffile_runscript(&opts.target, &image);
 
@@ -179,6 +190,8 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
     spec.unprivileged = unprivileged;
+    spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
+    spec.host_files = gpu.files;
 
     let launch = Launch {
         spec: &spec,

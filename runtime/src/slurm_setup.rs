@@ -30,6 +30,7 @@ use crate::ecl::enforce::{copy_image, EclCheck, ImageSource};
 use crate::error::Context;
 use crate::error::{Error, Result};
 use crate::exec::StagingDir;
+use crate::gpu::{self, DriverList, GpuPlan, GpuSelection};
 use crate::image::RunnableImage;
 use crate::image_cache::{CacheKey, ImageCache, Lease};
 use crate::loop_device::LoopAttachment;
@@ -66,6 +67,14 @@ pub struct SetupOptions {
     pub ecl_config: Option<PathBuf>,
     pub job_id: Option<u32>,
     pub restart_count: u32,
+    /// The step's GPUs on this node (Slurm's `SLURM_STEP_GPUS`).
+    pub gpus: Vec<u32>,
+    /// Bind the host GPU driver's libraries and tools with the GPUs.
+    pub gpu_driver: bool,
+    /// Admin's nvliblist.conf-style list (`None`: built-in list).
+    pub gpu_list: Option<PathBuf>,
+    /// Bind the node's InfiniBand/RDMA devices.
+    pub rdma: bool,
 }
 
 #[derive(Serialize)]
@@ -79,6 +88,10 @@ struct Report<'a> {
     staging: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_lock: Option<String>,
+    /// `(variable, directory)` to append to each task's environment
+    /// (driver libraries on `LD_LIBRARY_PATH`, tools on `PATH`).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    env_append: &'a [(String, String)],
 }
 
 /// Runs the whole sequence and returns the process exit status.
@@ -95,6 +108,7 @@ pub fn run(opts: &SetupOptions) -> i32 {
                     .lease
                     .as_ref()
                     .map(|l| l.lock_path().display().to_string()),
+                env_append: &ready.env_append,
             };
             if write_report(&mut stdout, &report).is_err() {
                 return 1;
@@ -114,6 +128,7 @@ pub fn run(opts: &SetupOptions) -> i32 {
                 env: None,
                 staging: None,
                 cache_lock: None,
+                env_append: &[],
             };
             let _ = write_report(&mut stdout, &report);
             1
@@ -129,6 +144,7 @@ fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
 
 struct Ready {
     env: Vec<(String, String)>,
+    env_append: Vec<(String, String)>,
     staging: PathBuf,
     /// Keeps the cached image mounted until the plugin holds its own lock.
     lease: Option<Lease>,
@@ -268,6 +284,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     )?;
     Ok(Ready {
         env: image.env,
+        env_append: gpu_env(opts),
         staging,
         lease: Some(lease),
     })
@@ -297,6 +314,7 @@ fn setup_uncached(
             drop(device);
             Ok(Ready {
                 env: image.env,
+                env_append: gpu_env(opts),
                 staging,
                 lease: None,
             })
@@ -362,6 +380,9 @@ fn build_in_new_namespace(
     }
 
     let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
+    let gpu = gpu_plan(opts)?;
+    spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
+    spec.host_files = gpu.files;
     spec.mount_home = opts.mount_home;
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
@@ -401,6 +422,34 @@ fn build_in_new_namespace(
     // the container).
     std::mem::forget(staging);
     Ok(staging_path)
+}
+
+/// The GPU (and RDMA) passthrough for this step: Slurm's allocation,
+/// the admin's driver list.
+fn gpu_plan(opts: &SetupOptions) -> Result<GpuPlan> {
+    let list = match &opts.gpu_list {
+        Some(path) => {
+            crate::ecl::config::check_trusted(path)?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading GPU list {}", path.display()))?;
+            Some(DriverList::parse(&text))
+        }
+        None => Some(DriverList::default()),
+    };
+    let selection = GpuSelection::Numbers(opts.gpus.clone());
+    let driver = if opts.gpu_driver { list.as_ref() } else { None };
+    Ok(gpu::passthrough(&selection, driver, opts.rdma))
+}
+
+/// Task environment additions for the driver files the plan binds.
+fn gpu_env(opts: &SetupOptions) -> Vec<(String, String)> {
+    if opts.gpus.is_empty() || !opts.gpu_driver {
+        return Vec::new();
+    }
+    vec![
+        ("LD_LIBRARY_PATH".to_string(), gpu::GPU_LIB_DIR.to_string()),
+        ("PATH".to_string(), gpu::GPU_BIN_DIR.to_string()),
+    ]
 }
 
 /// Error messages name the image as the user gave it, not our fd link.

@@ -37,6 +37,14 @@ pub struct Config {
     /// Slurm's configuration, read for `SlurmdSpoolDir` and `TmpFS` (the
     /// PMIx rendezvous directories bound into containers of PMIx steps).
     pub slurm_conf: PathBuf,
+    /// Pass the step's GPUs (Slurm's allocation) and the host driver's
+    /// files into containers.
+    pub gpus: bool,
+    /// Driver file list in Apptainer's nvliblist.conf format (root-owned);
+    /// none: sifrun's built-in list.
+    pub gpu_list: Option<PathBuf>,
+    /// Pass the node's InfiniBand/RDMA devices into containers.
+    pub rdma: bool,
 }
 
 impl Default for Config {
@@ -51,6 +59,9 @@ impl Default for Config {
             cache_idle_secs: 300,
             ecl_config: None,
             slurm_conf: PathBuf::from("/etc/slurm/slurm.conf"),
+            gpus: true,
+            gpu_list: None,
+            rdma: true,
         }
     }
 }
@@ -137,6 +148,11 @@ impl Config {
                     .map_err(|_| bad("expected a number of seconds"))?
             }
             "slurm_conf" => self.slurm_conf = PathBuf::from(value),
+            "gpus" => self.gpus = parse_bool(value)?,
+            "rdma" => self.rdma = parse_bool(value)?,
+            "gpu_list" => {
+                self.gpu_list = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+            }
             "ecl_config" => {
                 self.ecl_config = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
             }

@@ -36,6 +36,8 @@ pub struct JobUser {
     /// plugin from the admin's configuration (PMIx rendezvous), as
     /// `SRC:SRC[:ro]` bind specs.
     pub system_binds: Vec<String>,
+    /// The step's GPUs on this node (Slurm's `SLURM_STEP_GPUS`).
+    pub gpus: Vec<u32>,
 }
 
 /// What the helper reports once the container root is ready.
@@ -53,6 +55,9 @@ struct Report {
     /// shared lock on it for the step's lifetime.
     #[serde(default)]
     cache_lock: Option<String>,
+    /// Directories to append to task variables (GPU driver files).
+    #[serde(default)]
+    env_append: Vec<(String, String)>,
 }
 
 /// A ready per-node container: the pinned mount namespace and the image's
@@ -65,6 +70,9 @@ pub struct Container {
     /// the step runs, released by the kernel when slurmstepd exits (even if
     /// it is killed).
     pub cache_lease: Option<Flock<File>>,
+    /// `(variable, directory)` to append in each task (driver libraries on
+    /// `LD_LIBRARY_PATH`, tools on `PATH`).
+    pub env_append: Vec<(String, String)>,
 }
 
 /// Argument vector for `sifrun slurm-setup`.
@@ -115,6 +123,18 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
         args.push("--restart-count".into());
         args.push(user.restart_count.to_string());
     }
+    if config.gpus && !user.gpus.is_empty() {
+        let gpus: Vec<String> = user.gpus.iter().map(u32::to_string).collect();
+        args.push("--gpus".into());
+        args.push(gpus.join(","));
+        if let Some(list) = &config.gpu_list {
+            args.push("--gpu-list".into());
+            args.push(list.display().to_string());
+        }
+    }
+    if config.rdma {
+        args.push("--rdma".into());
+    }
     args.push(req.image.display().to_string());
     args
 }
@@ -160,6 +180,7 @@ pub fn build_container(
             mount_ns: mount_ns?,
             image_env: report.env,
             cache_lease,
+            env_append: report.env_append,
         })
     });
     // Closing stdin lets the helper exit; the namespace stays pinned by our fd.
@@ -305,6 +326,7 @@ mod tests {
             job_id: 42,
             restart_count: 1,
             system_binds: vec!["/var/spool/slurmd:/var/spool/slurmd".into()],
+            gpus: vec![0, 1],
         };
         let config = Config {
             default_binds: vec!["/etc/hosts:/etc/hosts:ro".into()],
@@ -344,6 +366,9 @@ mod tests {
                 "42",
                 "--restart-count",
                 "1",
+                "--gpus",
+                "0,1",
+                "--rdma",
                 "/img/a.sif"
             ]
         );
@@ -402,6 +427,7 @@ mod tests {
                 job_id: 1,
                 restart_count: 0,
                 system_binds: vec![],
+                gpus: vec![],
             },
         )
     }

@@ -153,6 +153,14 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
         job_id,
         restart_count,
         system_binds: Vec::new(),
+        // Slurm's allocation: slurmstepd sets (and clears) this itself; a
+        // value the user put in the environment does not survive.
+        gpus: spank
+            .getenv("SLURM_STEP_GPUS")
+            .ok()
+            .flatten()
+            .map(|v| sifrun_runtime::gpu::parse_step_gpus(&v))
+            .unwrap_or_default(),
     })
 }
 
@@ -316,6 +324,13 @@ unsafe impl Plugin for SifrunPlugin {
                     .collect();
                 for (k, v) in pmix_compat::compat_env(&pmix_env) {
                     spank.setenv(k, v, false)?;
+                }
+                for (name, dir) in &container.env_append {
+                    let value = match job_env(name).filter(|v| !v.is_empty()) {
+                        Some(v) => format!("{v}:{dir}"),
+                        None => dir.clone(),
+                    };
+                    spank.setenv(name, value, true)?;
                 }
                 spank.setenv("SIFRUN_CONTAINER", "1", true)?;
                 if let Some(dir) = self.request.as_ref().and_then(|r| r.workdir.as_ref()) {

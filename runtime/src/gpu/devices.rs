@@ -70,6 +70,23 @@ pub fn allocated_devices(dev: &Path, allocated: &[u32]) -> Vec<DeviceNode> {
     out
 }
 
+/// Every NVIDIA GPU number present under `dev` (`/dev/nvidiaN`).
+pub fn all_gpu_numbers(dev: &Path) -> Vec<u32> {
+    let mut v: Vec<u32> = sorted_entries(dev)
+        .iter()
+        .filter(|p| is_char_device(p))
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .strip_prefix("nvidia")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// InfiniBand/RDMA devices (`/dev/infiniband/*`: uverbs, rdma_cm, umad)
 /// when the node has them. Not tied to a Slurm allocation: like the
 /// network, they are the node's.

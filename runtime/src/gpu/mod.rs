@@ -77,6 +77,108 @@ pub fn plan(allocated: &[u32], driver: Option<&DriverFiles>) -> GpuPlan {
     GpuPlan { devices, files }
 }
 
+/// Which GPUs a container gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// None (no device, no driver file).
+    #[default]
+    None,
+    /// These device numbers (Slurm's `SLURM_STEP_GPUS`, `exec --gpus 0,1`).
+    Numbers(Vec<u32>),
+    /// Every GPU of the machine (`sifrun exec --gpus all`).
+    All,
+}
+
+impl GpuSelection {
+    /// Parses `all`, `none` or a comma-separated list of numbers.
+    pub fn parse(text: &str) -> crate::Result<Self> {
+        match text.trim() {
+            "all" => Ok(GpuSelection::All),
+            "none" | "" => Ok(GpuSelection::None),
+            list => {
+                let numbers: Option<Vec<u32>> =
+                    list.split(',').map(|n| n.trim().parse().ok()).collect();
+                numbers.map(GpuSelection::Numbers).ok_or_else(|| {
+                    crate::Error::usage(format!(
+                        "--gpus {list}: expected all, none or GPU numbers like 0,1"
+                    ))
+                })
+            }
+        }
+    }
+
+    /// The device numbers, with `All` resolved against `/dev`.
+    fn numbers(&self) -> Vec<u32> {
+        match self {
+            GpuSelection::None => Vec::new(),
+            GpuSelection::Numbers(v) => v.clone(),
+            GpuSelection::All => devices::all_gpu_numbers(std::path::Path::new("/dev")),
+        }
+    }
+}
+
+/// The admin's list of driver files (Apptainer's nvliblist.conf format:
+/// one name per line, `#` comments; names containing `.so` are libraries,
+/// others are tools). `None`: the built-in lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverList {
+    pub libraries: Vec<String>,
+    pub binaries: Vec<String>,
+}
+
+impl Default for DriverList {
+    fn default() -> Self {
+        DriverList {
+            libraries: DEFAULT_LIBRARIES.iter().map(|s| s.to_string()).collect(),
+            binaries: DEFAULT_BINARIES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl DriverList {
+    /// Parses nvliblist.conf text; absolute data-file lines are ignored
+    /// (sifrun binds libraries and tools only).
+    pub fn parse(text: &str) -> Self {
+        let mut list = DriverList {
+            libraries: Vec::new(),
+            binaries: Vec::new(),
+        };
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') || line.starts_with('/') {
+                continue;
+            }
+            if line.contains(".so") {
+                list.libraries.push(line.to_string());
+            } else if !line.contains('/') {
+                list.binaries.push(line.to_string());
+            }
+        }
+        list
+    }
+}
+
+/// Everything to pass through for `selection`: device nodes, plus (when
+/// `driver` is given and an NVIDIA GPU is selected) the host driver files
+/// from the ldconfig cache, plus RDMA devices when `rdma` and the node has
+/// them.
+pub fn passthrough(selection: &GpuSelection, driver: Option<&DriverList>, rdma: bool) -> GpuPlan {
+    let found = driver.map(|list| {
+        let dirs: Vec<PathBuf> = libs::DEFAULT_BIN_DIRS.iter().map(PathBuf::from).collect();
+        find_driver_files(
+            &libs::host_ldconfig_cache(),
+            &list.libraries,
+            &list.binaries,
+            &dirs,
+        )
+    });
+    let mut plan = plan(&selection.numbers(), found.as_ref());
+    if rdma {
+        plan.devices
+            .extend(rdma_devices(std::path::Path::new("/dev")));
+    }
+    plan
+}
+
 /// Parses `SLURM_STEP_GPUS` (`"0,1"`, `""`) into GPU numbers; anything that
 /// is not a small number is ignored (the value is Slurm's, but stay safe).
 pub fn parse_step_gpus(value: &str) -> Vec<u32> {

@@ -22,6 +22,22 @@ const LINKS: &[(&str, &str)] = &[
     ("ptmx", "pts/ptmx"),
 ];
 
+/// Binds the host device node `device` (a path under `/dev`) at the same
+/// path into the container's `/dev` (made by [`mount_dev`]): nosuid and
+/// noexec, not nodev, since the node must work.
+pub fn bind_device(root: &Path, device: &Path) -> Result<()> {
+    let relative = device.strip_prefix("/dev").map_err(|_| {
+        crate::Error::usage(format!("{}: not a device under /dev", device.display()))
+    })?;
+    let target = create_file_in_root(root, &Path::new("/dev").join(relative))?;
+    bind(
+        device,
+        &target,
+        false,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+    )
+}
+
 /// Builds `/dev` inside `root` (the container root, before `pivot_root`).
 /// `in_user_namespace`: the devpts instance cannot take the host's `tty`
 /// group there (it is not mapped), so its ptys keep the user's group.

@@ -161,6 +161,13 @@ pub struct ContainerSpec {
     /// fresh mount gives the privileged path, which shares those namespaces
     /// too. The devpts instance gets no `gid=tty` (that group is not mapped).
     pub unprivileged: bool,
+    /// Host device nodes bound at the same path under `/dev` (GPUs, RDMA:
+    /// see [`crate::gpu`]). Usable only as far as the job's device cgroup
+    /// allows, exactly as on the host.
+    pub devices: Vec<PathBuf>,
+    /// Host files bound read-only at container paths (GPU driver libraries
+    /// and tools, under `/.sifrun/gpu`), as (host file, container path).
+    pub host_files: Vec<(PathBuf, PathBuf)>,
 }
 
 impl ContainerSpec {
@@ -177,6 +184,8 @@ impl ContainerSpec {
             writable_tmpfs: false,
             tmpfs_size_mib: DEFAULT_TMPFS_SIZE_MIB,
             unprivileged: false,
+            devices: Vec::new(),
+            host_files: Vec::new(),
         }
     }
 }
@@ -242,6 +251,9 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
 
     mount_proc_sys(spec, &root)?;
     super::dev::mount_dev(&root, spec.unprivileged)?;
+    for device in &spec.devices {
+        super::dev::bind_device(&root, device)?;
+    }
 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     for (source, dest) in host_dir_binds(spec) {
@@ -256,6 +268,12 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
         // Not recursive: a read-only remount applies to one mount only, so
         // submounts of the source would stay writable under a `:ro` bind.
         bind(&b.source, &target, false, flags)?;
+    }
+    // Last, so that no user bind can cover them; created in the overlay's
+    // tmpfs upper layer (the image is not written).
+    for (source, dest) in &spec.host_files {
+        let target = create_mount_point(&root, dest, source)?;
+        bind(source, &target, false, MsFlags::MS_RDONLY | nosuid_nodev)?;
     }
 
     if !spec.writable_tmpfs {
@@ -301,6 +319,9 @@ fn needed_paths(spec: &ContainerSpec) -> Vec<Needed> {
         } else {
             Needed::File(b.destination.clone())
         });
+    }
+    for (_, dest) in &spec.host_files {
+        needed.push(Needed::File(dest.clone()));
     }
     needed
 }
