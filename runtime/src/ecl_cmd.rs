@@ -1,11 +1,10 @@
 //! `sifrun ecl check`: the plugin's ECL decision for an image, offline, so
 //! admins can test a configuration before jobs meet it.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 
 use crate::ecl::enforce::EclCheck;
 use crate::ecl::EclConfig;
@@ -109,22 +108,7 @@ pub fn check(
 fn record_dir_for(base: &Path, image: &Path) -> Result<PathBuf> {
     let meta =
         std::fs::metadata(image).map_err(|e| Error::image(format!("{}: {e}", image.display())))?;
-    let mut hash = Sha256::new();
-    for field in [
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime() as u64,
-        meta.mtime_nsec() as u64,
-        meta.ctime() as u64,
-        meta.ctime_nsec() as u64,
-    ] {
-        hash.update(field.to_le_bytes());
-    }
-    let name: String = hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let name = crate::image_cache::file_identity_digest(&meta, &[]);
     let dir = base.join(name);
     std::fs::DirBuilder::new()
         .recursive(true)

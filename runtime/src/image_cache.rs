@@ -81,30 +81,36 @@ impl CacheKey {
     /// live file vs a verified copy, see [`crate::ecl::enforce::ImageSource`]).
     pub fn for_partition(file: &File, offset: u64, size: u64, variant: u64) -> Result<Self> {
         let meta = file.metadata().context("reading image file metadata")?;
-        let mut hash = Sha256::new();
-        for field in [
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime() as u64,
-            meta.mtime_nsec() as u64,
-            meta.ctime() as u64,
-            meta.ctime_nsec() as u64,
-            offset,
-            size,
-            variant,
-        ] {
-            hash.update(field.to_le_bytes());
-        }
-        let digest = hash.finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(CacheKey(hex))
+        Ok(CacheKey(file_identity_digest(&meta, &[offset, size, variant])))
     }
 
     /// The key as a directory name (32 hex digits).
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// 32 hex digits naming the bytes of the file described by `meta` (device,
+/// inode, size, modification and change times) plus `extra` numbers: any
+/// write changes the change time, which no user can set.
+pub fn file_identity_digest(meta: &std::fs::Metadata, extra: &[u64]) -> String {
+    let mut hash = Sha256::new();
+    let identity = [
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ctime() as u64,
+        meta.ctime_nsec() as u64,
+    ];
+    for field in identity.iter().chain(extra) {
+        hash.update(field.to_le_bytes());
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The cache directory of one node.
