@@ -5,7 +5,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-
 use crate::ecl::enforce::EclCheck;
 use crate::ecl::EclConfig;
 use crate::error::{Context, Error, Result};
