@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::crypt::KeySource;
 use crate::env::parse_assignment;
 use crate::error::{Context, Error, Result};
-use crate::image::{self, ImageMetadata};
+use crate::image::{self, EncryptedPartition, ImageMetadata};
 use crate::process;
 
 /// Default SquashFS compressor.
@@ -39,6 +40,8 @@ pub struct BuildOptions {
     pub labels: Vec<String>,
     /// `NAME=VALUE` variables stored as the image environment (0x4002).
     pub env: Vec<String>,
+    /// Encrypt the root filesystem (LUKS2) with this key; see [`crate::crypt`].
+    pub encrypt: Option<KeySource>,
 }
 
 /// What a successful build produced.
@@ -77,6 +80,9 @@ pub fn run(opts: &BuildOptions) -> Result<BuildSummary> {
         )));
     }
     let meta = collect_metadata(opts)?;
+    // Ask for (or load) the key before the slow part, so a typo or an
+    // unreadable key fails at once.
+    let key = opts.encrypt.as_ref().map(|k| k.for_build()).transpose()?;
     let source_kind = SourceKind::detect(&opts.source)?;
 
     let out_dir = match opts.output.parent() {
@@ -94,7 +100,26 @@ pub fn run(opts: &BuildOptions) -> Result<BuildSummary> {
         .len();
 
     let tmp_image = work.path().join("image.sif");
-    image::write_image(&tmp_image, &squashfs, &meta, opts.deterministic)?;
+    match &key {
+        None => image::write_image(&tmp_image, &squashfs, &meta, opts.deterministic)?,
+        Some(key) => {
+            let container = work.path().join("rootfs.luks");
+            encrypt_squashfs(&squashfs, key, &container)?;
+            // The plaintext SquashFS is the build's own input; remove it
+            // as soon as the ciphertext exists.
+            let _ = fs::remove_file(&squashfs);
+            let part = EncryptedPartition {
+                wrapped_key: key.wrapped.clone(),
+            };
+            image::write_image_with(
+                &tmp_image,
+                &container,
+                Some(&part),
+                &meta,
+                opts.deterministic,
+            )?;
+        }
+    }
     let image_size = fs::metadata(&tmp_image)
         .context("reading image size")?
         .len();
@@ -113,6 +138,30 @@ pub fn run(opts: &BuildOptions) -> Result<BuildSummary> {
         squashfs_size,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes `squashfs` into a new LUKS2 container at `dest`. A random PEM
+/// key needs no costly KDF (it cannot be guessed); a passphrase gets
+/// Argon2id.
+fn encrypt_squashfs(squashfs: &Path, key: &crate::crypt::key::BuildKey, dest: &Path) -> Result<()> {
+    let kdf = if key.wrapped.is_some() {
+        luks2::Kdf::RANDOM_KEY_DEFAULT
+    } else {
+        luks2::Kdf::PASSPHRASE_DEFAULT
+    };
+    let opts = luks2::FormatOptions {
+        kdf,
+        ..Default::default()
+    };
+    let mut input = std::io::BufReader::new(
+        File::open(squashfs).with_context(|| format!("opening {}", squashfs.display()))?,
+    );
+    let mut out = std::io::BufWriter::new(
+        File::create(dest).with_context(|| format!("creating {}", dest.display()))?,
+    );
+    luks2::format(&mut input, &key.passphrase, &opts, &mut out)
+        .map_err(|e| Error::system(format!("encrypting the root filesystem: {e}")))?;
+    Ok(())
 }
 
 fn collect_metadata(opts: &BuildOptions) -> Result<ImageMetadata> {

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use sifrun_runtime::gpu::GpuSelection;
 
 use sifrun_runtime::build::{BuildOptions, DEFAULT_COMPRESSOR};
+use sifrun_runtime::crypt::KeySource;
 use sifrun_runtime::exec::{ExecOptions, VerifyPolicy};
 use sifrun_runtime::target::Target;
 
@@ -308,6 +309,42 @@ pub struct BuildArgs {
     /// Add a variable to the image's own environment (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+    /// Encrypt the root filesystem (LUKS2, as Apptainer's encrypted SIF)
+    /// with --pem-path (public key), --passphrase-file, or a passphrase
+    /// asked for on the terminal. Any of those flags implies --encrypt.
+    #[arg(short = 'e', long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// Key of an encrypted image (the same flags on build and exec).
+#[derive(Debug, Args, Default)]
+pub struct KeyArgs {
+    /// RSA key in PEM: public to build, private to run an encrypted image.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["passphrase_file", "passphrase"])]
+    pub pem_path: Option<PathBuf>,
+    /// File holding the passphrase (one trailing newline is ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Ask for the passphrase on the terminal.
+    #[arg(long)]
+    pub passphrase: bool,
+}
+
+impl KeyArgs {
+    /// The key source named, if any.
+    pub fn source(&self) -> Option<KeySource> {
+        if let Some(p) = &self.pem_path {
+            Some(KeySource::Pem(p.clone()))
+        } else if let Some(p) = &self.passphrase_file {
+            Some(KeySource::PassphraseFile(p.clone()))
+        } else if self.passphrase {
+            Some(KeySource::Prompt)
+        } else {
+            None
+        }
+    }
 }
 
 impl From<BuildArgs> for BuildOptions {
@@ -321,6 +358,11 @@ impl From<BuildArgs> for BuildOptions {
             deffile: a.deffile,
             labels: a.labels,
             env: a.env,
+            // A key flag alone implies --encrypt (as in Apptainer).
+            encrypt: match a.key.source() {
+                Some(k) => Some(k),
+                None => a.encrypt.then_some(KeySource::Prompt),
+            },
         }
     }
 }
@@ -368,6 +410,9 @@ pub struct ContainerArgs {
     /// with the host driver's libraries and tools (nvidia-smi). Default: none.
     #[arg(long, value_name = "all|N,...", value_parser = parse_gpus, default_value = "none")]
     pub gpus: GpuSelection,
+    /// Key of an encrypted image (asked for on the terminal if none given).
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 fn parse_gpus(text: &str) -> Result<GpuSelection, String> {
@@ -386,6 +431,7 @@ impl ContainerArgs {
             writable_tmpfs: self.writable_tmpfs,
             verify: VerifyPolicy::from_args_and_env(self.verify, self.keyrings, self.pem_keys),
             gpus: self.gpus,
+            key: self.key.source(),
         }
     }
 }

@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{getpid, getppid, Pid};
 
 use crate::container::{self, Workdir};
+use crate::crypt::{self, KeySource};
 use crate::env::{container_environment, parse_assignment, Environment};
 use crate::error::{Context, Error, Result};
 use crate::fuse;
@@ -65,6 +66,8 @@ pub struct ExecOptions {
     /// GPUs passed through (`--gpus`), with the host driver's files; the
     /// same code the SPANK plugin drives from Slurm's allocation.
     pub gpus: GpuSelection,
+    /// Key of an encrypted image; `None` asks on the terminal if needed.
+    pub key: Option<KeySource>,
 }
 
 /// Whether and against which keys the image is verified before it runs.
@@ -156,8 +159,10 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         None
     };
 
-    let image = RunnableImage::open(&opts.image)?;
+    let image = RunnableImage::open_maybe_encrypted(&opts.image)?;
     opts.verify.check(&opts.image)?;
+    // Unlock before anything is set up: a wrong key leaves nothing behind.
+    let unlocked = unlock(&image, opts.key.as_ref())?;
     let identity = resolve_identity(opts.user.as_deref(), unprivileged)?;
     let binds = opts
         .binds
@@ -204,9 +209,70 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         parent: getpid(),
     };
     match server {
-        Some(server) => run_unprivileged(launch, &image, &server, staging),
-        None => run_privileged(launch, &image, staging),
+        Some(server) => run_unprivileged(launch, &image, &server, staging, unlocked),
+        None => run_privileged(launch, &image, staging, unlocked),
     }
+}
+
+/// An encrypted image, unlocked: the verified passphrase (for the kernel
+/// path) and the user-space view of the container.
+struct Unlocked {
+    passphrase: zeroize::Zeroizing<Vec<u8>>,
+    volume: luks2::Volume,
+}
+
+/// Unlocks an encrypted image (`None` for a plain one). The key is
+/// checked here, in user space, on every path, so a wrong key is one
+/// clear error before any device or mount exists.
+fn unlock(image: &RunnableImage, key: Option<&KeySource>) -> Result<Option<Unlocked>> {
+    let Some(enc) = &image.encryption else {
+        if key.is_some() {
+            return Err(Error::usage(format!(
+                "{} is not encrypted: --pem-path / --passphrase-file / --passphrase apply only to encrypted images",
+                image.path.display()
+            )));
+        }
+        return Ok(None);
+    };
+    let key = key.cloned().unwrap_or(KeySource::Prompt);
+    let passphrase = key.for_run(enc.wrapped_key.as_deref())?;
+    let volume = crypt::open_volume(image, &passphrase)?;
+    Ok(Some(Unlocked { passphrase, volume }))
+}
+
+/// The block device to mount for a privileged run, and what keeps it
+/// alive: a loop device over the partition, over the decrypted FUSE file
+/// (user-space path), or a dm-crypt mapping over the partition's loop
+/// device (kernel path, where device-mapper exists).
+fn privileged_device(
+    image: &RunnableImage,
+    unlocked: Option<Unlocked>,
+) -> Result<(LoopAttachment, Option<crypt::dmcrypt::Mapping>)> {
+    let Some(unlocked) = unlocked else {
+        let dev =
+            LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
+        return Ok((dev, None));
+    };
+    if let Some(cryptsetup) = crypt::dmcrypt::available() {
+        let dev =
+            LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
+        let name = format!("sifrun-{}-{}", getpid(), unlocked.volume.uuid());
+        let mapping =
+            crypt::dmcrypt::Mapping::open(&cryptsetup, dev.path(), &name, &unlocked.passphrase);
+        return match mapping {
+            Ok(m) => Ok((dev, Some(m))),
+            Err(e) => {
+                let _ = dev.detach();
+                Err(e)
+            }
+        };
+    }
+    let size = unlocked.volume.size();
+    let mounted = crypt::fuse_file::mount_and_serve(unlocked.volume, Path::new(STAGING_BASE))?;
+    let dev = LoopAttachment::attach(&mounted.file(), 0, size);
+    // The loop device holds the file open; the mount itself can go now.
+    mounted.detach();
+    Ok((dev?, None))
 }
 
 /// The invoking user; `--user` needs root, except naming oneself.
@@ -245,20 +311,29 @@ fn with_deffile_runscript(target: &Target, image: &RunnableImage) -> Target {
 }
 
 /// Root: loop device, kernel SquashFS.
-fn run_privileged(launch: Launch<'_>, image: &RunnableImage, staging: StagingDir) -> Result<i32> {
-    let loop_dev =
-        LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
-    let device = loop_dev.path().to_path_buf();
+fn run_privileged(
+    launch: Launch<'_>,
+    image: &RunnableImage,
+    staging: StagingDir,
+    unlocked: Option<Unlocked>,
+) -> Result<i32> {
+    let (loop_dev, mapping) = privileged_device(image, unlocked)?;
+    let device = match &mapping {
+        Some(m) => m.path(),
+        None => loop_dev.path().to_path_buf(),
+    };
     match process::spawn(Box::new(move || launch.run_privileged(&device))) {
         Ok(child) => {
             // The mount in the child's namespace now holds the device;
             // closing our fd lets autoclear detach it when that namespace dies.
             drop(loop_dev);
+            drop(mapping);
             drop(staging);
             child.wait()
         }
         Err(e) => {
             // The child is reaped, its namespace (and any mount) is gone.
+            drop(mapping);
             let _ = loop_dev.detach();
             Err(e)
         }
@@ -273,7 +348,13 @@ fn run_unprivileged(
     image: &RunnableImage,
     server_program: &Path,
     staging: StagingDir,
+    unlocked: Option<Unlocked>,
 ) -> Result<i32> {
+    if unlocked.is_some() {
+        return Err(Error::usage(
+            "encrypted images need root for now (the decrypting FUSE file is mounted in the host namespace); run sifrun exec as root",
+        ));
+    }
     let (ours, theirs) = UnixStream::pair().context("creating the FUSE hand-over socket")?;
     let mut server: Option<fuse::Server> = None;
     let hook = |_child: Pid| -> Result<()> {

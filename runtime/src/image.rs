@@ -28,12 +28,40 @@ pub struct RunnableImage {
     /// The definition file the image was built from, if it stores one
     /// (`sifrun run` falls back to its `%runscript` section).
     pub deffile: Option<Vec<u8>>,
+    /// Set when the partition is an encrypted SquashFS (a LUKS2 container).
+    pub encryption: Option<Encryption>,
 }
+
+/// What running an encrypted image needs besides its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    /// The PEM `MESSAGE` holding the RSA-wrapped LUKS passphrase (the
+    /// crypto-message object linked to the partition), when the image was
+    /// encrypted to a PEM key; `None` for passphrase images.
+    pub wrapped_key: Option<Vec<u8>>,
+}
+
+/// Largest key object read.
+const MAX_KEY_OBJECT: u64 = 1 << 20;
 
 impl RunnableImage {
     /// Opens `path` and checks it can be run: a SIF with a SquashFS primary
-    /// partition lying entirely inside the file.
+    /// partition lying entirely inside the file. Encrypted images are
+    /// refused: their callers must unlock them ([`Self::open_maybe_encrypted`]).
     pub fn open(path: &Path) -> Result<Self> {
+        let image = Self::open_maybe_encrypted(path)?;
+        if image.encryption.is_some() {
+            return Err(Error::image(format!(
+                "{}: the image is encrypted; this path cannot unlock it (use sifrun exec with --pem-path or --passphrase-file)",
+                path.display()
+            )));
+        }
+        Ok(image)
+    }
+
+    /// Like [`Self::open`], but also accepts an encrypted SquashFS
+    /// partition (LUKS2), recording its key object if it has one.
+    pub fn open_maybe_encrypted(path: &Path) -> Result<Self> {
         let mut image = open_sif(path)?;
         let display = path.display();
         let part = image
@@ -43,9 +71,10 @@ impl RunnableImage {
         let info = part
             .partition()
             .map_err(|e| Error::image(format!("{display}: {e}")))?;
-        if info.fs_type != sif::FsType::Squashfs {
+        let encrypted = info.fs_type == sif::FsType::EncryptedSquashfs;
+        if info.fs_type != sif::FsType::Squashfs && !encrypted {
             return Err(Error::image(format!(
-                "{display}: unsupported filesystem type {} (only squashfs can be run)",
+                "{display}: unsupported filesystem type {} (only squashfs and encrypted squashfs can be run)",
                 fs_type_name(info.fs_type)
             )));
         }
@@ -78,13 +107,44 @@ impl RunnableImage {
                 })?),
                 None => None,
             };
+        let encryption = if encrypted {
+            Some(Encryption {
+                wrapped_key: read_key_object(&mut image, part.id)
+                    .map_err(|e| Error::image(format!("{display}: reading key object: {e}")))?,
+            })
+        } else {
+            None
+        };
         Ok(RunnableImage {
             path: path.to_path_buf(),
             partition_offset: part.offset,
             partition_size: part.size,
             env,
             deffile,
+            encryption,
         })
+    }
+}
+
+/// The crypto-message object linked to partition `id` holding a PEM
+/// RSA-OAEP message (the first such, as Apptainer looks it up).
+fn read_key_object(
+    image: &mut sif::Image<File>,
+    id: u32,
+) -> std::result::Result<Option<Vec<u8>>, sif::Error> {
+    let found = image
+        .find_by_type(sif::DataType::CryptoMessage)
+        .find(|d| {
+            d.link == sif::Link::Object(id)
+                && d.crypto_message().is_ok_and(|m| {
+                    m.format == sif::CryptoFormat::Pem
+                        && m.message_type == sif::MessageType::RsaOaep
+                })
+        })
+        .cloned();
+    match found {
+        Some(d) => image.read_object(&d, MAX_KEY_OBJECT).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -173,6 +233,29 @@ pub fn write_image(
     meta: &ImageMetadata,
     deterministic: bool,
 ) -> Result<()> {
+    write_image_with(dest, squashfs, None, meta, deterministic)
+}
+
+/// How the primary partition of an encrypted image is stored.
+#[derive(Debug, Clone, Default)]
+pub struct EncryptedPartition {
+    /// PEM `MESSAGE` with the wrapped LUKS passphrase (PEM-key images).
+    pub wrapped_key: Option<Vec<u8>>,
+}
+
+/// [`write_image`], or, with `encrypted`, an image whose primary partition
+/// `partition` is a LUKS2 container (file system type "encrypted
+/// squashfs") followed by its key object: a crypto-message (PEM,
+/// RSA-OAEP) linked to the partition and in group 1, so that a group
+/// signature covers it, as Apptainer stores it.
+pub fn write_image_with(
+    dest: &Path,
+    partition: &Path,
+    encrypted: Option<&EncryptedPartition>,
+    meta: &ImageMetadata,
+    deterministic: bool,
+) -> Result<()> {
+    let squashfs = partition;
     let mut objects = Vec::new();
     if let Some(def) = &meta.deffile {
         objects.push(sif::ObjectInput::new(sif::DataType::Deffile, def.clone()));
@@ -187,13 +270,27 @@ pub fn write_image(
             render_env_object(&meta.env),
         ));
     }
+    let fs_type = if encrypted.is_some() {
+        sif::FsType::EncryptedSquashfs
+    } else {
+        sif::FsType::Squashfs
+    };
     objects.push(
         sif::ObjectInput::new(sif::DataType::Partition, squashfs).partition(
-            sif::FsType::Squashfs,
+            fs_type,
             sif::PartType::PrimSys,
             sif::Arch::host(),
         ),
     );
+    // Object IDs are assigned in order from 1: the partition's is its count.
+    let partition_id = objects.len() as u32;
+    if let Some(wrapped) = encrypted.and_then(|e| e.wrapped_key.clone()) {
+        objects.push(
+            sif::ObjectInput::new(sif::DataType::CryptoMessage, wrapped)
+                .link_object(partition_id)
+                .crypto_message(sif::CryptoFormat::Pem, sif::MessageType::RsaOaep),
+        );
+    }
     let opts = sif::CreateOptions {
         deterministic,
         ..Default::default()

@@ -81,7 +81,10 @@ impl CacheKey {
     /// live file vs a verified copy, see [`crate::ecl::enforce::ImageSource`]).
     pub fn for_partition(file: &File, offset: u64, size: u64, variant: u64) -> Result<Self> {
         let meta = file.metadata().context("reading image file metadata")?;
-        Ok(CacheKey(file_identity_digest(&meta, &[offset, size, variant])))
+        Ok(CacheKey(file_identity_digest(
+            &meta,
+            &[offset, size, variant],
+        )))
     }
 
     /// The key as a directory name (32 hex digits).

@@ -9,6 +9,8 @@
 //! * [`namespaces`]: private mount namespace, `pivot_root`, `setns`
 //! * [`userns`]: unprivileged user namespace (own IDs mapped) for `sifrun exec` without root
 //! * [`fuse`]: the image's SquashFS through a FUSE server (squashfuse) when not root
+//! * [`crypt`]: encrypted images (LUKS2): keys, the user-space decrypting
+//!   FUSE file, the dm-crypt path
 //! * [`mount::rootfs`]: [`mount::rootfs::ContainerSpec`] → container root (overlay,
 //!   /proc, /sys, /dev, binds, passwd/group)
 //! * [`user`]: target identity and privilege drop
@@ -29,6 +31,7 @@ pub mod build;
 pub mod cache_cmd;
 pub mod container;
 pub mod credentials;
+pub mod crypt;
 pub mod ecl;
 pub mod ecl_cmd;
 pub mod env;

@@ -1,0 +1,219 @@
+//! The user-space decryption path: a FUSE file system with one read-only
+//! file, `image`, whose bytes are the decrypted SquashFS. Each read
+//! decrypts just the sectors it covers, so plaintext exists only in this
+//! process's buffers and in the kernel's page cache, never on a disk.
+//!
+//! The server is a thread of sifrun (the `fuser` crate's session loop) on a
+//! `/dev/fuse` connection sifrun mounted itself. It ends on its own when
+//! the kernel destroys the connection: after the mount is detached and the
+//! last open file on it (the loop device's backing file) is closed.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
+    Request, SessionACL,
+};
+use nix::mount::MsFlags;
+
+use crate::error::{Context, Error, Result};
+use crate::fuse;
+
+/// The one file's name.
+pub const FILE_NAME: &str = "image";
+const ROOT_INO: u64 = 1;
+const FILE_INO: u64 = 2;
+/// Attributes never change: cache them for long.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// The file system.
+struct DecryptedFile {
+    volume: luks2::Volume,
+    uid: u32,
+    gid: u32,
+}
+
+impl DecryptedFile {
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (kind, perm, size, nlink) = match ino {
+            ROOT_INO => (FileType::Directory, 0o500, 0, 2),
+            FILE_INO => (FileType::RegularFile, 0o400, self.volume.size(), 1),
+            _ => return None,
+        };
+        Some(FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+}
+
+impl Filesystem for DecryptedFile {
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        match self.attr(FILE_INO) {
+            Some(a) if parent == ROOT_INO && name == FILE_NAME => reply.entry(&TTL, &a, 0),
+            _ => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.attr(ino) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if ino != FILE_INO {
+            reply.error(libc::EISDIR);
+        } else if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            reply.error(libc::EROFS);
+        } else {
+            // Keep the page cache across opens: the content never changes.
+            reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE);
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        if ino != FILE_INO || offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; size as usize]);
+        match self.volume.read_at(&mut buf, offset as u64) {
+            Ok(n) => reply.data(&buf[..n]),
+            // A truncated or unreadable image is an I/O error to the reader
+            // (the SquashFS driver reports it), never a crash of the server.
+            Err(_) => reply.error(libc::EIO),
+        }
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino != ROOT_INO {
+            return reply.error(libc::ENOTDIR);
+        }
+        let entries = [
+            (ROOT_INO, FileType::Directory, "."),
+            (ROOT_INO, FileType::Directory, ".."),
+            (FILE_INO, FileType::RegularFile, FILE_NAME),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset.max(0) as usize) {
+            if reply.add(*ino, (i + 1) as i64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// Mounts the connection `device` on `dir`: read-only, nosuid, nodev,
+/// usable by `uid` only (no allow_other).
+pub fn mount(device: &File, dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    let data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
+        device.as_raw_fd()
+    );
+    nix::mount::mount(
+        Some("sifrun-luks"),
+        dir,
+        Some("fuse.sifrun-luks"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        Error::system(format!(
+            "mounting the decrypting FUSE file system on {}: {}",
+            dir.display(),
+            e.desc()
+        ))
+    })
+}
+
+/// Starts serving `volume` on an already mounted connection.
+pub fn serve(device: OwnedFd, volume: luks2::Volume, uid: u32, gid: u32) -> Result<()> {
+    let fs = DecryptedFile { volume, uid, gid };
+    // The kernel already restricts the mount to `uid` (no allow_other);
+    // requests reaching us are allowed ones.
+    fuser::Session::from_fd(fs, device, SessionACL::All)
+        .spawn()
+        .context("starting the decrypting FUSE server")?;
+    Ok(())
+}
+
+/// Mounts `volume` on a fresh directory under `base` and serves it; the
+/// caller opens `<dir>/image` and then calls [`Mounted::detach`].
+pub fn mount_and_serve(volume: luks2::Volume, base: &Path) -> Result<Mounted> {
+    let dir = tempfile::Builder::new()
+        .prefix(".luks-")
+        .tempdir_in(base)
+        .with_context(|| format!("creating a mount point in {}", base.display()))?
+        .keep();
+    let device = fuse::open_device()?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    if let Err(e) = mount(&device, &dir, uid, gid) {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(e);
+    }
+    let mounted = Mounted { dir };
+    serve(OwnedFd::from(device), volume, uid, gid)?;
+    Ok(mounted)
+}
+
+/// A mounted decrypting file system; detached (lazily unmounted) on drop,
+/// so the mount is visible only while the caller opens its file.
+#[derive(Debug)]
+pub struct Mounted {
+    dir: PathBuf,
+}
+
+impl Mounted {
+    /// Path of the decrypted file.
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// Unmounts now (open files keep working) and removes the directory.
+    pub fn detach(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

@@ -1,0 +1,40 @@
+//! Encrypted images: the primary partition is a LUKS2 container holding
+//! the SquashFS (SIF file system type "Encrypted squashFS", as Apptainer
+//! writes it). See docs/encryption.md.
+//!
+//! * [`key`]: where the LUKS passphrase comes from (a PEM RSA key that
+//!   unwraps the image's own random key, a passphrase file, or a prompt)
+//!   and the PEM `MESSAGE` wrapping of that random key;
+//! * [`fuse_file`]: the user-space path: the decrypted SquashFS as one
+//!   read-only file on a FUSE mount, decrypted sector by sector on read;
+//! * [`dmcrypt`]: the kernel path (`cryptsetup open`) where device-mapper
+//!   exists.
+//!
+//! The LUKS2 format itself is the `luks2` crate.
+
+pub mod dmcrypt;
+pub mod fuse_file;
+pub mod key;
+
+use std::fs::File;
+
+use crate::error::{Error, Result};
+use crate::image::RunnableImage;
+
+pub use key::KeySource;
+
+/// Unlocks the image's LUKS2 container with `passphrase`, with one-line
+/// errors naming the image.
+pub fn open_volume(image: &RunnableImage, passphrase: &[u8]) -> Result<luks2::Volume> {
+    let display = image.path.display();
+    let file =
+        File::open(&image.path).map_err(|e| Error::image(format!("cannot read {display}: {e}")))?;
+    let src = luks2::Source::new(file, image.partition_offset, image.partition_size);
+    luks2::Volume::unlock(src, passphrase).map_err(|e| match e {
+        luks2::Error::Io(io) => Error::image(format!("cannot read {display}: {io}")),
+        luks2::Error::NotLuks => Error::image(format!(
+            "{display}: encrypted partition holds no LUKS2 container"
+        )),
+        other => Error::image(format!("{display}: {other}")),
+    })
+}
