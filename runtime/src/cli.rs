@@ -253,6 +253,10 @@ pub struct SlurmSetupArgs {
     /// Bind the node's InfiniBand/RDMA devices (/dev/infiniband/*).
     #[arg(long)]
     pub rdma: bool,
+    /// Key of an encrypted image (PEM private key or passphrase file),
+    /// opened with the job user's credentials.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -279,6 +283,7 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             gpu_driver: !a.no_gpu_driver,
             gpu_list: a.gpu_list,
             rdma: a.rdma,
+            key_file: a.key_file,
         }
     }
 }

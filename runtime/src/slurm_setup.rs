@@ -15,17 +15,28 @@
 //!    `pivot_root` (this process is now inside);
 //! 4. print one JSON line on stdout: `{"ok":true,"env":[[NAME,VALUE],...],
 //!    "staging":DIR,"cache_lock":FILE}` or `{"ok":false,"error":"..."}`;
+//!
+//! Encrypted images (see docs/encryption.md) take another step 2: the key
+//! file (`--key-file`) is opened as the job user, the LUKS2 volume is
+//! unlocked in user space (a wrong key fails here, before any mount), a
+//! forked `crypt-serve` process serves the decrypted SquashFS as one FUSE
+//! file, and a loop device private to this step is attached over it. Such
+//! images never enter the node cache: a decrypted mount is never shared
+//! with a step that did not present the key.
+//!
 //! 5. wait for stdin to close (the plugin has then opened
 //!    `/proc/<pid>/ns/mnt`, which keeps the namespace alive, and taken its
 //!    own shared lock on `cache_lock`, which keeps the image mounted) and
 //!    exit.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::credentials::{PathHandle, UserCredentials};
+use crate::crypt;
 use crate::ecl::enforce::{copy_image, EclCheck, ImageSource};
 use crate::error::Context;
 use crate::error::{Error, Result};
@@ -75,6 +86,10 @@ pub struct SetupOptions {
     pub gpu_list: Option<PathBuf>,
     /// Bind the node's InfiniBand/RDMA devices.
     pub rdma: bool,
+    /// Key of an encrypted image (PEM private key or passphrase file),
+    /// named by the job user: opened with the user's credentials. Ignored
+    /// for images that are not encrypted.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -173,7 +188,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&image_file)
     ));
-    let image = RunnableImage::open(&image_fd_path)
+    let image = RunnableImage::open_maybe_encrypted(&image_fd_path)
         .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
 
     let mut identity = Identity::lookup(&opts.uid.to_string())?;
@@ -193,8 +208,21 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
         (Some(_), None) => return Err(Error::usage("--ecl-config needs --job-id")),
         _ => None,
     };
+    if image.encryption.is_some() {
+        if ecl.is_some() {
+            return Err(Error::image(format!(
+                "{}: encrypted images cannot run under an execution control list yet",
+                opts.image.display()
+            )));
+        }
+        let device = unlock_encrypted(opts, &user, &image, &image_fd_path)?;
+        return setup_uncached(opts, &user, identity, image, device);
+    }
     if ecl.is_none() && opts.cache_idle_secs == 0 {
-        return setup_uncached(opts, &user, identity, image, &image_fd_path);
+        let device =
+            LoopAttachment::attach(&image_fd_path, image.partition_offset, image.partition_size)
+                .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+        return setup_uncached(opts, &user, identity, image, device);
     }
     // Under an ECL, bytes the user could still change are copied first
     // (see ecl::enforce): the copy is what gets verified and mounted.
@@ -290,18 +318,61 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     })
 }
 
-/// The cache is off: this step attaches and mounts its own copy, which
-/// lives and dies with its namespace.
+/// The key of an encrypted image, opened and read as the job user.
+fn unlock_encrypted(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    image: &RunnableImage,
+    image_fd_path: &Path,
+) -> Result<LoopAttachment> {
+    let Some(enc) = &image.encryption else {
+        return Err(Error::image("not an encrypted image"));
+    };
+    let Some(key_path) = &opts.key_file else {
+        return Err(Error::usage(format!(
+            "{}: the image is encrypted: give its key with --container-key-file=FILE (PEM private key or passphrase file)",
+            opts.image.display()
+        )));
+    };
+    if !opts.state_dir.is_absolute() {
+        return Err(Error::usage("--state-dir must be an absolute path"));
+    }
+    // As the user: a key the user cannot read is refused like an image.
+    let mut key_file = user
+        .open_file(key_path)
+        .map_err(|e| Error::usage(format!("--container-key-file {}", e.message())))?;
+    let passphrase =
+        crypt::key::passphrase_from_key_file(&mut key_file, key_path, enc.wrapped_key.as_deref())?;
+    drop(key_file);
+    // The key is checked here, in user space, before anything is mounted.
+    let volume = crypt::open_volume(image, &passphrase)
+        .map_err(|e| rename_path(e, image_fd_path, &opts.image))?;
+    drop(passphrase);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.state_dir)
+        .with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    let size = volume.size();
+    // Forked before this process leaves the host's mount namespace; the
+    // server holds only the connection and the key, and exits once the
+    // loop device lets the file go (see fuse_file::mount_and_fork_server).
+    let mounted = crypt::fuse_file::mount_and_fork_server(volume, &opts.state_dir)?;
+    let device = LoopAttachment::attach(&mounted.file(), 0, size);
+    // The loop device holds the file; the mount leaves every mount table.
+    mounted.detach();
+    device
+}
+
+/// The cache is off, or the image is encrypted: this step mounts its own
+/// `device`, which lives and dies with its namespace.
 fn setup_uncached(
     opts: &SetupOptions,
     user: &UserCredentials,
     identity: Identity,
     image: RunnableImage,
-    image_fd_path: &Path,
+    device: LoopAttachment,
 ) -> Result<Ready> {
-    let device =
-        LoopAttachment::attach(image_fd_path, image.partition_offset, image.partition_size)
-            .map_err(|e| rename_path(e, image_fd_path, &opts.image))?;
     // From here on this process is in its own mount namespace: paths are
     // resolved (as the user) in it, so bind sources belong to it (the kernel
     // refuses to bind a mount of another namespace). On any error the

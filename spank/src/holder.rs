@@ -135,6 +135,11 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
     if config.rdma {
         args.push("--rdma".into());
     }
+    if let Some(key) = &req.key_file {
+        // A path only: the helper opens it as the job user.
+        args.push("--key-file".into());
+        args.push(key.display().to_string());
+    }
     args.push(req.image.display().to_string());
     args
 }
@@ -317,6 +322,7 @@ mod tests {
             host_env: vec![],
             writable: true,
             mount_home: Some(false),
+            key_file: None,
         };
         let user = JobUser {
             uid: 1001,
@@ -418,6 +424,7 @@ mod tests {
                 host_env: vec![],
                 writable: false,
                 mount_home: None,
+                key_file: None,
             },
             JobUser {
                 uid: 0,

@@ -80,6 +80,9 @@ fn options() -> Vec<SpankOption> {
         SpankOption::new(OPT_MOUNT_HOME).usage("[sifrun] mount the user's home directory"),
         SpankOption::new(OPT_NO_MOUNT_HOME)
             .usage("[sifrun] do not mount the user's home directory"),
+        SpankOption::new(OPT_KEY_FILE)
+            .takes_value("FILE")
+            .usage("[sifrun] key of an encrypted image: PEM private key or passphrase file"),
     ]
 }
 

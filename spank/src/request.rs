@@ -18,6 +18,8 @@ pub const OPT_ENV: &str = "container-env";
 pub const OPT_WRITABLE: &str = "container-writable";
 pub const OPT_MOUNT_HOME: &str = "container-mount-home";
 pub const OPT_NO_MOUNT_HOME: &str = "no-container-mount-home";
+/// Key of an encrypted image: a PEM RSA private key or a passphrase file.
+pub const OPT_KEY_FILE: &str = "container-key-file";
 
 /// Environment variable that carries Slurm's built-in `--container` value.
 pub const SLURM_CONTAINER_ENV: &str = "SLURM_CONTAINER";
@@ -65,6 +67,9 @@ pub struct ContainerRequest {
     pub writable: bool,
     /// `None`: the admin's default.
     pub mount_home: Option<bool>,
+    /// Key file of an encrypted image (absolute; opened by the helper with
+    /// the job user's credentials, never read by the plugin).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,6 +82,8 @@ pub enum RequestError {
     ConflictingHome,
     #[error("image path {0:?} is relative and the job's working directory is unknown")]
     RelativeImage(String),
+    #[error("--container-key-file {0:?} is relative and the job's working directory is unknown")]
+    RelativeKeyFile(String),
 }
 
 /// Where option values come from: the command line first, then the
@@ -139,6 +146,19 @@ impl ContainerRequest {
         let image = absolute_image_path(image.trim(), src.env("PWD").as_deref())?;
         let mut request = ContainerRequest::options_only(src)?;
         request.image = image;
+        if let Some(key) = src.option_or_env(OPT_KEY_FILE) {
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(RequestError::BadValue {
+                    option: OPT_KEY_FILE,
+                    why: "empty path".to_string(),
+                });
+            }
+            request.key_file = Some(
+                absolute_path(key, src.env("PWD").as_deref())
+                    .ok_or_else(|| RequestError::RelativeKeyFile(key.to_string()))?,
+            );
+        }
         Ok(Some(request))
     }
 
@@ -205,19 +225,26 @@ impl ContainerRequest {
             host_env,
             writable,
             mount_home,
+            key_file: None,
         })
     }
 }
 
 /// A relative image path resolves against the job's working directory.
 fn absolute_image_path(image: &str, cwd: Option<&str>) -> Result<PathBuf, RequestError> {
-    let path = Path::new(image);
+    absolute_path(image, cwd).ok_or_else(|| RequestError::RelativeImage(image.to_string()))
+}
+
+/// `path` made absolute against the job's working directory (`None` when
+/// it is relative and the directory is unknown).
+fn absolute_path(path: &str, cwd: Option<&str>) -> Option<PathBuf> {
+    let path = Path::new(path);
     if path.is_absolute() {
-        return Ok(path.to_path_buf());
+        return Some(path.to_path_buf());
     }
     match cwd {
-        Some(cwd) if cwd.starts_with('/') => Ok(Path::new(cwd).join(path)),
-        _ => Err(RequestError::RelativeImage(image.to_string())),
+        Some(cwd) if cwd.starts_with('/') => Some(Path::new(cwd).join(path)),
+        _ => None,
     }
 }
 
@@ -340,6 +367,31 @@ mod tests {
         src.options.insert(OPT_MOUNTS, "rel:/x");
         assert!(ContainerRequest::options_only(&src).is_err());
         assert_eq!(ContainerRequest::from_source(&src, true).unwrap(), None);
+    }
+
+    #[test]
+    fn key_file_resolves_against_job_cwd_and_has_an_env_default() {
+        let mut src = with_env(&[("SLURM_CONTAINER", "/a.sif"), ("PWD", "/home/u")]);
+        src.options.insert(OPT_KEY_FILE, "keys/priv.pem");
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.key_file, Some(PathBuf::from("/home/u/keys/priv.pem")));
+        let src = with_env(&[
+            ("SLURM_CONTAINER", "/a.sif"),
+            ("SIFRUN_CONTAINER_KEY_FILE", "/k/pass.txt"),
+        ]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.key_file, Some(PathBuf::from("/k/pass.txt")));
+        let src = with_env(&[
+            ("SLURM_CONTAINER", "/a.sif"),
+            ("SIFRUN_CONTAINER_KEY_FILE", "pass.txt"),
+        ]);
+        assert!(matches!(
+            ContainerRequest::from_source(&src, true),
+            Err(RequestError::RelativeKeyFile(_))
+        ));
+        let src = with_env(&[("SLURM_CONTAINER", "/a.sif")]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.key_file, None);
     }
 
     #[test]

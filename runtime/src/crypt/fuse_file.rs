@@ -141,9 +141,17 @@ impl Filesystem for DecryptedFile {
 /// Mounts the connection `device` on `dir`: read-only, nosuid, nodev,
 /// usable by `uid` only (no allow_other).
 pub fn mount(device: &File, dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    mount_with(device, dir, uid, gid, false)
+}
+
+/// [`mount`], optionally with `allow_other`: any process may then reach
+/// the file system, and the kernel checks the file's mode (0400, owner
+/// `uid`) as for any file (`default_permissions`).
+fn mount_with(device: &File, dir: &Path, uid: u32, gid: u32, allow_other: bool) -> Result<()> {
     let data = format!(
-        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
-        device.as_raw_fd()
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions{}",
+        device.as_raw_fd(),
+        if allow_other { ",allow_other" } else { "" }
     );
     nix::mount::mount(
         Some("sifrun-luks"),
@@ -190,6 +198,87 @@ pub fn mount_and_serve(volume: luks2::Volume, base: &Path) -> Result<Mounted> {
     let mounted = Mounted { dir };
     serve(OwnedFd::from(device), volume, uid, gid)?;
     Ok(mounted)
+}
+
+/// Name of the forked server process (`comm`, as `ps` and `pgrep` show it).
+pub const SERVER_NAME: &str = "crypt-serve";
+
+/// Like [`mount_and_serve`], but the server is a forked child process,
+/// named [`SERVER_NAME`], that outlives the caller (the Slurm helper exits
+/// long before the step ends). The child starts a new session, has its
+/// standard streams on `/dev/null` (the plugin waits for the helper's
+/// streams to close) and holds nothing but the `/dev/fuse` connection and
+/// the encrypted image: no reference to the mount, to the decrypted file
+/// or to any mount namespace. So once the mount is detached and the loop
+/// device over the file lets it go, the kernel destroys the connection,
+/// the child's next read fails with ENODEV and it exits, wiping the key.
+///
+/// Must be called from a single-threaded process (it forks), before the
+/// caller leaves the host's mount namespace: a server inside the step's
+/// namespace would keep that namespace, and so its own mount, alive.
+pub fn mount_and_fork_server(volume: luks2::Volume, base: &Path) -> Result<Mounted> {
+    let dir = tempfile::Builder::new()
+        .prefix(".luks-")
+        .tempdir_in(base)
+        .with_context(|| format!("creating a mount point in {}", base.display()))?
+        .keep();
+    let device = fuse::open_device()?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    // allow_other: without it the kernel lets in only processes whose
+    // real, effective and saved IDs all equal uid/gid, which a helper
+    // started by slurmstepd need not have (its real or saved group can
+    // differ). The file is 0400 and owned by root, its directory is 0500
+    // in the 0700 state directory, and the mount is detached as soon as
+    // the loop device holds the file: only root ever reaches it.
+    if let Err(e) = mount_with(&device, &dir, uid, gid, true) {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(e);
+    }
+    let mounted = Mounted { dir };
+    // SAFETY: the caller is single-threaded; the child only runs the
+    // server loop and leaves with _exit.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(Error::system(format!(
+            "starting the decrypting FUSE server: {}",
+            e.desc()
+        ))),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // The parent owns the mount: never detach it from here.
+            std::mem::forget(mounted);
+            serve_in_child(device, volume, uid, gid)
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            // Only the child keeps the connection and the key.
+            drop(device);
+            drop(volume);
+            Ok(mounted)
+        }
+    }
+}
+
+fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32) -> ! {
+    let _ = nix::unistd::setsid();
+    // SAFETY: plain prctl/dup2 calls on valid arguments.
+    unsafe {
+        let name = c"crypt-serve";
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+            for fd in 0..3 {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+        // The helper's working directory must not stay busy.
+        libc::chdir(c"/".as_ptr());
+    }
+    let fs = DecryptedFile { volume, uid, gid };
+    let mut session = fuser::Session::from_fd(fs, OwnedFd::from(device), SessionACL::All);
+    let code = i32::from(session.run().is_err());
+    // Dropping the session drops the volume, which wipes the key.
+    drop(session);
+    // SAFETY: leaving the forked child without running the parent's
+    // destructors or atexit handlers.
+    unsafe { libc::_exit(code) }
 }
 
 /// A mounted decrypting file system; detached (lazily unmounted) on drop,

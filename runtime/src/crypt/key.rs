@@ -121,6 +121,64 @@ fn read_limited(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>> {
         .map_err(|e| Error::usage(format!("{what} {}: {e}", path.display())))
 }
 
+/// The LUKS passphrase from the contents of one key file, whose kind the
+/// image decides (the Slurm option `--container-key-file` takes either):
+/// for an image with a key object (`wrapped`), a PEM RSA private key that
+/// unwraps it; otherwise a passphrase file (one trailing newline dropped).
+/// `file` is read to its end (bounded); `path` names it in errors.
+pub fn passphrase_from_key_file(
+    file: &mut File,
+    path: &Path,
+    wrapped: Option<&[u8]>,
+) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut data = Zeroizing::new(Vec::new());
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::usage(format!("key file {}: {e}", path.display())))?;
+    if data.len() as u64 > MAX_KEY_FILE {
+        return Err(Error::usage(format!(
+            "key file {} is too large",
+            path.display()
+        )));
+    }
+    let looks_pem = data.starts_with(b"-----BEGIN ");
+    match wrapped {
+        Some(wrapped) => {
+            let text = std::str::from_utf8(&data)
+                .ok()
+                .filter(|_| looks_pem)
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "key file {}: this image was encrypted to an RSA key: give its PEM private key",
+                        path.display()
+                    ))
+                })?;
+            let private = private_key_from_pem(text, path)?;
+            unwrap(&private, wrapped)
+        }
+        None if looks_pem => Err(Error::usage(format!(
+            "key file {}: this image was encrypted with a passphrase, not a PEM key: give a file holding the passphrase",
+            path.display()
+        ))),
+        None => {
+            if data.ends_with(b"\n") {
+                data.pop();
+                if data.ends_with(b"\r") {
+                    data.pop();
+                }
+            }
+            if data.is_empty() {
+                return Err(Error::usage(format!(
+                    "key file {} is empty",
+                    path.display()
+                )));
+            }
+            Ok(data)
+        }
+    }
+}
+
 /// Reads a passphrase file; a single trailing `\n` (or `\r\n`) is dropped
 /// so that `echo secret > file` means "secret", as when typed.
 pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
@@ -163,14 +221,19 @@ pub fn load_public_key(path: &Path) -> Result<RsaPublicKey> {
 /// Loads an RSA private key (PKCS#1 `RSA PRIVATE KEY`, or PKCS#8).
 pub fn load_private_key(path: &Path) -> Result<RsaPrivateKey> {
     let text = pem_text(path)?;
+    private_key_from_pem(&text, path)
+}
+
+/// Parses an RSA private key from PEM text; `path` names it in errors.
+fn private_key_from_pem(text: &str, path: &Path) -> Result<RsaPrivateKey> {
     if text.contains("ENCRYPTED") {
         return Err(Error::usage(format!(
             "{}: passphrase-protected PEM keys are not supported",
             path.display()
         )));
     }
-    RsaPrivateKey::from_pkcs1_pem(&text)
-        .or_else(|_| RsaPrivateKey::from_pkcs8_pem(&text))
+    RsaPrivateKey::from_pkcs1_pem(text)
+        .or_else(|_| RsaPrivateKey::from_pkcs8_pem(text))
         .map_err(|_| {
             Error::usage(format!(
                 "{} is not a PEM RSA private key (PKCS#1 or PKCS#8)",
