@@ -183,6 +183,14 @@ pub fn serve(device: OwnedFd, volume: luks2::Volume, uid: u32, gid: u32) -> Resu
 /// Mounts `volume` on a fresh directory under `base` and serves it; the
 /// caller opens `<dir>/image` and then calls [`Mounted::detach`].
 pub fn mount_and_serve(volume: luks2::Volume, base: &Path) -> Result<Mounted> {
+    let (mounted, device, uid, gid) = mount_fresh(base, false)?;
+    serve(OwnedFd::from(device), volume, uid, gid)?;
+    Ok(mounted)
+}
+
+/// Opens `/dev/fuse` and mounts the connection, owned by our effective
+/// IDs, on a fresh directory under `base` (`allow_other` as asked).
+fn mount_fresh(base: &Path, allow_other: bool) -> Result<(Mounted, File, u32, u32)> {
     let dir = tempfile::Builder::new()
         .prefix(".luks-")
         .tempdir_in(base)
@@ -191,13 +199,11 @@ pub fn mount_and_serve(volume: luks2::Volume, base: &Path) -> Result<Mounted> {
     let device = fuse::open_device()?;
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    if let Err(e) = mount(&device, &dir, uid, gid) {
+    if let Err(e) = mount_with(&device, &dir, uid, gid, allow_other) {
         let _ = std::fs::remove_dir(&dir);
         return Err(e);
     }
-    let mounted = Mounted { dir };
-    serve(OwnedFd::from(device), volume, uid, gid)?;
-    Ok(mounted)
+    Ok((Mounted { dir }, device, uid, gid))
 }
 
 /// Name of the forked server process (`comm`, as `ps` and `pgrep` show it).
@@ -217,25 +223,13 @@ pub const SERVER_NAME: &str = "crypt-serve";
 /// caller leaves the host's mount namespace: a server inside the step's
 /// namespace would keep that namespace, and so its own mount, alive.
 pub fn mount_and_fork_server(volume: luks2::Volume, base: &Path) -> Result<Mounted> {
-    let dir = tempfile::Builder::new()
-        .prefix(".luks-")
-        .tempdir_in(base)
-        .with_context(|| format!("creating a mount point in {}", base.display()))?
-        .keep();
-    let device = fuse::open_device()?;
-    let uid = nix::unistd::geteuid().as_raw();
-    let gid = nix::unistd::getegid().as_raw();
     // allow_other: without it the kernel lets in only processes whose
     // real, effective and saved IDs all equal uid/gid, which a helper
     // started by slurmstepd need not have (its real or saved group can
     // differ). The file is 0400 and owned by root, its directory is 0500
     // in the 0700 state directory, and the mount is detached as soon as
     // the loop device holds the file: only root ever reaches it.
-    if let Err(e) = mount_with(&device, &dir, uid, gid, true) {
-        let _ = std::fs::remove_dir(&dir);
-        return Err(e);
-    }
-    let mounted = Mounted { dir };
+    let (mounted, device, uid, gid) = mount_fresh(base, true)?;
     // SAFETY: the caller is single-threaded; the child only runs the
     // server loop and leaves with _exit.
     match unsafe { nix::unistd::fork() } {

@@ -161,28 +161,24 @@ pub fn passphrase_from_key_file(
             "key file {}: this image was encrypted with a passphrase, not a PEM key: give a file holding the passphrase",
             path.display()
         ))),
-        None => {
-            if data.ends_with(b"\n") {
-                data.pop();
-                if data.ends_with(b"\r") {
-                    data.pop();
-                }
-            }
-            if data.is_empty() {
-                return Err(Error::usage(format!(
-                    "key file {} is empty",
-                    path.display()
-                )));
-            }
-            Ok(data)
-        }
+        None => passphrase_from(data, "key file", path),
     }
 }
 
 /// Reads a passphrase file; a single trailing `\n` (or `\r\n`) is dropped
 /// so that `echo secret > file` means "secret", as when typed.
 pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
-    let mut data = read_limited(path, "passphrase file")?;
+    let data = read_limited(path, "passphrase file")?;
+    passphrase_from(data, "passphrase file", path)
+}
+
+/// A file's bytes as a passphrase: one trailing `\n` (or `\r\n`) dropped,
+/// empty refused (`what` names the file in the message).
+fn passphrase_from(
+    mut data: Zeroizing<Vec<u8>>,
+    what: &str,
+    path: &Path,
+) -> Result<Zeroizing<Vec<u8>>> {
     if data.ends_with(b"\n") {
         data.pop();
         if data.ends_with(b"\r") {
@@ -190,10 +186,7 @@ pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
         }
     }
     if data.is_empty() {
-        return Err(Error::usage(format!(
-            "passphrase file {} is empty",
-            path.display()
-        )));
+        return Err(Error::usage(format!("{what} {} is empty", path.display())));
     }
     Ok(data)
 }
