@@ -22,6 +22,7 @@
 //! * [`image_cache`]: node-wide cache of mounted images (shared by steps and jobs);
 //!   [`cache_cmd`]: `sifrun cache`
 //! * [`ecl`]: per-partition execution control lists; [`ecl_cmd`]: `sifrun ecl check`
+//! * [`trusted`]: who may have written a file root acts on
 //! * [`slurm_setup`]: `sifrun slurm-setup`, one Slurm step's container (used by the SPANK plugin)
 //! * [`exec`]: `sifrun exec`/`shell`/`run` orchestration (privileged or unprivileged);
 //!   [`target`]: command, shell or runscript; [`build`], [`inspect`]: the other subcommands
@@ -49,6 +50,7 @@ pub mod process;
 pub mod sign;
 pub mod slurm_setup;
 pub mod target;
+pub mod trusted;
 pub mod user;
 pub mod userns;
 pub mod verify;

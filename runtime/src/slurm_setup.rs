@@ -500,7 +500,8 @@ fn build_in_new_namespace(
 fn gpu_plan(opts: &SetupOptions) -> Result<GpuPlan> {
     let list = match &opts.gpu_list {
         Some(path) => {
-            crate::ecl::config::check_trusted(path)?;
+            crate::trusted::check_config_file(path)
+                .map_err(|reason| Error::usage(format!("GPU list {}: {reason}", path.display())))?;
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading GPU list {}", path.display()))?;
             Some(DriverList::parse(&text))

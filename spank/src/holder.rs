@@ -216,10 +216,9 @@ fn take_cache_lease(lock: &str, config: &Config) -> Result<Flock<File>, String> 
 
 /// The helper runs as root: refuse one that someone else could have replaced.
 fn check_helper(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(path).map_err(|e| format!("sifrun helper {}: {e}", path.display()))?;
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+    if !sifrun_runtime::trusted::root_owned_not_writable(&meta) {
         return Err(format!(
             "sifrun helper {} must be owned by root and not group/other writable",
             path.display()

@@ -30,7 +30,6 @@
 //! refuses every container run rather than running unchecked.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -279,17 +278,7 @@ fn read_trusted(path: &Path) -> Result<String> {
 
 /// See [`read_trusted`].
 pub fn check_trusted(path: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| bad(path, &e.to_string()))?;
-    if !meta.file_type().is_file() {
-        return Err(bad(path, "must be a regular file (not a symlink)"));
-    }
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(bad(
-            path,
-            "must be owned by root and not writable by group or others",
-        ));
-    }
-    Ok(())
+    crate::trusted::check_config_file(path).map_err(|reason| bad(path, &reason))
 }
 
 fn bad(path: &Path, message: &str) -> Error {

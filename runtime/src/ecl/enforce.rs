@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -40,7 +40,7 @@ pub enum ImageSource {
 impl ImageSource {
     /// For an ECL-checked image with metadata `meta`.
     pub fn for_checked_image(meta: &std::fs::Metadata) -> Self {
-        if meta.uid() == 0 && meta.mode() & 0o022 == 0 {
+        if crate::trusted::root_owned_not_writable(meta) {
             ImageSource::File
         } else {
             ImageSource::Copy

@@ -1,0 +1,28 @@
+//! Files root acts on: who may have written them.
+//!
+//! A file decides what root does (the helper binary, an ECL, a keyring, the
+//! GPU driver list) or is mounted as verified bytes only when nobody but
+//! root can change it: owned by root and not writable by group or others.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Owned by root and not writable by group or others.
+pub fn root_owned_not_writable(meta: &std::fs::Metadata) -> bool {
+    meta.uid() == 0 && meta.mode() & 0o022 == 0
+}
+
+/// Checks a configuration file root reads: a regular file (a symlink is
+/// refused, since its target could be elsewhere), owned by root, not
+/// writable by group or others. The error is the reason, for the caller
+/// to put after the file's name.
+pub fn check_config_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("must be a regular file (not a symlink)".to_string());
+    }
+    if !root_owned_not_writable(&meta) {
+        return Err("must be owned by root and not writable by group or others".to_string());
+    }
+    Ok(())
+}
