@@ -176,11 +176,8 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         .collect::<Result<Vec<_>>>()?;
     let mut env = container_environment(std::env::vars_os(), &image.env, &identity, &overrides);
     let gpu = gpu::passthrough(&opts.gpus, Some(&DriverList::default()), true);
-    if gpu.has_libraries() {
-        env.append_path("LD_LIBRARY_PATH", gpu::GPU_LIB_DIR);
-    }
-    if gpu.has_binaries() {
-        env.append_path("PATH", gpu::GPU_BIN_DIR);
+    for (name, dir) in gpu.env_append() {
+        env.append_path(&name, &dir);
     }
     let cwd = std::env::current_dir().ok();
     let target = with_deffile_runscript(&opts.target, &image);

@@ -165,6 +165,14 @@ struct Ready {
     lease: Option<Lease>,
 }
 
+/// What [`build_in_new_namespace`] leaves for the report.
+struct Built {
+    /// Host staging directory (the plugin removes it).
+    staging: PathBuf,
+    /// Environment additions for the GPU driver files bound.
+    env_append: Vec<(String, String)>,
+}
+
 /// Where the container's lower layer comes from.
 enum ImageLayer<'a> {
     /// A loop device to mount privately in the step's namespace.
@@ -304,7 +312,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     if lease.mounted_now {
         start_keeper(opts);
     }
-    let staging = build_in_new_namespace(
+    let built = build_in_new_namespace(
         opts,
         &user,
         identity,
@@ -312,8 +320,8 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     )?;
     Ok(Ready {
         env: image.env,
-        env_append: gpu_env(opts),
-        staging,
+        env_append: built.env_append,
+        staging: built.staging,
         lease: Some(lease),
     })
 }
@@ -379,14 +387,14 @@ fn setup_uncached(
     // process exits, the namespace dies, and the device is detached.
     let result = build_in_new_namespace(opts, user, identity, ImageLayer::Device(device.path()));
     match result {
-        Ok(staging) => {
+        Ok(built) => {
             // Our mount holds the device now; autoclear detaches it with
             // the namespace.
             drop(device);
             Ok(Ready {
                 env: image.env,
-                env_append: gpu_env(opts),
-                staging,
+                env_append: built.env_append,
+                staging: built.staging,
                 lease: None,
             })
         }
@@ -427,7 +435,7 @@ fn build_in_new_namespace(
     user: &UserCredentials,
     identity: Identity,
     layer: ImageLayer,
-) -> Result<PathBuf> {
+) -> Result<Built> {
     if !opts.state_dir.is_absolute() {
         return Err(Error::usage("--state-dir must be an absolute path"));
     }
@@ -452,6 +460,7 @@ fn build_in_new_namespace(
 
     let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
     let gpu = gpu_plan(opts)?;
+    let env_append = gpu.env_append();
     spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
     spec.host_files = gpu.files;
     spec.mount_home = opts.mount_home;
@@ -492,13 +501,17 @@ fn build_in_new_namespace(
     // there, so the plugin removes it (dropping here would look for it in
     // the container).
     std::mem::forget(staging);
-    Ok(staging_path)
+    Ok(Built {
+        staging: staging_path,
+        env_append,
+    })
 }
 
 /// The GPU (and RDMA) passthrough for this step: Slurm's allocation,
-/// the admin's driver list.
+/// the admin's driver list (read only for a step that has GPUs).
 fn gpu_plan(opts: &SetupOptions) -> Result<GpuPlan> {
     let list = match &opts.gpu_list {
+        _ if opts.gpus.is_empty() || !opts.gpu_driver => None,
         Some(path) => {
             crate::trusted::check_config_file(path)
                 .map_err(|reason| Error::usage(format!("GPU list {}: {reason}", path.display())))?;
@@ -509,19 +522,7 @@ fn gpu_plan(opts: &SetupOptions) -> Result<GpuPlan> {
         None => Some(DriverList::default()),
     };
     let selection = GpuSelection::Numbers(opts.gpus.clone());
-    let driver = if opts.gpu_driver { list.as_ref() } else { None };
-    Ok(gpu::passthrough(&selection, driver, opts.rdma))
-}
-
-/// Task environment additions for the driver files the plan binds.
-fn gpu_env(opts: &SetupOptions) -> Vec<(String, String)> {
-    if opts.gpus.is_empty() || !opts.gpu_driver {
-        return Vec::new();
-    }
-    vec![
-        ("LD_LIBRARY_PATH".to_string(), gpu::GPU_LIB_DIR.to_string()),
-        ("PATH".to_string(), gpu::GPU_BIN_DIR.to_string()),
-    ]
+    Ok(gpu::passthrough(&selection, list.as_ref(), opts.rdma))
 }
 
 /// Error messages name the image as the user gave it, not our fd link.

@@ -55,26 +55,38 @@ impl GpuPlan {
     pub fn has_binaries(&self) -> bool {
         self.files.iter().any(|(_, c)| c.starts_with(GPU_BIN_DIR))
     }
+
+    /// `(variable, directory)` each process in the container needs appended
+    /// to its environment for the files this plan binds.
+    pub fn env_append(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if self.has_libraries() {
+            env.push(("LD_LIBRARY_PATH".to_string(), GPU_LIB_DIR.to_string()));
+        }
+        if self.has_binaries() {
+            env.push(("PATH".to_string(), GPU_BIN_DIR.to_string()));
+        }
+        env
+    }
 }
 
-/// Builds the plan for the GPUs `allocated` (Slurm's `SLURM_STEP_GPUS`
-/// numbers) under `/dev`, with driver files found by `driver` (`None`:
-/// devices only).
-pub fn plan(allocated: &[u32], driver: Option<&DriverFiles>) -> GpuPlan {
-    let devices = allocated_devices(std::path::Path::new("/dev"), allocated);
-    let mut files = Vec::new();
-    let has_nvidia = devices.iter().any(|d| d.vendor == devices::Vendor::Nvidia);
-    if let (true, Some(driver)) = (has_nvidia, driver) {
-        for lib in &driver.libraries {
-            let name = lib.file_name().unwrap_or_default();
-            files.push((lib.clone(), PathBuf::from(GPU_LIB_DIR).join(name)));
-        }
-        for bin in &driver.binaries {
-            let name = bin.file_name().unwrap_or_default();
-            files.push((bin.clone(), PathBuf::from(GPU_BIN_DIR).join(name)));
-        }
-    }
-    GpuPlan { devices, files }
+/// Read-only binds of the driver files `found` into [`GPU_LIB_DIR`] and
+/// [`GPU_BIN_DIR`], as (host file, container path).
+fn driver_binds(found: &DriverFiles) -> Vec<(PathBuf, PathBuf)> {
+    let into = |dir: &str, files: &[PathBuf]| -> Vec<(PathBuf, PathBuf)> {
+        files
+            .iter()
+            .map(|f| {
+                (
+                    f.clone(),
+                    PathBuf::from(dir).join(f.file_name().unwrap_or_default()),
+                )
+            })
+            .collect()
+    };
+    let mut binds = into(GPU_LIB_DIR, &found.libraries);
+    binds.extend(into(GPU_BIN_DIR, &found.binaries));
+    binds
 }
 
 /// Which GPUs a container gets.
@@ -162,21 +174,27 @@ impl DriverList {
 /// from the ldconfig cache, plus RDMA devices when `rdma` and the node has
 /// them.
 pub fn passthrough(selection: &GpuSelection, driver: Option<&DriverList>, rdma: bool) -> GpuPlan {
-    let found = driver.map(|list| {
-        let dirs: Vec<PathBuf> = libs::DEFAULT_BIN_DIRS.iter().map(PathBuf::from).collect();
-        find_driver_files(
-            &libs::host_ldconfig_cache(),
-            &list.libraries,
-            &list.binaries,
-            &dirs,
-        )
-    });
-    let mut plan = plan(&selection.numbers(), found.as_ref());
+    let dev = std::path::Path::new("/dev");
+    let mut devices = allocated_devices(dev, &selection.numbers());
+    // The ldconfig cache is read (a process) only for a container that
+    // gets an NVIDIA GPU: every other step skips it.
+    let has_nvidia = devices.iter().any(|d| d.vendor == devices::Vendor::Nvidia);
+    let files = match driver.filter(|_| has_nvidia) {
+        Some(list) => {
+            let dirs: Vec<PathBuf> = libs::DEFAULT_BIN_DIRS.iter().map(PathBuf::from).collect();
+            driver_binds(&find_driver_files(
+                &libs::host_ldconfig_cache(),
+                &list.libraries,
+                &list.binaries,
+                &dirs,
+            ))
+        }
+        None => Vec::new(),
+    };
     if rdma {
-        plan.devices
-            .extend(rdma_devices(std::path::Path::new("/dev")));
+        devices.extend(rdma_devices(dev));
     }
-    plan
+    GpuPlan { devices, files }
 }
 
 /// Parses `SLURM_STEP_GPUS` (`"0,1"`, `""`) into GPU numbers; anything that
