@@ -14,7 +14,8 @@ use super::digest::{decode_hex, feed_reader, DigestAlg};
 use super::error::VerifyError;
 use super::select::{self, Format};
 use super::verify::{
-    check_clearsigned, descriptor_fingerprint, DigestCache, Report, SignatureReport, VerifyOptions,
+    check_clearsigned, descriptor_fingerprint, descriptor_hash, DigestCache, Report,
+    SignatureReport, VerifyOptions,
 };
 use crate::{DataType, Descriptor, HashType, Image, Link, PartType};
 
@@ -113,13 +114,7 @@ fn check_one<R: Read + Seek + Send>(
     let signature = d.id;
     let (text, signer) = check_clearsigned(&opts.keyring, d, data)?;
     r.signer = Some(signer);
-    let hash = d
-        .signature()
-        .map(|s| s.hash_type)
-        .map_err(|e| VerifyError::Malformed {
-            signature,
-            reason: e.to_string(),
-        })?;
+    let hash = descriptor_hash(d)?;
     let (alg, want) =
         parse_digest(&text, hash).map_err(|reason| VerifyError::Malformed { signature, reason })?;
     match d.link {

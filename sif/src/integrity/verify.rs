@@ -12,7 +12,7 @@ use super::legacy;
 use super::metadata::{descriptor_integrity_bytes, header_integrity_bytes, ImageMetadata};
 use super::pgp::{self, Keyring, PgpFailure};
 use super::select::{self, Format};
-use crate::{DataType, Descriptor, Image, Link};
+use crate::{DataType, Descriptor, HashType, Image, Link};
 
 /// What to verify against.
 #[derive(Debug, Clone, Default)]
@@ -210,6 +210,17 @@ pub(crate) fn descriptor_fingerprint(d: &Descriptor) -> Option<[u8; 20]> {
     d.signature().ok().and_then(|s| s.fingerprint)
 }
 
+/// The hash a signature descriptor declares; an unreadable one makes the
+/// signature malformed.
+pub(crate) fn descriptor_hash(d: &Descriptor) -> Result<HashType, VerifyError> {
+    d.signature()
+        .map(|s| s.hash_type)
+        .map_err(|e| VerifyError::Malformed {
+            signature: d.id,
+            reason: e.to_string(),
+        })
+}
+
 /// Checks an OpenPGP clear-signed signature object against the keyring and
 /// the descriptor's fingerprint; returns the message text and the signer.
 pub(crate) fn check_clearsigned(
@@ -277,13 +288,7 @@ fn check_dsse(
             format: "dsse",
         });
     }
-    let hash = d
-        .signature()
-        .map(|s| s.hash_type)
-        .map_err(|e| VerifyError::Malformed {
-            signature,
-            reason: e.to_string(),
-        })?;
+    let hash = descriptor_hash(d)?;
     let pae = dsse::pae(dsse::PAYLOAD_TYPE, &env.payload);
     // Threshold 1: one signature verified by one given key suffices.
     for (_, sig) in &env.signatures {
