@@ -22,25 +22,6 @@ use sif::integrity::{self, SignOptions, SigningKey};
 
 use crate::common::{run_sifrun, stderr, stdout};
 
-/// The reference corpus (sylabs/sif `test/`), from Debian's
-/// golang-github-sylabs-sif-dev.
-pub const CORPUS: &str = "/usr/share/gocode/src/github.com/sylabs/sif/test";
-/// Primary fingerprint of the corpus key `test/keys/private.asc`.
-pub const CORPUS_FP: &str = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84";
-
-/// The corpus directory (images/ and keys/), or `None` after saying why.
-pub fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("SIF_CORPUS_DIR")
-        .map(|d| PathBuf::from(d).join(".."))
-        .unwrap_or_else(|| PathBuf::from(CORPUS));
-    if dir.join("keys/private.asc").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: sylabs/sif corpus not found (install golang-github-sylabs-sif-dev)");
-        None
-    }
-}
-
 /// A generated OpenPGP key: the certificate (with its secret parts).
 pub struct Key {
     pub cert: Cert,
