@@ -62,7 +62,10 @@ impl ImageSource {
 pub struct EclCheck {
     pub partition: String,
     pub policy: PartitionPolicy,
-    verify: VerifyOptions,
+    /// The partition's keyrings as read (path, bytes): read once, parsed
+    /// only when an image has to be verified (a recorded verdict needs
+    /// just their digest).
+    keyrings: Vec<(PathBuf, Vec<u8>)>,
     /// Names this policy's verification records.
     digest: String,
 }
@@ -122,10 +125,19 @@ impl EclCheck {
         if !policy.ecl.activated {
             return Ok(None);
         }
+        let keyrings = policy
+            .keyrings
+            .iter()
+            .map(|path| {
+                std::fs::read(path)
+                    .map(|bytes| (path.clone(), bytes))
+                    .with_context(|| format!("reading keyring {}", path.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Some(EclCheck {
             partition: partition.to_string(),
-            verify: verify_options(policy)?,
-            digest: policy_digest(policy)?,
+            digest: policy_digest(policy.ecl.legacyinsecure, &keyrings),
+            keyrings,
             policy: policy.clone(),
         }))
     }
@@ -145,7 +157,7 @@ impl EclCheck {
         let (facts, was_cached) = match cached {
             Some(facts) => (facts, true),
             None => {
-                let facts = verify_image(backing, &self.verify)?;
+                let facts = verify_image(backing, &self.verify_options()?)?;
                 if let Some(record) = &record {
                     store_facts(record, &facts)?;
                 }
@@ -162,42 +174,40 @@ impl EclCheck {
     }
 }
 
-/// The partition's keyrings, loaded, and the verification options they
-/// imply.
-pub fn verify_options(policy: &PartitionPolicy) -> Result<VerifyOptions> {
-    let mut opts = VerifyOptions {
-        legacy: policy.ecl.legacyinsecure,
-        ..VerifyOptions::default()
-    };
-    for path in &policy.keyrings {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading keyring {}", path.display()))?;
-        let ring = Keyring::from_bytes(&bytes).map_err(|e| {
-            Error::usage(format!(
-                "ECL configuration: keyring {}: {e}",
-                path.display()
-            ))
-        })?;
-        opts.keyring.extend(ring);
+impl EclCheck {
+    /// The partition's keyrings, parsed, and the verification options they
+    /// imply.
+    fn verify_options(&self) -> Result<VerifyOptions> {
+        let mut opts = VerifyOptions {
+            legacy: self.policy.ecl.legacyinsecure,
+            ..VerifyOptions::default()
+        };
+        for (path, bytes) in &self.keyrings {
+            let ring = Keyring::from_bytes(bytes).map_err(|e| {
+                Error::usage(format!(
+                    "ECL configuration: keyring {}: {e}",
+                    path.display()
+                ))
+            })?;
+            opts.keyring.extend(ring);
+        }
+        Ok(opts)
     }
-    Ok(opts)
 }
 
 /// Names a verification record: the same image verified against other
 /// keys (another partition) is another record.
-pub fn policy_digest(policy: &PartitionPolicy) -> Result<String> {
+fn policy_digest(legacy: bool, keyrings: &[(PathBuf, Vec<u8>)]) -> String {
     let mut hash = Sha256::new();
-    hash.update([u8::from(policy.ecl.legacyinsecure)]);
-    for path in &policy.keyrings {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading keyring {}", path.display()))?;
+    hash.update([u8::from(legacy)]);
+    for (_, bytes) in keyrings {
         hash.update((bytes.len() as u64).to_le_bytes());
-        hash.update(&bytes);
+        hash.update(bytes);
     }
-    Ok(hash.finalize()[..8]
+    hash.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect()
 }
 
 /// Verifies the image at `path` and returns what an ECL needs to know.
