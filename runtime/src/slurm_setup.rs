@@ -305,12 +305,14 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
             }
         })
         .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
-    // Already mounted (by another step, maybe under another partition's
-    // list or none): this step's list decides too, from the node's record
-    // of the verified bytes when there is one.
-    enforce(lease.entry_dir()).map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
     if lease.mounted_now {
+        // This step's list already decided, inside the mount function.
         start_keeper(opts);
+    } else {
+        // Already mounted (by another step, maybe under another
+        // partition's list or none): this step's list decides too, from
+        // the node's record of the verified bytes when there is one.
+        enforce(lease.entry_dir()).map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
     }
     let built = build_in_new_namespace(
         opts,
