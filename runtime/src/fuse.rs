@@ -245,12 +245,7 @@ impl Server {
     /// mount namespace is gone); leaves it running, detached, otherwise.
     pub fn wait_for_exit(mut self) {
         let deadline = Instant::now() + SERVER_EXIT_GRACE;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
+        let _ = crate::process::wait_until(&mut self.child, deadline, Duration::from_millis(2));
     }
 
     /// Ends the server now (setup failed: nothing will use the mount).

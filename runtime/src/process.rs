@@ -135,6 +135,25 @@ pub fn spawn_with(
     }
 }
 
+/// Waits for a helper program (`std::process::Child`) to exit, polling
+/// every `poll` until `deadline`: `Ok(None)` when it is still running then
+/// (the caller decides whether to kill it or leave it).
+pub fn wait_until(
+    child: &mut std::process::Child,
+    deadline: std::time::Instant,
+    poll: std::time::Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(poll);
+    }
+}
+
 /// Relays the [`FORWARDED_SIGNALS`] to `pid` until [`stop_forwarding`]
 /// (used while `sifrun build` waits for mksquashfs, so an interrupted build
 /// still cleans up its temporary files).

@@ -293,16 +293,10 @@ fn reap(child: &mut Child, timeout: Duration) -> String {
             }
         }
     }
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-        }
+    if let Ok(None) = sifrun_runtime::process::wait_until(child, deadline, Duration::from_millis(1))
+    {
+        let _ = child.kill();
+        let _ = child.wait();
     }
     String::from_utf8_lossy(&err).into_owned()
 }

@@ -69,19 +69,15 @@ fn query(job_id: u32, scontrol: &Path) -> Result<String> {
         .spawn()
         .with_context(|| format!("running {}", scontrol.display()))?;
     let deadline = Instant::now() + QUERY_TIMEOUT;
-    let status = loop {
-        match child.try_wait().context("waiting for scontrol")? {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::system(format!(
-                    "asking slurmctld for the partition of job {job_id}: no answer within {} s",
-                    QUERY_TIMEOUT.as_secs()
-                )));
-            }
-            None => std::thread::sleep(Duration::from_millis(2)),
-        }
+    let waited = crate::process::wait_until(&mut child, deadline, Duration::from_millis(2))
+        .context("waiting for scontrol")?;
+    let Some(status) = waited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::system(format!(
+            "asking slurmctld for the partition of job {job_id}: no answer within {} s",
+            QUERY_TIMEOUT.as_secs()
+        )));
     };
     let mut out = String::new();
     let mut err = String::new();
