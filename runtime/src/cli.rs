@@ -257,6 +257,17 @@ pub struct SlurmSetupArgs {
     /// opened with the job user's credentials.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Under an ECL: largest image (its objects) copied for verification,
+    /// in MiB (0: only free space limits it).
+    #[arg(long, default_value_t = 0, value_name = "MIB")]
+    pub copy_limit_mib: u64,
+    /// Under an ECL: all copies one user may hold on the node, in MiB (0:
+    /// no share).
+    #[arg(long, default_value_t = 0, value_name = "MIB")]
+    pub copy_quota_mib: u64,
+    /// Give up (the process kills itself) after this many seconds (0: never).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub timeout_secs: u64,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -284,6 +295,9 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             gpu_list: a.gpu_list,
             rdma: a.rdma,
             key_file: a.key_file,
+            copy_limit_mib: a.copy_limit_mib,
+            copy_quota_mib: a.copy_quota_mib,
+            timeout_secs: a.timeout_secs,
         }
     }
 }

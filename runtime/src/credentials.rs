@@ -44,32 +44,96 @@ impl UserCredentials {
         Ok(result)
     }
 
-    /// Opens `path` read-only as the user.
+    /// Opens the regular file `path` read-only as the user.
+    ///
+    /// Never blocks (a FIFO or device named as an image or key is refused,
+    /// not waited on) and never follows `/proc` magic links (see
+    /// [`open_as_user`]).
     pub fn open_file(&self, path: &Path) -> Result<File> {
-        self.run_as(|| File::open(path))?
-            .map_err(|e| Error::image(format!("{}: {}", path.display(), reason(&e))))
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let file = self
+            .run_as(|| open_no_magiclinks(path, flags))?
+            .map_err(|e| Error::image(format!("{}: {}", path.display(), reason(&e))))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if !meta.is_file() {
+            return Err(Error::image(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
+        }
+        Ok(file)
     }
 
     /// Resolves `path` as the user and returns an `O_PATH` handle to what
     /// it names: root can then bind that exact object through
     /// `/proc/self/fd/N` without resolving the user's path again.
     pub fn open_path(&self, path: &Path) -> Result<PathHandle> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| Error::usage(format!("{}: path contains NUL", path.display())))?;
-        let fd = self.run_as(|| {
-            // SAFETY: plain open(2) with a valid C string.
-            unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) }
-        })?;
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(Error::usage(format!("{}: {}", path.display(), reason(&e))));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = self
+            .run_as(|| open_no_magiclinks(path, libc::O_PATH | libc::O_CLOEXEC))?
+            .map_err(|e| Error::usage(format!("{}: {}", path.display(), reason(&e))))?;
         let canonical = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .unwrap_or_else(|_| path.to_path_buf());
         Ok(PathHandle { file, canonical })
     }
+}
+
+/// `open(path, flags)` that refuses `/proc` magic links (`/proc/PID/root`,
+/// `/proc/PID/cwd`, `/proc/self/fd/N`, also when reached through a
+/// symlink): through them a path resolves in another process's mount
+/// namespace or root (a user's own namespace, where they can mount
+/// anything over a trusted directory), or as the helper's own root and
+/// working directory. Ordinary symlinks are followed as usual.
+pub fn open_no_magiclinks(path: &Path, flags: libc::c_int) -> std::io::Result<File> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: open_how is plain old data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 with a valid C string and a correctly sized open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { File::from_raw_fd(fd as libc::c_int) })
+}
+
+/// The directory `file` really sits in, as this process's mount namespace
+/// sees it, or `None` when that cannot be established.
+///
+/// The kernel's name for an open file (`/proc/self/fd/N`) is its path in
+/// the mount where it was opened, which may be a mount in someone else's
+/// namespace: the name alone is not proof. So the name's directory is
+/// opened here and must hold an entry that is the very same file (device
+/// and inode); only then is that directory where the file is.
+pub fn real_parent_dir(file: &File) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let name = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let (parent, base) = (name.parent()?, name.file_name()?);
+    let dir = open_no_magiclinks(
+        parent,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+    )
+    .ok()?;
+    let entry = nix::sys::stat::fstatat(
+        Some(dir.as_raw_fd()),
+        base,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ok()?;
+    let meta = file.metadata().ok()?;
+    (entry.st_dev == meta.dev() && entry.st_ino == meta.ino()).then(|| parent.to_path_buf())
 }
 
 /// A path resolved with the user's credentials.
@@ -93,6 +157,11 @@ fn reason(e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => {
             "permission denied (not readable by the job user)".to_string()
         }
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            "refused: too many symbolic links, or a /proc link into another process's files"
+                .to_string()
+        }
+        _ if e.raw_os_error() == Some(libc::ENXIO) => "not a regular file".to_string(),
         _ => e.to_string(),
     }
 }

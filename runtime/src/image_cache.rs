@@ -71,6 +71,11 @@ const CACHE_SUBDIR: &str = "images";
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 const LOCK_POLL: Duration = Duration::from_millis(2);
 
+/// An entry's verified copy of a user-writable image, and whom it is
+/// accounted to.
+pub const COPY_FILE: &str = "image.sif";
+pub const COPY_RECORD: &str = "copy.json";
+
 /// Identity of one image file's bytes; names its cache entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey(String);
@@ -87,10 +92,52 @@ impl CacheKey {
         )))
     }
 
+    /// Key for the root-only verified copy of the open `file` (see
+    /// [`crate::ecl::enforce::ImageSource::Copy`]), as of `now`.
+    ///
+    /// Stat identity proves "unchanged since" only once the file's change
+    /// time is in the past by more than one timestamp tick: a write within
+    /// the tick of the last one leaves the same times (Lustre keeps whole
+    /// seconds; local filesystems a coarse kernel clock). A file changed
+    /// within [`RACY_WINDOW`] of `now` therefore gets a key of its own that
+    /// no other step can match (the step copies and verifies it for
+    /// itself), as git treats a "racily clean" index entry. For any other
+    /// file, a later write gets a later change time and a new key, and the
+    /// caller checks the identity again after copying
+    /// ([`same_file_identity`]) to catch a write during the copy.
+    pub fn for_copy(file: &File, now: SystemTime, variant: u64) -> Result<Self> {
+        let meta = file.metadata().context("reading image file metadata")?;
+        let changed = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                meta.ctime().max(0) as u64,
+                meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+            );
+        let racy = now
+            .duration_since(changed)
+            .map_or(true, |age| age < RACY_WINDOW);
+        let mut extra = vec![variant];
+        if racy {
+            let nanos = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            extra.extend([u64::from(std::process::id()), nanos]);
+        }
+        Ok(CacheKey(file_identity_digest(&meta, &extra)))
+    }
+
     /// The key as a directory name (32 hex digits).
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// How recent a change must be for the file's times not to prove it
+/// unchanged (two ticks of the coarsest timestamps in use: one second).
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Whether `a` and `b` describe the same, unchanged file.
+pub fn same_file_identity(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    file_identity_digest(a, &[]) == file_identity_digest(b, &[])
 }
 
 /// 32 hex digits naming the bytes of the file described by `meta` (device,
@@ -188,6 +235,20 @@ impl ImageCache {
     /// The cache's directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Bytes held by the verified copies accounted to `uid` (see
+    /// [`crate::ecl::copy::CopyRecord`]), in every entry on the node.
+    pub fn copies_held_by(&self, uid: u32) -> u64 {
+        self.entry_dirs()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.join(COPY_FILE).exists())
+            .filter_map(|e| fs::read(e.join(COPY_RECORD)).ok())
+            .filter_map(|t| serde_json::from_slice::<crate::ecl::copy::CopyRecord>(&t).ok())
+            .filter(|r| r.uid == uid)
+            .map(|r| r.bytes)
+            .sum()
     }
 
     /// Returns a lease on the mounted entry for `key`, mounting the image

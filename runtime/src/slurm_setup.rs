@@ -37,13 +37,14 @@ use serde::Serialize;
 
 use crate::credentials::{PathHandle, UserCredentials};
 use crate::crypt;
-use crate::ecl::enforce::{copy_image, EclCheck, ImageSource};
+use crate::ecl::copy::{copy_image_objects, CopyLimits, CopyRecord};
+use crate::ecl::enforce::{EclCheck, ImageSource};
 use crate::error::Context;
 use crate::error::{Error, Result};
 use crate::exec::StagingDir;
 use crate::gpu::{self, DriverList, GpuPlan, GpuSelection};
 use crate::image::RunnableImage;
-use crate::image_cache::{CacheKey, ImageCache, Lease};
+use crate::image_cache::{same_file_identity, CacheKey, ImageCache, Lease, COPY_FILE, COPY_RECORD};
 use crate::loop_device::LoopAttachment;
 use crate::mount::mount_squashfs;
 use crate::mount::rootfs::{build_rootfs, mount_image, mount_staging, BindMount, ContainerSpec};
@@ -90,6 +91,13 @@ pub struct SetupOptions {
     /// named by the job user: opened with the user's credentials. Ignored
     /// for images that are not encrypted.
     pub key_file: Option<PathBuf>,
+    /// Under an ECL, the largest image copied for verification (MiB, 0:
+    /// free space only) and all copies one user may hold (MiB, 0: no share).
+    pub copy_limit_mib: u64,
+    pub copy_quota_mib: u64,
+    /// The helper's own deadline in seconds (0: none): it must not outlive
+    /// the plugin's wait, whatever it is blocked on.
+    pub timeout_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -112,7 +120,7 @@ struct Report<'a> {
 /// Runs the whole sequence and returns the process exit status.
 pub fn run(opts: &SetupOptions) -> i32 {
     let mut stdout = std::io::stdout().lock();
-    match setup(opts) {
+    match become_root_only(opts.timeout_secs).and_then(|()| setup(opts)) {
         Ok(ready) => {
             let report = Report {
                 ok: true,
@@ -149,6 +157,38 @@ pub fn run(opts: &SetupOptions) -> i32 {
             1
         }
     }
+}
+
+/// Sheds what this root process inherited from slurmstepd that it must
+/// not have: the job user's group IDs (files it creates would belong to
+/// the user's group, and group permissions would apply to root's reads),
+/// and a life of its own. It dies with its parent (`PR_SET_PDEATHSIG`: a
+/// killed slurmstepd cannot leave it holding a cache entry and the job in
+/// completing state) and at its own deadline (`alarm`), whatever it is
+/// blocked on. Neither is inherited by the processes it starts (the cache
+/// keeper, the FUSE server of an encrypted image outlive it on purpose).
+fn become_root_only(timeout_secs: u64) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::usage("sifrun slurm-setup must run as root"));
+    }
+    let root = nix::unistd::Gid::from_raw(0);
+    nix::unistd::setgroups(&[]).context("dropping the job user's groups")?;
+    nix::unistd::setresgid(root, root, root).context("setting root's group ID")?;
+    // SAFETY: plain prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(Error::system("PR_SET_PDEATHSIG failed"));
+    }
+    if nix::unistd::getppid().as_raw() == 1 {
+        // The parent died before the line above took effect.
+        return Err(Error::system("slurmstepd is gone"));
+    }
+    if timeout_secs > 0 {
+        let secs = u32::try_from(timeout_secs).unwrap_or(u32::MAX);
+        // SAFETY: alarm(2) has no memory effects; SIGALRM's default action
+        // ends the process.
+        unsafe { libc::alarm(secs) };
+    }
+    Ok(())
 }
 
 fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
@@ -211,7 +251,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
 
     let ecl = match (&opts.ecl_config, opts.job_id) {
         (Some(config), Some(job)) => {
-            EclCheck::for_job(config, job, opts.restart_count, &opts.state_dir)?
+            EclCheck::for_job(config, job, opts.restart_count, opts.uid, &opts.state_dir)?
         }
         (Some(_), None) => return Err(Error::usage("--ecl-config needs --job-id")),
         _ => None,
@@ -233,21 +273,21 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
         return setup_uncached(opts, &user, identity, image, device);
     }
     // Under an ECL, bytes the user could still change are copied first
-    // (see ecl::enforce): the copy is what gets verified and mounted.
+    // (see ecl::enforce and ecl::copy): from then on the copy alone says
+    // what is verified, mounted and applied.
     let source = match &ecl {
         Some(_) => ImageSource::for_checked_image(
             &image_file.metadata().context("reading image metadata")?,
         ),
         None => ImageSource::File,
     };
-    // The real directory of the opened file, for the list's dirpath rules.
-    let image_dir = std::fs::read_link(&image_fd_path)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_default();
+    // The real directory of the opened file, for the list's dirpath rules:
+    // established in this process's own mount namespace, never from a name
+    // the user's namespace gave the file (empty: no directory rule applies).
+    let image_dir = crate::credentials::real_parent_dir(&image_file).unwrap_or_default();
     let backing = |entry: &Path| match source {
         ImageSource::File => image_fd_path.clone(),
-        ImageSource::Copy => entry.join("image.sif"),
+        ImageSource::Copy => entry.join(COPY_FILE),
     };
     let enforce = |entry: &Path| -> Result<()> {
         let Some(check) = &ecl else { return Ok(()) };
@@ -270,39 +310,48 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     };
 
     let cache = ImageCache::open(&opts.state_dir)?;
-    let key = CacheKey::for_partition(
-        &image_file,
-        image.partition_offset,
-        image.partition_size,
-        source.tag(),
-    )?;
+    let key = match source {
+        // Offsets from the live file mean nothing for a copy: the key is
+        // the file's identity (and never shared while it is racy).
+        ImageSource::Copy => {
+            CacheKey::for_copy(&image_file, std::time::SystemTime::now(), source.tag())?
+        }
+        ImageSource::File => CacheKey::for_partition(
+            &image_file,
+            image.partition_offset,
+            image.partition_size,
+            source.tag(),
+        )?,
+    };
     let lease = cache
         .acquire(&key, |dir| {
             let entry = dir.parent().unwrap_or(dir);
-            if source == ImageSource::Copy {
-                copy_image(&image_fd_path, &backing(entry))?;
-            }
-            // Nothing of the image is mounted before the list allows it.
-            if let Err(e) = enforce(entry) {
+            let result = (|| {
                 if source == ImageSource::Copy {
-                    let _ = std::fs::remove_file(backing(entry));
+                    copy_for_verification(opts, &cache, &image_file, entry)?;
                 }
-                return Err(e);
-            }
-            let device = LoopAttachment::attach(
-                &backing(entry),
-                image.partition_offset,
-                image.partition_size,
-            )?;
-            // On success the mount holds the device (autoclear detaches it
-            // with the last unmount); on failure nothing holds it.
-            match mount_squashfs(device.path(), dir) {
-                Ok(()) => Ok(()),
-                Err(e) => {
+                // Nothing of the image is mounted before the list allows it.
+                enforce(entry)?;
+                // Where the partition is, read again from the bytes that
+                // were verified (for a copy: the copy, never the live file).
+                let verified = RunnableImage::open(&backing(entry))
+                    .map_err(|e| rename_path(e, &backing(entry), &opts.image))?;
+                let device = LoopAttachment::attach(
+                    &backing(entry),
+                    verified.partition_offset,
+                    verified.partition_size,
+                )?;
+                // On success the mount holds the device (autoclear detaches
+                // it with the last unmount); on failure nothing holds it.
+                mount_squashfs(device.path(), dir).inspect_err(|_| {
                     let _ = device.detach();
-                    Err(e)
-                }
+                })
+            })();
+            if result.is_err() && source == ImageSource::Copy {
+                let _ = std::fs::remove_file(backing(entry));
+                let _ = std::fs::remove_file(entry.join(COPY_RECORD));
             }
+            result
         })
         .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
     if lease.mounted_now {
@@ -314,6 +363,15 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
         // the node's record of the verified bytes when there is one.
         enforce(lease.entry_dir()).map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
     }
+    // The image's environment from the same bytes as what runs.
+    let env = match source {
+        ImageSource::File => image.env,
+        ImageSource::Copy => {
+            RunnableImage::open(&backing(lease.entry_dir()))
+                .map_err(|e| rename_path(e, &backing(lease.entry_dir()), &opts.image))?
+                .env
+        }
+    };
     let built = build_in_new_namespace(
         opts,
         &user,
@@ -321,11 +379,47 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
         ImageLayer::Cached(&lease.mount_dir()),
     )?;
     Ok(Ready {
-        env: image.env,
+        env,
         env_append: built.env_append,
         staging: built.staging,
         lease: Some(lease),
     })
+}
+
+/// Copies what verification covers of the user's `image_file` into the
+/// cache `entry` (root-only), within the node's limits, and refuses a copy
+/// of a file that changed while it was read.
+fn copy_for_verification(
+    opts: &SetupOptions,
+    cache: &ImageCache,
+    image_file: &std::fs::File,
+    entry: &Path,
+) -> Result<()> {
+    let before = image_file.metadata().context("reading image metadata")?;
+    let limits = CopyLimits {
+        per_image: opts.copy_limit_mib << 20,
+        per_user: opts.copy_quota_mib << 20,
+        used_by_user: cache.copies_held_by(opts.uid),
+    };
+    let bytes = copy_image_objects(image_file, &entry.join(COPY_FILE), &limits).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!("{}: {}", opts.image.display(), e.message()),
+        )
+    })?;
+    let after = image_file.metadata().context("reading image metadata")?;
+    if !same_file_identity(&before, &after) {
+        return Err(Error::image(format!(
+            "{}: the image changed while it was being copied for verification; try again once it is no longer being written",
+            opts.image.display()
+        )));
+    }
+    let record = serde_json::to_vec(&CopyRecord {
+        uid: opts.uid,
+        bytes,
+    })
+    .map_err(|e| Error::system(e.to_string()))?;
+    std::fs::write(entry.join(COPY_RECORD), record).context("recording the image copy")
 }
 
 /// The key of an encrypted image, opened and read as the job user.
@@ -489,8 +583,12 @@ fn build_in_new_namespace(
     drop(handles);
 
     if let Some(dir) = &opts.workdir {
-        // We are inside the container root now.
-        if !dir.is_dir() {
+        // We are inside the container root now, whose /proc is the host's
+        // PID namespace: checked as the job user, never through /proc
+        // links, so the answer says nothing about the host's files.
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let found = user.run_as(|| crate::credentials::open_no_magiclinks(dir, flags))?;
+        if found.is_err() {
             return Err(Error::usage(format!(
                 "--container-workdir {}: no such directory in the image",
                 dir.display()

@@ -45,6 +45,13 @@ pub struct Config {
     pub gpu_list: Option<PathBuf>,
     /// Pass the node's InfiniBand/RDMA devices into containers.
     pub rdma: bool,
+    /// Under an ECL, images the user could still change are copied into
+    /// `state_dir` (usually RAM) to be verified: the largest image copied,
+    /// in MiB (0: only the space free limits it)...
+    pub copy_limit_mib: u64,
+    /// ...and the most one user's copies may take on a node, in MiB (0: no
+    /// per-user share). 10% of the filesystem is always kept free.
+    pub copy_quota_mib: u64,
 }
 
 impl Default for Config {
@@ -62,6 +69,8 @@ impl Default for Config {
             gpus: true,
             gpu_list: None,
             rdma: true,
+            copy_limit_mib: 0,
+            copy_quota_mib: 0,
         }
     }
 }
@@ -155,6 +164,12 @@ impl Config {
             }
             "ecl_config" => {
                 self.ecl_config = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+            }
+            "copy_limit_mib" => {
+                self.copy_limit_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?
+            }
+            "copy_quota_mib" => {
+                self.copy_quota_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?
             }
             "cache_idle_secs" => {
                 self.cache_idle_secs = value

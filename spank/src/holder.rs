@@ -20,6 +20,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How much longer than the plugin's own wait the helper may live.
+const HELPER_GRACE_SECS: u64 = 5;
+
 /// The job identity the container is built for.
 #[derive(Debug, Clone)]
 pub struct JobUser {
@@ -122,7 +125,19 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
         args.push(user.job_id.to_string());
         args.push("--restart-count".into());
         args.push(user.restart_count.to_string());
+        if config.copy_limit_mib > 0 {
+            args.push("--copy-limit-mib".into());
+            args.push(config.copy_limit_mib.to_string());
+        }
+        if config.copy_quota_mib > 0 {
+            args.push("--copy-quota-mib".into());
+            args.push(config.copy_quota_mib.to_string());
+        }
     }
+    // The helper's own deadline, a little after ours: it never outlives
+    // the step's setup, whatever it is blocked on.
+    args.push("--timeout-secs".into());
+    args.push((config.setup_timeout().as_secs() + HELPER_GRACE_SECS).to_string());
     if config.gpus && !user.gpus.is_empty() {
         let gpus: Vec<String> = user.gpus.iter().map(u32::to_string).collect();
         args.push("--gpus".into());
@@ -365,6 +380,8 @@ mod tests {
                 "42",
                 "--restart-count",
                 "1",
+                "--timeout-secs",
+                "125",
                 "--gpus",
                 "0,1",
                 "--rdma",

@@ -167,6 +167,23 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
     })
 }
 
+/// Ends the task that asked for a container but cannot have it, before it
+/// runs anything: the user's one error line goes to the task's stderr
+/// (srun's), and the task exits with status 1.
+///
+/// Returning an error instead would not be enough: under `optional` in
+/// plugstack.conf, Slurm ignores a plugin's errors and would run the
+/// command on the host, with the host's libraries, where the user asked
+/// for the image. Whatever fails, a step that asked for a SIF container
+/// never runs on the host.
+fn fail_task(msg: &str) -> ! {
+    // fd 2 is the task's stderr now: this line reaches srun.
+    eprintln!("sifrun: error: {msg}");
+    // SAFETY: _exit ends this forked task at once, running nothing of
+    // slurmstepd's (a multi-threaded parent) on the way out.
+    unsafe { libc::_exit(1) }
+}
+
 unsafe impl Plugin for SifrunPlugin {
     // The crate's default installs a tracing subscriber; we log through
     // Slurm directly and keep slurmstepd free of extra global state.
@@ -184,7 +201,7 @@ unsafe impl Plugin for SifrunPlugin {
                 spank.register_option(opt)?;
             }
         }
-        if context == Context::Remote {
+        if matches!(context, Context::Remote | Context::JobScript) {
             let args = spank.plugin_argv().unwrap_or_default();
             self.config = Some(Config::from_plugin_args(&args).map_err(|e| e.to_string()));
         }
@@ -286,18 +303,18 @@ unsafe impl Plugin for SifrunPlugin {
         // Still root here: a mount namespace created by root can only be
         // joined with CAP_SYS_ADMIN. After setns the task's root and cwd are
         // the container's; Slurm then chdirs to the job's cwd as the user.
-        nix::sched::setns(
+        if let Err(e) = nix::sched::setns(
             container.mount_ns.as_fd(),
             nix::sched::CloneFlags::CLONE_NEWNS,
-        )
-        .map_err(|e| format!("sifrun: joining the container failed: {e}"))?;
+        ) {
+            fail_task(&format!("joining the container failed: {e}"));
+        }
         // SAFETY: plain prctl with constant arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!(
-                "sifrun: PR_SET_NO_NEW_PRIVS failed: {}",
+            fail_task(&format!(
+                "PR_SET_NO_NEW_PRIVS failed: {}",
                 std::io::Error::last_os_error()
-            )
-            .into());
+            ));
         }
         Ok(())
     }
@@ -305,11 +322,7 @@ unsafe impl Plugin for SifrunPlugin {
     fn task_init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         match &self.setup {
             None => Ok(()),
-            Some(Err(msg)) => {
-                // fd 2 is the task's stderr now: this line reaches srun.
-                eprintln!("sifrun: error: {msg}");
-                Err(msg.clone().into())
-            }
+            Some(Err(msg)) => fail_task(msg),
             Some(Ok(container)) => {
                 let host_wins = self.request.as_ref().map_or(&[][..], |r| &r.host_env);
                 let job_env = |name: &str| spank.getenv(name).ok().flatten();
@@ -340,15 +353,32 @@ unsafe impl Plugin for SifrunPlugin {
                     // As the job user, inside the container: the helper has
                     // checked that the directory exists in the image.
                     if let Err(e) = std::env::set_current_dir(dir) {
-                        let msg = format!("--container-workdir {}: {e}", dir.display());
-                        eprintln!("sifrun: error: {msg}");
-                        return Err(msg.into());
+                        fail_task(&format!("--container-workdir {}: {e}", dir.display()));
                     }
                     spank.setenv("PWD", dir.as_os_str(), true)?;
                 }
                 Ok(())
             }
         }
+    }
+
+    fn job_epilog(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // The job has ended on this node: its partition record goes (a job
+        // ID slurmctld hands out again must be asked about afresh).
+        if let Some(Ok(config)) = &self.config {
+            let job = spank.job_id().ok().or_else(|| {
+                std::env::var("SLURM_JOB_ID")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+            });
+            if let Some(job) = job {
+                sifrun_runtime::ecl::partition::forget_job(
+                    job,
+                    &sifrun_runtime::ecl::partition::records_dir(&config.state_dir),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn exit(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {

@@ -10,11 +10,13 @@
 //! An image is therefore mounted straight from the user's file only when
 //! the file cannot change under us: owned by root and not writable by
 //! group or others ([`ImageSource::File`]). Any other image is first copied
-//! into the node cache entry (a root-only directory), and the *copy* is
-//! verified and mounted ([`ImageSource::Copy`]). A writer racing the copy
-//! only produces a copy that fails verification.
+//! into the node cache entry (a root-only directory, see [`super::copy`]),
+//! and from then on everything comes from the *copy* alone: its
+//! descriptors, the partition's offset and size, the environment, the
+//! bytes verified and the bytes mounted ([`ImageSource::Copy`]). A writer
+//! racing the copy only produces a copy that fails verification; nothing
+//! read from the live file before the copy decides anything.
 
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -94,14 +96,15 @@ impl Verdict {
 }
 
 impl EclCheck {
-    /// The check for job `job_id` (restart `restart_count`) under the site
-    /// file `config`: `None` when no activated list applies to its
-    /// partition. The partition comes from slurmctld, cached in
-    /// `<state_dir>/jobs`.
+    /// The check for job `job_id` (restart `restart_count`, owned by
+    /// `uid`) under the site file `config`: `None` when no activated list
+    /// applies to its partition. The partition comes from slurmctld, cached
+    /// in `<state_dir>/jobs`.
     pub fn for_job(
         config: &Path,
         job_id: u32,
         restart_count: u32,
+        uid: u32,
         state_dir: &Path,
     ) -> Result<Option<Self>> {
         let config = EclConfig::load(config)?;
@@ -111,7 +114,8 @@ impl EclCheck {
         let partition = super::partition::job_partition(
             job_id,
             restart_count,
-            &state_dir.join("jobs"),
+            uid,
+            &super::partition::records_dir(state_dir),
             &config.scontrol,
         )?;
         Self::for_partition(&config, &partition)
@@ -282,31 +286,6 @@ pub fn facts_from_report(report: &Report) -> SignerFacts {
         report.groups.iter().map(|g| g.id).collect()
     };
     SignerFacts { groups, signatures }
-}
-
-/// Copies the whole image from `src` (the user's descriptor) to `dest`,
-/// root-only, through a temporary file renamed into place.
-pub fn copy_image(src: &Path, dest: &Path) -> Result<()> {
-    let tmp = dest.with_extension(format!("tmp.{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut input = File::open(src)?;
-        let mut output = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        std::io::copy(&mut input, &mut output)?;
-        output.flush()?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::system(format!(
-            "copying the image to {}: {e}",
-            dest.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Reads a stored verification record.

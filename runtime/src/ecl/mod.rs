@@ -10,6 +10,7 @@
 //! * [`partition`]: the job's partition, from slurmctld (never from the job)
 
 pub mod config;
+pub mod copy;
 pub mod decide;
 pub mod enforce;
 pub mod partition;

@@ -2,10 +2,20 @@
 //!
 //! SPANK offers no partition item and the job's environment
 //! (`SLURM_JOB_PARTITION`) is the user's to set, so root asks slurmctld
-//! (`scontrol -o show job ID`, authenticated by munge as root). The answer
-//! is cached per node in a root-only file keyed by job ID and restart count
-//! (a requeued job may move to another partition), so only the first step
-//! of a job on a node pays for the query.
+//! (authenticated by munge as root) for the job record as JSON
+//! (`scontrol --json show job ID`). JSON matters: the text form
+//! (`scontrol -o show job`) prints user-chosen fields such as `JobName`
+//! before `Partition=`, unescaped, so a job named `x Partition=debug` could
+//! pick the list that judges it. In JSON every user string is one quoted,
+//! escaped value of its own key.
+//!
+//! The answer is cached per node in a root-only record named by job ID and
+//! restart count (a requeued job may move to another partition), holding
+//! the partition, the job's owner and its submit time. A record is used
+//! only by steps of the same owner, is removed at job end (the plugin's
+//! job epilog, [`forget_job`]) and expires after [`CACHE_TTL`] at the
+//! latest, so a job ID that slurmctld hands out again (its state lost)
+//! cannot inherit an old job's partition.
 
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -13,18 +23,39 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Context, Error, Result};
 
-/// How long a cached answer is kept (files older than this are swept).
-const CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a cached answer is trusted (older records are swept and asked
+/// again): a day bounds a record that outlived its job's epilog.
+const CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Upper bound on the query to slurmctld.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Upper bound on slurmctld's answer (one job record).
+const MAX_ANSWER: u64 = 16 << 20;
 
-/// The partition of job `job_id` (restart `restart_count`), cached under
-/// `cache_dir` (created root-only).
+/// Where the records live under the node's state directory.
+pub fn records_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("jobs")
+}
+
+/// What slurmctld said about a job, as cached on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub partition: String,
+    /// The job's owner: a record is only used for steps of that user.
+    pub user_id: u32,
+    /// Seconds since the epoch (0 if slurmctld did not say).
+    pub submit_time: i64,
+}
+
+/// The partition of job `job_id` (restart `restart_count`) owned by
+/// `uid`, cached under `cache_dir` (created root-only).
 pub fn job_partition(
     job_id: u32,
     restart_count: u32,
+    uid: u32,
     cache_dir: &Path,
     scontrol: &Path,
 ) -> Result<String> {
@@ -34,33 +65,65 @@ pub fn job_partition(
         .create(cache_dir)
         .with_context(|| format!("creating {}", cache_dir.display()))?;
     let entry = cache_dir.join(format!("{job_id}.{restart_count}"));
-    if let Ok(cached) = std::fs::read_to_string(&entry) {
-        if let Some(name) = cached.lines().next().filter(|n| is_partition_name(n)) {
-            return Ok(name.to_string());
-        }
+    if let Some(record) = read_record(&entry).filter(|r| r.user_id == uid) {
+        return Ok(record.partition);
     }
-    let partition = query(job_id, scontrol)?;
+    let record = query(job_id, scontrol)?;
+    if record.user_id != uid {
+        return Err(Error::system(format!(
+            "slurmctld says job {job_id} belongs to uid {}, not to the step's uid {uid}",
+            record.user_id
+        )));
+    }
     sweep(cache_dir);
-    // Write-then-rename: a concurrent step never reads a half-written name.
+    // Write-then-rename: a concurrent step never reads a half-written record.
     let tmp = cache_dir.join(format!(".{job_id}.{restart_count}.{}", std::process::id()));
+    let text = serde_json::to_vec(&record).map_err(|e| Error::system(e.to_string()))?;
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{partition}\n").as_bytes()))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
         .and_then(|()| std::fs::rename(&tmp, &entry));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    Ok(partition)
+    Ok(record.partition)
+}
+
+/// Removes every record of job `job_id` (all restarts) from `cache_dir`:
+/// the job has ended on this node.
+pub fn forget_job(job_id: u32, cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    let prefix = format!("{job_id}.");
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// A cached record younger than [`CACHE_TTL`].
+fn read_record(entry: &Path) -> Option<JobRecord> {
+    let meta = std::fs::metadata(entry).ok()?;
+    let age = SystemTime::now()
+        .duration_since(meta.modified().ok()?)
+        .unwrap_or_default();
+    if age > CACHE_TTL || meta.len() > 4096 {
+        return None;
+    }
+    let record: JobRecord = serde_json::from_slice(&std::fs::read(entry).ok()?).ok()?;
+    is_partition_name(&record.partition).then_some(record)
 }
 
 /// Asks slurmctld. Bounded by [`QUERY_TIMEOUT`].
-fn query(job_id: u32, scontrol: &Path) -> Result<String> {
+fn query(job_id: u32, scontrol: &Path) -> Result<JobRecord> {
     let mut child = Command::new(scontrol)
-        .args(["-o", "show", "job", &job_id.to_string()])
+        .args(["--json", "show", "job", &job_id.to_string()])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
@@ -68,6 +131,15 @@ fn query(job_id: u32, scontrol: &Path) -> Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {}", scontrol.display()))?;
+    // Read while it runs: a large answer would fill the pipe and block it.
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stdout {
+            let _ = s.take(MAX_ANSWER).read_to_end(&mut out);
+        }
+        out
+    });
     let deadline = Instant::now() + QUERY_TIMEOUT;
     let waited = crate::process::wait_until(&mut child, deadline, Duration::from_millis(2))
         .context("waiting for scontrol")?;
@@ -79,13 +151,10 @@ fn query(job_id: u32, scontrol: &Path) -> Result<String> {
             QUERY_TIMEOUT.as_secs()
         )));
     };
-    let mut out = String::new();
+    let out = reader.join().unwrap_or_default();
     let mut err = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut err);
+    if let Some(s) = child.stderr.take() {
+        let _ = s.take(64 * 1024).read_to_string(&mut err);
     }
     if !status.success() {
         return Err(Error::system(format!(
@@ -93,19 +162,41 @@ fn query(job_id: u32, scontrol: &Path) -> Result<String> {
             err.trim().replace('\n', " ")
         )));
     }
-    parse_partition(&out).ok_or_else(|| {
+    parse_job(&out, job_id).ok_or_else(|| {
         Error::system(format!(
-            "asking slurmctld for the partition of job {job_id}: no Partition= in the answer"
+            "asking slurmctld for the partition of job {job_id}: no job record with a valid partition in its answer"
         ))
     })
 }
 
-/// `Partition=NAME` from `scontrol -o show job` output.
-fn parse_partition(text: &str) -> Option<String> {
-    text.split_whitespace()
-        .find_map(|field| field.strip_prefix("Partition="))
-        .filter(|name| is_partition_name(name))
-        .map(str::to_string)
+/// The record of job `job_id` from `scontrol --json show job` output.
+/// Accepts the field shapes of every supported Slurm: plain numbers
+/// (22.05) and `{"set":..,"number":..}` objects (23.02 and later).
+fn parse_job(json: &[u8], job_id: u32) -> Option<JobRecord> {
+    let doc: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let job = doc
+        .get("jobs")?
+        .as_array()?
+        .iter()
+        .find(|j| j.get("job_id").and_then(number) == Some(i64::from(job_id)))?;
+    let partition = job.get("partition")?.as_str()?;
+    if !is_partition_name(partition) {
+        return None;
+    }
+    Some(JobRecord {
+        partition: partition.to_string(),
+        user_id: u32::try_from(job.get("user_id").and_then(number)?).ok()?,
+        submit_time: job.get("submit_time").and_then(number).unwrap_or(0),
+    })
+}
+
+/// A number, or Slurm's `{"set": true, "number": N}` wrapper.
+fn number(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        let set = v.get("set").and_then(serde_json::Value::as_bool)?;
+        set.then(|| v.get("number").and_then(serde_json::Value::as_i64))
+            .flatten()
+    })
 }
 
 fn is_partition_name(name: &str) -> bool {
@@ -138,21 +229,87 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partition_from_scontrol_output() {
-        let line =
-            "JobId=12 JobName=x UserId=u(1001) GroupId=u(1001) Partition=secure AllocNode:Sid=h:1";
-        assert_eq!(parse_partition(line).as_deref(), Some("secure"));
-        assert_eq!(parse_partition("JobId=12 JobName=x"), None);
-        assert_eq!(parse_partition("Partition=a/../b"), None);
+    fn a_job_name_cannot_pick_the_partition() {
+        // What `scontrol --json show job` prints for a job named to look
+        // like another partition (22.05 shape).
+        let json = br#"{"jobs":[{"job_id":12,"name":"x Partition=debug","user_id":1001,
+            "partition":"secure","submit_time":1700000000,"comment":"\"partition\":\"debug\""}]}"#;
+        let r = parse_job(json, 12).unwrap();
+        assert_eq!(r.partition, "secure");
+        assert_eq!(r.user_id, 1001);
+        assert_eq!(r.submit_time, 1_700_000_000);
+        // Another job's record is not ours.
+        assert_eq!(parse_job(json, 13), None);
     }
 
     #[test]
-    fn cached_answers_skip_the_query() {
+    fn newer_slurm_number_objects_are_read() {
+        let json = br#"{"jobs":[{"job_id":7,"user_id":1001,"partition":"gpu",
+            "submit_time":{"set":true,"infinite":false,"number":1800000000}}]}"#;
+        let r = parse_job(json, 7).unwrap();
+        assert_eq!(
+            (r.partition.as_str(), r.submit_time),
+            ("gpu", 1_800_000_000)
+        );
+    }
+
+    #[test]
+    fn hostile_partition_names_and_garbage_are_refused() {
+        assert_eq!(
+            parse_job(
+                br#"{"jobs":[{"job_id":1,"user_id":1,"partition":"a/../b"}]}"#,
+                1
+            ),
+            None
+        );
+        assert_eq!(parse_job(b"JobId=1 Partition=secure", 1), None);
+        assert_eq!(
+            parse_job(br#"{"jobs":[{"job_id":1,"partition":"p"}]}"#, 1),
+            None
+        );
+    }
+
+    fn store(dir: &Path, name: &str, record: &JobRecord) {
+        std::fs::write(dir.join(name), serde_json::to_vec(record).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn cached_answers_skip_the_query_for_the_same_owner_only() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("5.0"), "gpu\n").unwrap();
+        let record = JobRecord {
+            partition: "gpu".into(),
+            user_id: 1001,
+            submit_time: 5,
+        };
+        store(dir.path(), "5.0", &record);
         // A scontrol that cannot run proves the cache answered.
-        let p = job_partition(5, 0, dir.path(), Path::new("/nonexistent/scontrol")).unwrap();
-        assert_eq!(p, "gpu");
-        assert!(job_partition(5, 1, dir.path(), Path::new("/nonexistent/scontrol")).is_err());
+        let none = Path::new("/nonexistent/scontrol");
+        assert_eq!(job_partition(5, 0, 1001, dir.path(), none).unwrap(), "gpu");
+        assert!(job_partition(5, 1, 1001, dir.path(), none).is_err());
+        // Another user's step never uses the record.
+        assert!(job_partition(5, 0, 1002, dir.path(), none).is_err());
+        // The old text format is not a record.
+        std::fs::write(dir.path().join("6.0"), "debug\n").unwrap();
+        assert!(job_partition(6, 0, 1001, dir.path(), none).is_err());
+    }
+
+    #[test]
+    fn job_end_forgets_every_restart_of_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = JobRecord {
+            partition: "p".into(),
+            user_id: 1,
+            submit_time: 0,
+        };
+        for name in ["9.0", "9.1", "19.0", "90.0"] {
+            store(dir.path(), name, &record);
+        }
+        forget_job(9, dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["19.0", "90.0"]);
     }
 }

@@ -167,47 +167,136 @@ fn push_components(stack: &mut Vec<std::ffi::OsString>, path: &Path) {
     stack.extend(parts.into_iter().rev());
 }
 
-/// Creates directory `path` (container path) and its parents inside `root`;
-/// returns the resolved host path.
-pub fn create_dir_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
-    let target = resolve_in_root(root, path)?;
-    if !target.is_dir() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&target)
-            .with_context(|| format!("creating mount point {} in the container", path.display()))?;
+/// Host directories and files bound into a container root being built,
+/// by the mount that holds each: root never creates a mount point inside
+/// one (see [`create_mount_point`]).
+#[derive(Debug, Default)]
+pub struct HostBinds(Vec<u64>);
+
+impl HostBinds {
+    /// Records the bind just made at `target`.
+    pub fn record(&mut self, target: &Path) -> Result<()> {
+        self.0.push(mount_id(target)?);
+        Ok(())
     }
-    Ok(target)
+
+    fn holds(&self, path: &Path) -> Result<bool> {
+        Ok(!self.0.is_empty() && self.0.contains(&mount_id(path)?))
+    }
+}
+
+/// The ID of the mount holding `path` itself (a final symlink is not
+/// followed).
+fn mount_id(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::system(format!("{}: path contains NUL", path.display())))?;
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a statx buffer we own.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::system(format!(
+            "reading the mount of {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(st.stx_mnt_id)
+}
+
+/// What kind of mount point to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// Creates directory `path` (container path) and its parents inside `root`;
+/// returns the resolved host path. Only for the root's own filesystems
+/// (nothing of the host is bound in yet); see [`create_mount_point`].
+pub fn create_dir_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
+    create_in_root(root, path, Kind::Dir, &HostBinds::default())
 }
 
 /// Creates an empty regular file `path` (container path) inside `root`, as a
 /// mount point for a file bind; returns the resolved host path.
 pub fn create_file_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
-    let target = resolve_in_root(root, path)?;
-    if target.exists() {
-        return Ok(target);
-    }
-    if let Some(parent) = path.parent() {
-        create_dir_in_root(root, parent)?;
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&target)
-        .with_context(|| format!("creating mount point {} in the container", path.display()))?;
-    Ok(target)
+    create_in_root(root, path, Kind::File, &HostBinds::default())
 }
 
-/// Creates a mount point of the same kind (directory or file) as `source`.
-pub fn create_mount_point(root: &Path, path: &Path, source: &Path) -> Result<PathBuf> {
-    if source.is_dir() {
-        create_dir_in_root(root, path)
+/// Creates a mount point of the same kind (directory or file) as `source`
+/// at container path `path`, unless it exists.
+///
+/// Root creates it only on the container's own filesystems (the overlay's
+/// in-memory upper layer, the container's /dev): never inside a host
+/// directory bound earlier (`host`), where a user's bind such as
+/// `/etc:/y,$HOME/d:/y/newdir` would otherwise make root create
+/// `/etc/newdir` on the host. The container's own filesystems are private
+/// to this process's mount namespace, so no one can swap a component
+/// between this check and the creation. A mount point that already exists
+/// is used as it is (mounting on it creates nothing).
+pub fn create_mount_point(
+    root: &Path,
+    path: &Path,
+    source: &Path,
+    host: &HostBinds,
+) -> Result<PathBuf> {
+    let kind = if source.is_dir() {
+        Kind::Dir
     } else {
-        create_file_in_root(root, path)
+        Kind::File
+    };
+    create_in_root(root, path, kind, host)
+}
+
+fn create_in_root(root: &Path, path: &Path, kind: Kind, host: &HostBinds) -> Result<PathBuf> {
+    let target = resolve_in_root(root, path)?;
+    if fs::symlink_metadata(&target).is_ok() {
+        return Ok(target);
     }
+    // The nearest existing ancestor decides where the creation happens.
+    let mut existing = target.parent();
+    while let Some(p) = existing.filter(|p| fs::symlink_metadata(p).is_err()) {
+        existing = p.parent();
+    }
+    let existing = existing.unwrap_or(root);
+    if host.holds(existing)? {
+        return Err(Error::usage(format!(
+            "mount point {} does not exist and lies inside a host directory bound into the container; \
+             sifrun never creates files in host directories: create it there first or choose another destination",
+            path.display()
+        )));
+    }
+    let created = match kind {
+        Kind::Dir => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&target),
+        Kind::File => target
+            .parent()
+            .map_or(Ok(()), |p| {
+                fs::DirBuilder::new().recursive(true).mode(0o755).create(p)
+            })
+            .and_then(|()| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o644)
+                    .open(&target)
+                    .map(drop)
+            }),
+    };
+    created.with_context(|| format!("creating mount point {} in the container", path.display()))?;
+    Ok(target)
 }
 
 #[cfg(test)]

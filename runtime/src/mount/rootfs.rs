@@ -32,6 +32,7 @@ use nix::mount::MsFlags;
 use super::upper::{self, Needed};
 use super::{
     bind, create_dir_in_root, create_mount_point, mount_fs, remount_bind, resolve_in_root,
+    HostBinds,
 };
 use crate::error::{Context, Error, Result};
 use crate::user::{merge_group, merge_passwd, Identity};
@@ -256,11 +257,13 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
     }
 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // Mount points are never created inside what is bound from the host.
+    let mut host = HostBinds::default();
     for (source, dest) in host_dir_binds(spec) {
-        bind_host_dir(&root, source, dest, nosuid_nodev)?;
+        bind_host_dir(&root, source, dest, nosuid_nodev, &mut host)?;
     }
     for b in &spec.binds {
-        let target = create_mount_point(&root, &b.destination, &b.source)?;
+        let target = create_mount_point(&root, &b.destination, &b.source, &host)?;
         let mut flags = nosuid_nodev;
         if b.read_only {
             flags |= MsFlags::MS_RDONLY;
@@ -268,12 +271,14 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
         // Not recursive: a read-only remount applies to one mount only, so
         // submounts of the source would stay writable under a `:ro` bind.
         bind(&b.source, &target, false, flags)?;
+        host.record(&target)?;
     }
     // Last, so that no user bind can cover them; created in the overlay's
     // tmpfs upper layer (the image is not written).
     for (source, dest) in &spec.host_files {
-        let target = create_mount_point(&root, dest, source)?;
+        let target = create_mount_point(&root, dest, source, &host)?;
         bind(source, &target, false, MsFlags::MS_RDONLY | nosuid_nodev)?;
+        host.record(&target)?;
     }
 
     if !spec.writable_tmpfs {
@@ -381,12 +386,19 @@ fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
 
 /// Binds host directory `source` at container path `dest` (non-recursive:
 /// submounts of the host directory stay hidden).
-fn bind_host_dir(root: &Path, source: &Path, dest: &Path, flags: MsFlags) -> Result<()> {
+fn bind_host_dir(
+    root: &Path,
+    source: &Path,
+    dest: &Path,
+    flags: MsFlags,
+    host: &mut HostBinds,
+) -> Result<()> {
     if !source.is_dir() {
         return Ok(());
     }
-    let target = create_dir_in_root(root, dest)?;
-    bind(source, &target, false, flags)
+    let target = create_mount_point(root, dest, source, host)?;
+    bind(source, &target, false, flags)?;
+    host.record(&target)
 }
 
 /// The cwd is bound unless it is `/`, a system directory (it would shadow
@@ -418,8 +430,8 @@ fn write_identity_files(root: &Path, identity: &Identity) -> Result<()> {
     create_dir_in_root(root, Path::new("/etc"))?;
     let passwd = resolve_in_root(root, Path::new("/etc/passwd"))?;
     let group = resolve_in_root(root, Path::new("/etc/group"))?;
-    let image_passwd = fs::read_to_string(&passwd).unwrap_or_default();
-    let image_group = fs::read_to_string(&group).unwrap_or_default();
+    let image_passwd = read_image_identity_file(&passwd, "/etc/passwd")?;
+    let image_group = read_image_identity_file(&group, "/etc/group")?;
     fs::write(&passwd, merge_passwd(&image_passwd, identity))
         .context("writing /etc/passwd in the container")?;
     fs::write(&group, merge_group(&image_group, identity))
@@ -427,9 +439,79 @@ fn write_identity_files(root: &Path, identity: &Identity) -> Result<()> {
     Ok(())
 }
 
+/// Largest `/etc/passwd` or `/etc/group` read from an image.
+const MAX_IDENTITY_FILE: u64 = 8 << 20;
+
+/// The image's own `/etc/passwd` or `/etc/group` at `path` (resolved in
+/// the root), read by root from bytes the image's author chose: a regular
+/// file of bounded size, opened without blocking (a FIFO would hang the
+/// helper) and without following a last symlink. Missing: empty.
+fn read_image_identity_file(path: &Path, name: &str) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(Error::image(format!("the image's {name}: {e}"))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::image(format!("the image's {name}: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::image(format!(
+            "the image's {name} is not a regular file"
+        )));
+    }
+    if meta.len() > MAX_IDENTITY_FILE {
+        return Err(Error::image(format!(
+            "the image's {name} is larger than {} MiB",
+            MAX_IDENTITY_FILE >> 20
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_IDENTITY_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::image(format!("reading the image's {name}: {e}")))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_identity_files_are_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = read_image_identity_file(&fifo, "/etc/passwd").unwrap_err();
+        assert!(
+            e.message().contains("not a regular file"),
+            "{}",
+            e.message()
+        );
+        let big = dir.path().join("big");
+        fs::File::create(&big).unwrap().set_len(3 << 30).unwrap();
+        let e = read_image_identity_file(&big, "/etc/passwd").unwrap_err();
+        assert!(e.message().contains("larger than"), "{}", e.message());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        assert!(read_image_identity_file(&link, "/etc/passwd").is_err());
+        assert_eq!(
+            read_image_identity_file(&dir.path().join("none"), "/etc/passwd").unwrap(),
+            ""
+        );
+        fs::write(dir.path().join("ok"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        assert!(
+            read_image_identity_file(&dir.path().join("ok"), "/etc/passwd")
+                .unwrap()
+                .starts_with("root:")
+        );
+    }
 
     #[test]
     fn parse_bind_specs() {
