@@ -3,7 +3,9 @@
 //! SPANK offers no partition item and the job's environment
 //! (`SLURM_JOB_PARTITION`) is the user's to set, so root asks slurmctld
 //! (authenticated by munge as root) for the job record as JSON
-//! (`scontrol --json show job ID`). JSON matters: the text form
+//! (`scontrol --json show job ID`; Slurm 22.05's scontrol has no `--json`,
+//! so there `squeue --json`, found beside the configured scontrol, whose
+//! answer lists every job and is searched for ours). JSON matters: the text form
 //! (`scontrol -o show job`) prints user-chosen fields such as `JobName`
 //! before `Partition=`, unescaped, so a job named `x Partition=debug` could
 //! pick the list that judges it. In JSON every user string is one quoted,
@@ -32,8 +34,8 @@ use crate::error::{Context, Error, Result};
 const CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Upper bound on the query to slurmctld.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
-/// Upper bound on slurmctld's answer (one job record).
-const MAX_ANSWER: u64 = 16 << 20;
+/// Upper bound on slurmctld's answer (22.05's squeue lists every job).
+const MAX_ANSWER: u64 = 256 << 20;
 
 /// Where the records live under the node's state directory.
 pub fn records_dir(state_dir: &Path) -> std::path::PathBuf {
@@ -120,17 +122,52 @@ fn read_record(entry: &Path) -> Option<JobRecord> {
     is_partition_name(&record.partition).then_some(record)
 }
 
-/// Asks slurmctld. Bounded by [`QUERY_TIMEOUT`].
+/// Asks slurmctld: `scontrol --json show job ID`, or where scontrol has no
+/// `--json` (Slurm 22.05) `squeue --json --jobs=ID`. Each bounded by
+/// [`QUERY_TIMEOUT`].
 fn query(job_id: u32, scontrol: &Path) -> Result<JobRecord> {
-    let mut child = Command::new(scontrol)
-        .args(["--json", "show", "job", &job_id.to_string()])
+    let id = job_id.to_string();
+    let out = match run_bounded(scontrol, &["--json", "show", "job", &id], job_id)? {
+        Ok(out) => out,
+        Err(err) if err.contains("unrecognized option") => {
+            let squeue = scontrol.with_file_name("squeue");
+            let jobs = format!("--jobs={id}");
+            run_bounded(&squeue, &["--json", &jobs], job_id)?.map_err(|err| {
+                Error::system(format!(
+                    "asking slurmctld for the partition of job {job_id}: {err}"
+                ))
+            })?
+        }
+        Err(err) => {
+            return Err(Error::system(format!(
+                "asking slurmctld for the partition of job {job_id}: {err}"
+            )))
+        }
+    };
+    parse_job(&out, job_id).ok_or_else(|| {
+        Error::system(format!(
+            "asking slurmctld for the partition of job {job_id}: no job record with a valid partition in its answer"
+        ))
+    })
+}
+
+/// Runs `program args` with a clean environment: `Ok(stdout)` when it
+/// succeeds, `Ok(Err(stderr))` when it fails, `Err` when it cannot run or
+/// does not finish within [`QUERY_TIMEOUT`].
+fn run_bounded(
+    program: &Path,
+    args: &[&str],
+    job_id: u32,
+) -> Result<std::result::Result<Vec<u8>, String>> {
+    let mut child = Command::new(program)
+        .args(args)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {}", scontrol.display()))?;
+        .with_context(|| format!("running {}", program.display()))?;
     // Read while it runs: a large answer would fill the pipe and block it.
     let stdout = child.stdout.take();
     let reader = std::thread::spawn(move || {
@@ -142,7 +179,7 @@ fn query(job_id: u32, scontrol: &Path) -> Result<JobRecord> {
     });
     let deadline = Instant::now() + QUERY_TIMEOUT;
     let waited = crate::process::wait_until(&mut child, deadline, Duration::from_millis(2))
-        .context("waiting for scontrol")?;
+        .with_context(|| format!("waiting for {}", program.display()))?;
     let Some(status) = waited else {
         let _ = child.kill();
         let _ = child.wait();
@@ -156,15 +193,13 @@ fn query(job_id: u32, scontrol: &Path) -> Result<JobRecord> {
     if let Some(s) = child.stderr.take() {
         let _ = s.take(64 * 1024).read_to_string(&mut err);
     }
-    if !status.success() {
-        return Err(Error::system(format!(
-            "asking slurmctld for the partition of job {job_id}: {}",
+    Ok(if status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{}: {}",
+            program.display(),
             err.trim().replace('\n', " ")
-        )));
-    }
-    parse_job(&out, job_id).ok_or_else(|| {
-        Error::system(format!(
-            "asking slurmctld for the partition of job {job_id}: no job record with a valid partition in its answer"
         ))
     })
 }
