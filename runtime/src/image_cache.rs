@@ -574,3 +574,35 @@ fn try_keeper_lock(path: &Path) -> Option<Flock<File>> {
 pub fn keeper_poll_interval(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(10))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_key_is_shared_only_once_the_file_is_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.sif");
+        fs::write(&path, b"bytes").unwrap();
+        let file = File::open(&path).unwrap();
+        let changed = file.metadata().unwrap().modified().unwrap();
+        // Just written: a write within the same timestamp tick would leave
+        // the same times, so no two steps may share the entry.
+        let fresh = changed + Duration::from_millis(500);
+        assert_ne!(
+            CacheKey::for_copy(&file, fresh, 1).unwrap(),
+            CacheKey::for_copy(&file, fresh + Duration::from_millis(1), 1).unwrap()
+        );
+        // Settled: every step opening the unchanged file shares one entry.
+        let settled = changed + RACY_WINDOW + Duration::from_millis(1);
+        assert_eq!(
+            CacheKey::for_copy(&file, settled, 1).unwrap(),
+            CacheKey::for_copy(&file, settled + Duration::from_secs(60), 1).unwrap()
+        );
+        // A copy and the live file never share an entry.
+        assert_ne!(
+            CacheKey::for_copy(&file, settled, 1).unwrap(),
+            CacheKey::for_copy(&file, settled, 0).unwrap()
+        );
+    }
+}
