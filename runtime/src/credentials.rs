@@ -48,7 +48,7 @@ impl UserCredentials {
     ///
     /// Never blocks (a FIFO or device named as an image or key is refused,
     /// not waited on) and never follows `/proc` magic links (see
-    /// [`open_as_user`]).
+    /// [`open_no_magiclinks`]).
     pub fn open_file(&self, path: &Path) -> Result<File> {
         let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
         let file = self

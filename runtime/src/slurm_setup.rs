@@ -3,14 +3,21 @@
 //! Started by the SPANK plugin from inside slurmstepd (as root, with a
 //! cleared environment). The sequence:
 //!
+//! 0. shed the job user's groups and tie this process's life to
+//!    slurmstepd's and to its own deadline (`become_root_only`);
 //! 1. open the image **as the job user** (a file the user cannot read is
-//!    refused), and resolve user-named bind sources and the working
-//!    directory as the user too; root only ever uses the resulting
-//!    descriptors (`/proc/self/fd/N`), never the user's paths again;
+//!    refused; only a regular file, never through a `/proc` magic link),
+//!    and resolve user-named bind sources and the working directory as the
+//!    user too; root only ever uses the resulting descriptors
+//!    (`/proc/self/fd/N`), never the user's paths again;
 //! 2. find the image in the node's cache ([`crate::image_cache`]), or attach
 //!    its primary partition to a read-only autoclear loop device and mount
 //!    it `ro,nosuid,nodev` there (and start the cache keeper); with the cache
-//!    off (`--cache-idle-secs 0`) the mount is private to this step instead;
+//!    off (`--cache-idle-secs 0`) the mount is private to this step instead.
+//!    Under an execution control list, an image the user could still change
+//!    is first copied into the cache entry ([`crate::ecl::copy`]) and from
+//!    then on the copy alone is parsed, verified, mounted and read for the
+//!    environment; the list decides before anything is mounted;
 //! 3. in a new mount namespace: build the container root over the image,
 //!    `pivot_root` (this process is now inside);
 //! 4. print one JSON line on stdout: `{"ok":true,"env":[[NAME,VALUE],...],
@@ -272,6 +279,25 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
                 .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
         return setup_uncached(opts, &user, identity, image, device);
     }
+    setup_cached(opts, &user, identity, &image_file, image, ecl)
+}
+
+/// The usual path: the image mounted once per node in the cache
+/// ([`ImageCache`]), checked against the partition's list (if any) before
+/// anything of it is mounted, and bound as the lower layer of the step's
+/// root.
+fn setup_cached(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    identity: Identity,
+    image_file: &std::fs::File,
+    image: RunnableImage,
+    ecl: Option<EclCheck>,
+) -> Result<Ready> {
+    let image_fd_path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(image_file)
+    ));
     // Under an ECL, bytes the user could still change are copied first
     // (see ecl::enforce and ecl::copy): from then on the copy alone says
     // what is verified, mounted and applied.
@@ -284,7 +310,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     // The real directory of the opened file, for the list's dirpath rules:
     // established in this process's own mount namespace, never from a name
     // the user's namespace gave the file (empty: no directory rule applies).
-    let image_dir = crate::credentials::real_parent_dir(&image_file).unwrap_or_default();
+    let image_dir = crate::credentials::real_parent_dir(image_file).unwrap_or_default();
     let backing = |entry: &Path| match source {
         ImageSource::File => image_fd_path.clone(),
         ImageSource::Copy => entry.join(COPY_FILE),
@@ -314,10 +340,10 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
         // Offsets from the live file mean nothing for a copy: the key is
         // the file's identity (and never shared while it is racy).
         ImageSource::Copy => {
-            CacheKey::for_copy(&image_file, std::time::SystemTime::now(), source.tag())?
+            CacheKey::for_copy(image_file, std::time::SystemTime::now(), source.tag())?
         }
         ImageSource::File => CacheKey::for_partition(
-            &image_file,
+            image_file,
             image.partition_offset,
             image.partition_size,
             source.tag(),
@@ -328,19 +354,22 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
             let entry = dir.parent().unwrap_or(dir);
             let result = (|| {
                 if source == ImageSource::Copy {
-                    copy_for_verification(opts, &cache, &image_file, entry)?;
+                    copy_for_verification(opts, &cache, image_file, entry)?;
                 }
                 // Nothing of the image is mounted before the list allows it.
                 enforce(entry)?;
-                // Where the partition is, read again from the bytes that
-                // were verified (for a copy: the copy, never the live file).
-                let verified = RunnableImage::open(&backing(entry))
-                    .map_err(|e| rename_path(e, &backing(entry), &opts.image))?;
-                let device = LoopAttachment::attach(
-                    &backing(entry),
-                    verified.partition_offset,
-                    verified.partition_size,
-                )?;
+                // Where the partition is: for a copy, read again from the
+                // copy (never from the live file); a file that cannot change
+                // (or runs under no list) was read once, and the key says so.
+                let (offset, size) = match source {
+                    ImageSource::File => (image.partition_offset, image.partition_size),
+                    ImageSource::Copy => {
+                        let copy = RunnableImage::open(&backing(entry))
+                            .map_err(|e| rename_path(e, &backing(entry), &opts.image))?;
+                        (copy.partition_offset, copy.partition_size)
+                    }
+                };
+                let device = LoopAttachment::attach(&backing(entry), offset, size)?;
                 // On success the mount holds the device (autoclear detaches
                 // it with the last unmount); on failure nothing holds it.
                 mount_squashfs(device.path(), dir).inspect_err(|_| {
@@ -372,12 +401,8 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
                 .env
         }
     };
-    let built = build_in_new_namespace(
-        opts,
-        &user,
-        identity,
-        ImageLayer::Cached(&lease.mount_dir()),
-    )?;
+    let built =
+        build_in_new_namespace(opts, user, identity, ImageLayer::Cached(&lease.mount_dir()))?;
     Ok(Ready {
         env,
         env_append: built.env_append,

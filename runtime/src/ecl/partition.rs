@@ -15,7 +15,7 @@
 //! restart count (a requeued job may move to another partition), holding
 //! the partition, the job's owner and its submit time. A record is used
 //! only by steps of the same owner, is removed at job end (the plugin's
-//! job epilog, [`forget_job`]) and expires after [`CACHE_TTL`] at the
+//! job epilog, [`forget_job`]) and expires after a day at the
 //! latest, so a job ID that slurmctld hands out again (its state lost)
 //! cannot inherit an old job's partition.
 
