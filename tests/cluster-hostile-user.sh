@@ -29,7 +29,7 @@ scontrol update JobId=\$SLURM_JOB_ID JobName="x Partition=debug"
 srun --container=$IMG sh -c 'echo RAN'
 JOB
 chmod 755 "$JOBDIR/rename.sh"; rm -f "$JOBDIR/rename.out"
-renamed_job=$(cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch --parsable -Q -N1 -w node1 -p secure -W -o "$JOBDIR/rename.out" "$JOBDIR/rename.sh" 2>/dev/null)
+(cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch -Q -N1 -w node1 -p secure -W -o "$JOBDIR/rename.out" "$JOBDIR/rename.sh")
 LAST=$(cat "$JOBDIR/rename.out" 2>&1)
 check "attack: renaming the running job to 'x Partition=debug' does not change the list" \
     refused unsigned
@@ -37,11 +37,20 @@ check "attack: renaming the running job to 'x Partition=debug' does not change t
 # The node's partition record of a job goes with the job (its epilog), so a
 # job ID slurmctld hands out again never inherits it.
 records_of() { on_node1 sh -c "ls /run/sifrun/jobs 2>/dev/null" | grep -c "^$1\." || true; }
+as_user timeout 60 srun -N1 -w node1 -p secure --container="$WORK/images/signed-a.sif" sleep 3 >/dev/null 2>&1 &
+record_step=$!
+record_job="" during=0
+for _ in $(seq 100); do
+    record_job=$(squeue -h -u "$TEST_USER" -p secure -o %i | head -1)
+    [[ -n $record_job ]] && during=$(records_of "$record_job") && [[ $during -eq 1 ]] && break
+    sleep 0.1
+done
+wait "$record_step"
 deadline=$((SECONDS + 15))
-until [[ $(records_of "$renamed_job") -eq 0 ]] || (( SECONDS >= deadline )); do sleep 0.2; done
-LAST="records of job $renamed_job on node1: $(records_of "$renamed_job")"
-check "a job's partition record is removed from the node when the job ends" \
-    test "$(records_of "$renamed_job")" -eq 0
+until [[ $(records_of "$record_job") -eq 0 ]] || (( SECONDS >= deadline )); do sleep 0.2; done
+LAST="job '$record_job': records on node1 while it ran: $during, after it ended: $(records_of "$record_job")"
+check "a job's partition record is kept while it runs and removed from the node when it ends" \
+    bash -c '[[ $1 =~ ^[0-9]+$ && $2 -eq 1 && $3 -eq 0 ]]' _ "$record_job" "$during" "$(records_of "$record_job")"
 
 # --- 2. verify-then-mount race: the partition descriptor flips ---------------
 # A user-owned copy of the signed good image with an unsigned SquashFS (the
@@ -158,11 +167,14 @@ check "attack: a FIFO named as the image is refused at once" \
     refused_saying "fifo.sif: not a regular file" "$((SECONDS - started))"
 
 # --- 8. the smaller holes -------------------------------------------------------
-run srun -N1 --container="$IMG" --container-workdir=/proc/1/root/etc true
+# Root's slurmd has the host's root; its /proc entry is visible in the
+# container (same PID namespace).
+host_root=/proc/$(slurmd_pid_of node1)/root
+run srun -N1 -w node1 --container="$IMG" --container-workdir="$host_root/etc" true
 probe_existing=$LAST
-run srun -N1 --container="$IMG" --container-workdir=/proc/1/root/no-such-dir true
+run srun -N1 -w node1 --container="$IMG" --container-workdir="$host_root/no-such-dir" true
 LAST="existing: $probe_existing / missing: $LAST"
-check "attack: --container-workdir through /proc/1/root says nothing about the host's files" \
+check "attack: --container-workdir through /proc/PID/root says nothing about the host's files" \
     bash -c '[[ "$1" == *"root/etc: no such directory"* && "$2" == *"no-such-dir: no such directory"* ]]' _ "$probe_existing" "$LAST"
 
 run srun -N1 --container="$IMG" --container-mounts=/proc/self/cwd:/x ls /x
