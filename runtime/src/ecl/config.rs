@@ -104,7 +104,7 @@ struct PartitionEntry {
 struct SiteFile {
     #[serde(default)]
     keyrings: Vec<PathBuf>,
-    /// Slurm's `scontrol`, used to ask slurmctld for a job's partition.
+    /// Slurm's `scontrol`; `squeue` beside it asks slurmctld for a job's partition.
     scontrol: Option<PathBuf>,
     default: Option<PartitionEntry>,
     #[serde(default)]

@@ -2,14 +2,16 @@
 //!
 //! SPANK offers no partition item and the job's environment
 //! (`SLURM_JOB_PARTITION`) is the user's to set, so root asks slurmctld
-//! (authenticated by munge as root) for the job record as JSON
-//! (`scontrol --json show job ID`; Slurm 22.05's scontrol has no `--json`,
-//! so there `squeue --json`, found beside the configured scontrol, whose
-//! answer lists every job and is searched for ours). JSON matters: the text form
-//! (`scontrol -o show job`) prints user-chosen fields such as `JobName`
-//! before `Partition=`, unescaped, so a job named `x Partition=debug` could
-//! pick the list that judges it. In JSON every user string is one quoted,
-//! escaped value of its own key.
+//! (authenticated by munge as root): `squeue --jobs=ID --format=%P|%U|%V`,
+//! with `squeue` found beside the configured `scontrol`. The format names
+//! only fields Slurm owns (partition, numeric user ID, submit time), so no
+//! text a user can write (job name, comment, work directory) is in the
+//! answer at all. The text form of `scontrol -o show job` must never be
+//! used: it prints the user's `JobName=` before `Partition=`, unescaped, so
+//! a job named `x Partition=debug` could pick the list that judges it.
+//! (JSON would be safe too, but Slurm 22.05's scontrol has none and its
+//! `squeue --json` lists every job the controller knows: 100 ms a step on a
+//! busy controller.)
 //!
 //! The answer is cached per node in a root-only record named by job ID and
 //! restart count (a requeued job may move to another partition), holding
@@ -34,8 +36,8 @@ use crate::error::{Context, Error, Result};
 const CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Upper bound on the query to slurmctld.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
-/// Upper bound on slurmctld's answer (22.05's squeue lists every job).
-const MAX_ANSWER: u64 = 256 << 20;
+/// Upper bound on slurmctld's answer (one line).
+const MAX_ANSWER: u64 = 64 << 10;
 
 /// Where the records live under the node's state directory.
 pub fn records_dir(state_dir: &Path) -> std::path::PathBuf {
@@ -122,31 +124,20 @@ fn read_record(entry: &Path) -> Option<JobRecord> {
     is_partition_name(&record.partition).then_some(record)
 }
 
-/// Asks slurmctld: `scontrol --json show job ID`, or where scontrol has no
-/// `--json` (Slurm 22.05) `squeue --json --jobs=ID`. Each bounded by
-/// [`QUERY_TIMEOUT`].
+/// Asks slurmctld, bounded by [`QUERY_TIMEOUT`].
 fn query(job_id: u32, scontrol: &Path) -> Result<JobRecord> {
-    let id = job_id.to_string();
-    let out = match run_bounded(scontrol, &["--json", "show", "job", &id], job_id)? {
-        Ok(out) => out,
-        Err(err) if err.contains("unrecognized option") => {
-            let squeue = scontrol.with_file_name("squeue");
-            let jobs = format!("--jobs={id}");
-            run_bounded(&squeue, &["--json", &jobs], job_id)?.map_err(|err| {
-                Error::system(format!(
-                    "asking slurmctld for the partition of job {job_id}: {err}"
-                ))
-            })?
-        }
-        Err(err) => {
-            return Err(Error::system(format!(
+    let squeue = scontrol.with_file_name("squeue");
+    let jobs = format!("--jobs={job_id}");
+    let out = run_bounded(&squeue, &["--noheader", &jobs, "--format=%P|%U|%V"], job_id)?.map_err(
+        |err| {
+            Error::system(format!(
                 "asking slurmctld for the partition of job {job_id}: {err}"
-            )))
-        }
-    };
-    parse_job(&out, job_id).ok_or_else(|| {
+            ))
+        },
+    )?;
+    parse_job(&out).ok_or_else(|| {
         Error::system(format!(
-            "asking slurmctld for the partition of job {job_id}: no job record with a valid partition in its answer"
+            "asking slurmctld for the partition of job {job_id}: no single job with a valid partition in its answer"
         ))
     })
 }
@@ -204,34 +195,51 @@ fn run_bounded(
     })
 }
 
-/// The record of job `job_id` from `scontrol --json show job` output.
-/// Accepts the field shapes of every supported Slurm: plain numbers
-/// (22.05) and `{"set":..,"number":..}` objects (23.02 and later).
-fn parse_job(json: &[u8], job_id: u32) -> Option<JobRecord> {
-    let doc: serde_json::Value = serde_json::from_slice(json).ok()?;
-    let job = doc
-        .get("jobs")?
-        .as_array()?
-        .iter()
-        .find(|j| j.get("job_id").and_then(number) == Some(i64::from(job_id)))?;
-    let partition = job.get("partition")?.as_str()?;
-    if !is_partition_name(partition) {
+/// The record from `squeue --format=%P|%U|%V` output: exactly one line
+/// of a partition name, a numeric user ID and a submit time.
+fn parse_job(out: &[u8]) -> Option<JobRecord> {
+    let text = std::str::from_utf8(out).ok()?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let line = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    let mut fields = line.trim().split('|');
+    let (partition, uid, submit) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() || !is_partition_name(partition) {
         return None;
     }
     Some(JobRecord {
         partition: partition.to_string(),
-        user_id: u32::try_from(job.get("user_id").and_then(number)?).ok()?,
-        submit_time: job.get("submit_time").and_then(number).unwrap_or(0),
+        user_id: uid.parse().ok()?,
+        submit_time: submit_seconds(submit).unwrap_or(0),
     })
 }
 
-/// A number, or Slurm's `{"set": true, "number": N}` wrapper.
-fn number(v: &serde_json::Value) -> Option<i64> {
-    v.as_i64().or_else(|| {
-        let set = v.get("set").and_then(serde_json::Value::as_bool)?;
-        set.then(|| v.get("number").and_then(serde_json::Value::as_i64))
-            .flatten()
-    })
+/// Seconds since the epoch of Slurm's `YYYY-MM-DDTHH:MM:SS` (UTC assumed:
+/// the value only tells records apart, it decides nothing).
+fn submit_seconds(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let t: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([y, m, day], [hh, mm, ss]) = (d.as_slice(), t.as_slice()) else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if *m <= 2 { y - 1 } else { *y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 fn is_partition_name(name: &str) -> bool {
@@ -264,44 +272,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_job_name_cannot_pick_the_partition() {
-        // What `scontrol --json show job` prints for a job named to look
-        // like another partition (22.05 shape).
-        let json = br#"{"jobs":[{"job_id":12,"name":"x Partition=debug","user_id":1001,
-            "partition":"secure","submit_time":1700000000,"comment":"\"partition\":\"debug\""}]}"#;
-        let r = parse_job(json, 12).unwrap();
+    fn the_answer_holds_only_fields_slurm_owns() {
+        let r = parse_job(b"secure|1001|2026-12-01T21:54:24\n").unwrap();
         assert_eq!(r.partition, "secure");
         assert_eq!(r.user_id, 1001);
-        assert_eq!(r.submit_time, 1_700_000_000);
-        // Another job's record is not ours.
-        assert_eq!(parse_job(json, 13), None);
+        assert_eq!(r.submit_time, 1_796_162_064);
+        assert_eq!(submit_seconds("1970-01-01T00:00:00"), Some(0));
     }
 
     #[test]
-    fn newer_slurm_number_objects_are_read() {
-        let json = br#"{"jobs":[{"job_id":7,"user_id":1001,"partition":"gpu",
-            "submit_time":{"set":true,"infinite":false,"number":1800000000}}]}"#;
-        let r = parse_job(json, 7).unwrap();
-        assert_eq!(
-            (r.partition.as_str(), r.submit_time),
-            ("gpu", 1_800_000_000)
-        );
-    }
-
-    #[test]
-    fn hostile_partition_names_and_garbage_are_refused() {
-        assert_eq!(
-            parse_job(
-                br#"{"jobs":[{"job_id":1,"user_id":1,"partition":"a/../b"}]}"#,
-                1
-            ),
-            None
-        );
-        assert_eq!(parse_job(b"JobId=1 Partition=secure", 1), None);
-        assert_eq!(
-            parse_job(br#"{"jobs":[{"job_id":1,"partition":"p"}]}"#, 1),
-            None
-        );
+    fn anything_but_one_clean_record_is_refused() {
+        // What the old text query let a job name inject, and other garbage.
+        for bad in [
+            &b"JobId=1 JobName=x Partition=debug Partition=secure"[..],
+            b"a/../b|1001|2026-12-01T00:00:00",
+            b"debug,secure|1001|2026-12-01T00:00:00",
+            b"secure|me|2026-12-01T00:00:00",
+            b"secure|1001",
+            b"secure|1001|x|y",
+            b"secure|1001|2026-12-01T00:00:00\ndebug|1001|2026-12-01T00:00:00",
+            b"",
+        ] {
+            assert_eq!(parse_job(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     fn store(dir: &Path, name: &str, record: &JobRecord) {
