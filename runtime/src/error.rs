@@ -146,6 +146,15 @@ fn describe<E: fmt::Display>(e: &E) -> String {
     }
 }
 
+/// `e` with every mention of `from` (an internal path such as
+/// `/proc/self/fd/N`) replaced by `to` (the path the user gave).
+pub fn rename_path(e: Error, from: &std::path::Path, to: &std::path::Path) -> Error {
+    let message = e
+        .message()
+        .replace(&from.display().to_string(), &to.display().to_string());
+    Error::new(e.kind(), message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ use crate::gpu::{self, DriverList, GpuSelection};
 use crate::image::RunnableImage;
 use crate::loop_device::LoopAttachment;
 use crate::mount::rootfs::{BindMount, ContainerSpec};
+use crate::pinned_image::PinnedImage;
 use crate::process;
 use crate::target::{deffile_runscript, Target};
 use crate::user::Identity;
@@ -159,10 +160,28 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         None
     };
 
-    let image = RunnableImage::open_maybe_encrypted(&opts.image)?;
-    opts.verify.check(&opts.image)?;
+    // Opened once: what is parsed, verified and run is one file (or a
+    // private copy of it, when someone else could change it under us).
+    let copy_base = if unprivileged {
+        std::env::temp_dir()
+    } else {
+        PathBuf::from(STAGING_BASE)
+    };
+    if !unprivileged {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&copy_base)
+            .with_context(|| format!("creating {}", copy_base.display()))?;
+    }
+    let pinned = PinnedImage::open(&opts.image, opts.verify.enabled, &copy_base)?;
+    let image =
+        RunnableImage::open_maybe_encrypted(pinned.path()).map_err(|e| pinned.name_in(e))?;
+    opts.verify
+        .check(pinned.path())
+        .map_err(|e| pinned.name_in(e))?;
     // Unlock before anything is set up: a wrong key leaves nothing behind.
-    let unlocked = unlock(&image, opts.key.as_ref())?;
+    let unlocked = unlock(&image, opts.key.as_ref()).map_err(|e| pinned.name_in(e))?;
     let identity = resolve_identity(opts.user.as_deref(), unprivileged)?;
     let binds = opts
         .binds
@@ -209,6 +228,7 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         Some(server) => run_unprivileged(launch, &image, &server, staging, unlocked),
         None => run_privileged(launch, &image, staging, unlocked),
     }
+    .map_err(|e| pinned.name_in(e))
 }
 
 /// An encrypted image, unlocked: the verified passphrase (for the kernel

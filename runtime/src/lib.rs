@@ -16,6 +16,7 @@
 //! * [`user`]: target identity and privilege drop
 //! * [`mod@env`]: container environment
 //! * [`process`]: fork + error pipe, signal forwarding, exit status, exec
+//! * [`pinned_image`]: the image `sifrun exec` runs, opened once (or privately copied)
 //! * [`container`]: the two reusable halves: [`container::create`] (per node) and
 //!   [`container::exec_command`] (per task)
 //! * [`credentials`]: resolving user-named paths with the job user's permissions
@@ -46,6 +47,7 @@ pub mod inspect;
 pub mod loop_device;
 pub mod mount;
 pub mod namespaces;
+pub mod pinned_image;
 pub mod process;
 pub mod sign;
 pub mod slurm_setup;

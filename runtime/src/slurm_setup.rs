@@ -46,7 +46,7 @@ use crate::credentials::{PathHandle, UserCredentials};
 use crate::crypt;
 use crate::ecl::copy::{copy_image_objects, CopyLimits, CopyRecord};
 use crate::ecl::enforce::{EclCheck, ImageSource};
-use crate::error::Context;
+use crate::error::{rename_path, Context};
 use crate::error::{Error, Result};
 use crate::exec::StagingDir;
 use crate::gpu::{self, DriverList, GpuPlan, GpuSelection};
@@ -648,12 +648,4 @@ fn gpu_plan(opts: &SetupOptions) -> Result<GpuPlan> {
     };
     let selection = GpuSelection::Numbers(opts.gpus.clone());
     Ok(gpu::passthrough(&selection, list.as_ref(), opts.rdma))
-}
-
-/// Error messages name the image as the user gave it, not our fd link.
-fn rename_path(e: Error, fd_path: &Path, image: &Path) -> Error {
-    let message = e
-        .message()
-        .replace(&fd_path.display().to_string(), &image.display().to_string());
-    Error::new(e.kind(), message)
 }

@@ -116,18 +116,58 @@ impl Identity {
         if pdeathsig.is_some() {
             nix::sys::prctl::set_pdeathsig(pdeathsig).context("restoring parent-death signal")?;
         }
+        // Root stays UID 0 (files it owns, an admin inspecting an image),
+        // but never with root's powers: a hostile image must not reach the
+        // host (`nsenter`, `mknod`, reading /etc/shadow) because root ran it.
+        drop_all_capabilities()?;
         nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
-        if !self.is_root() {
-            let (permitted, effective) = capabilities()?;
-            if permitted != 0 || effective != 0 {
-                return Err(Error::system(format!(
-                    "capabilities still present after switching to {} (permitted {permitted:#x}, effective {effective:#x})",
-                    self.name
-                )));
-            }
+        let (permitted, effective) = capabilities()?;
+        if permitted != 0 || effective != 0 {
+            return Err(Error::system(format!(
+                "capabilities still present after switching to {} (permitted {permitted:#x}, effective {effective:#x})",
+                self.name
+            )));
         }
         Ok(())
     }
+}
+
+/// Gives up every capability for good, also as UID 0: the bounding and
+/// ambient sets are emptied (no `execve` can bring one back) and the
+/// securebits lock out root's special treatment (`SECBIT_NOROOT`: a UID 0
+/// `execve` gets no capabilities; `SECBIT_NO_SETUID_FIXUP`), then the
+/// process's own sets are cleared. Needs `CAP_SETPCAP` for the first
+/// steps, which a non-root target lost with `setuid`: then its sets are
+/// already empty and only the clearing runs.
+fn drop_all_capabilities() -> Result<()> {
+    if capabilities()?.0 != 0 {
+        let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|t| t.trim().parse::<libc::c_ulong>().ok())
+            .unwrap_or(63);
+        for cap in 0..=last {
+            // SAFETY: plain prctl; EINVAL for a capability the kernel lacks.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        }
+        // SAFETY: plain prctl with constant arguments.
+        unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+        };
+        // NOROOT, NO_SETUID_FIXUP, KEEP_CAPS off, NO_CAP_AMBIENT_RAISE,
+        // each with its lock bit.
+        const SECUREBITS: libc::c_ulong = 0b1110_1111;
+        // SAFETY: plain prctl with constant arguments.
+        if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("locking out root's capabilities");
+        }
+    }
+    clear_capabilities()
 }
 
 /// Gives up what an unprivileged container process still holds before it

@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -112,6 +113,44 @@ fn user_drop_no_new_privs_and_no_caps() {
         let out = fx.exec(&["--user", "65534"], &["id", "-u"]);
         assert_eq!(stdout(&out), "65534\n");
     });
+}
+
+/// An admin running a user's image as root gives it no root powers: no
+/// capability in any set (so no `nsenter` into the host, no raw devices,
+/// no reading /etc/shadow), device nodes made in /dev do not work, and
+/// root's home is read-only.
+#[test]
+fn root_runs_the_image_without_capabilities() {
+    if skip_unless_root() {
+        return;
+    }
+    let probe = Path::new("/root/sifrun-cap-probe");
+    let _ = fs::remove_file(probe);
+    // This test process has the host's root; its /proc entry is visible
+    // in the container (same PID namespace).
+    let script = format!(
+        "id -u; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; \
+         mknod /dev/sifrun-sda b 8 0 2>/dev/null && echo MKNOD-OK; \
+         touch /root/sifrun-cap-probe 2>/dev/null && echo HOME-WRITABLE; \
+         cat /proc/{}/root/etc/shadow >/dev/null 2>&1 && echo HOST-READ; true",
+        std::process::id()
+    );
+    leak_checked(|fx| {
+        let out = fx.exec(&[], &["sh", "-c", &script]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.starts_with("0\n"), "{text}");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert!(
+                text.contains(&format!("{set}:\t0000000000000000")),
+                "{text}"
+            );
+        }
+        for escape in ["MKNOD-OK", "HOME-WRITABLE", "HOST-READ"] {
+            assert!(!text.contains(escape), "{text}");
+        }
+    });
+    assert!(!probe.exists());
 }
 
 #[test]
@@ -597,4 +636,76 @@ fn parallel_runs_do_not_interfere() {
             assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
         }
     });
+}
+
+/// `sifrun exec --verify` as root while the owner of the image's directory
+/// swaps a signed and an unsigned image in and out under its name (hard
+/// link + rename, every millisecond): only verified bytes ever run.
+#[test]
+fn verify_runs_only_the_verified_bytes_while_the_file_is_swapped() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(corpus) = corpus() else { return };
+    let key = corpus.join("keys/private.asc");
+    let fx = Fixture::new();
+    let swap = fx.path("swap");
+    fs::create_dir(&swap).unwrap();
+    for (name, marker) in [("good", "good-bytes"), ("evil", "evil-bytes")] {
+        let root = fx.path(&format!("root-{name}"));
+        make_rootfs(&root);
+        fs::write(root.join("marker"), marker).unwrap();
+        let sif = swap.join(format!("{name}.sif"));
+        let out = run_sifrun(&["build", root.to_str().unwrap(), "-o", sif.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        // Owned by another user: the one who can change them.
+        std::os::unix::fs::chown(&sif, Some(65534), Some(65534)).unwrap();
+    }
+    let good = swap.join("good.sif");
+    let out = run_sifrun(&[
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        good.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let app = swap.join("app.sif");
+    fs::copy(&good, &app).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, swap, app) = (stop.clone(), swap.clone(), app.clone());
+        std::thread::spawn(move || {
+            let tmp = swap.join("next.sif");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for name in ["evil.sif", "good.sif"] {
+                    let _ = fs::remove_file(&tmp);
+                    fs::hard_link(swap.join(name), &tmp).unwrap();
+                    fs::rename(&tmp, &app).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let mut outputs = String::new();
+    for _ in 0..30 {
+        let out = run_sifrun(&[
+            "exec",
+            "--verify",
+            "--keyring",
+            key.to_str().unwrap(),
+            app.to_str().unwrap(),
+            "cat",
+            "/marker",
+        ]);
+        outputs.push_str(&stdout(&out));
+        outputs.push('\n');
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(
+        !outputs.contains("evil-bytes"),
+        "unverified bytes ran:\n{outputs}"
+    );
+    assert!(outputs.contains("good-bytes"), "{outputs}");
 }

@@ -201,7 +201,7 @@ unsafe impl Plugin for SifrunPlugin {
                 spank.register_option(opt)?;
             }
         }
-        if matches!(context, Context::Remote | Context::JobScript) {
+        if context == Context::Remote {
             let args = spank.plugin_argv().unwrap_or_default();
             self.config = Some(Config::from_plugin_args(&args).map_err(|e| e.to_string()));
         }
@@ -364,19 +364,28 @@ unsafe impl Plugin for SifrunPlugin {
 
     fn job_epilog(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         // The job has ended on this node: its partition record goes (a job
-        // ID slurmctld hands out again must be asked about afresh).
-        if let Some(Ok(config)) = &self.config {
-            let job = spank.job_id().ok().or_else(|| {
-                std::env::var("SLURM_JOB_ID")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-            });
-            if let Some(job) = job {
-                sifrun_runtime::ecl::partition::forget_job(
-                    job,
-                    &sifrun_runtime::ecl::partition::records_dir(&config.state_dir),
-                );
+        // ID slurmctld hands out again must be asked about afresh). Slurm
+        // runs the epilog in a process of its own without calling `init`,
+        // so the configuration is read here.
+        let args = spank.plugin_argv().unwrap_or_default();
+        let config = match Config::from_plugin_args(&args) {
+            Ok(c) => c,
+            Err(e) => {
+                spank_log_error!("sifrun: epilog: plugin configuration: {e}");
+                return Ok(());
             }
+        };
+        let job = spank.job_id().ok().or_else(|| {
+            std::env::var("SLURM_JOB_ID")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(job) = job {
+            sifrun_runtime::ecl::partition::forget_job(
+                job,
+                &sifrun_runtime::ecl::partition::records_dir(&config.state_dir),
+            );
+            spank_log_verbose!("sifrun: epilog: job {job}: partition record removed");
         }
         Ok(())
     }

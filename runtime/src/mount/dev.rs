@@ -43,13 +43,15 @@ pub fn bind_device(root: &Path, device: &Path) -> Result<()> {
 /// group there (it is not mapped), so its ptys keep the user's group.
 pub fn mount_dev(root: &Path, in_user_namespace: bool) -> Result<()> {
     let dev = create_dir_in_root(root, Path::new("/dev"))?;
-    // Not nodev: this is the one place device nodes must work. noexec and
-    // nosuid because nothing legitimate executes from /dev.
+    // nodev: a node made here (`mknod`) never works; the devices that
+    // must work are bind mounts of the host's nodes below, each its own
+    // mount without nodev. noexec and nosuid because nothing legitimate
+    // executes from /dev.
     mount_fs(
         "tmpfs",
         &dev,
         "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
         Some("mode=755,size=1m"),
     )?;
 

@@ -260,7 +260,13 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
     // Mount points are never created inside what is bound from the host.
     let mut host = HostBinds::default();
     for (source, dest) in host_dir_binds(spec) {
-        bind_host_dir(&root, source, dest, nosuid_nodev, &mut host)?;
+        // Root's home is never writable from an image root runs.
+        let flags = if spec.identity.is_root() && dest == spec.identity.home {
+            nosuid_nodev | MsFlags::MS_RDONLY
+        } else {
+            nosuid_nodev
+        };
+        bind_host_dir(&root, source, dest, flags, &mut host)?;
     }
     for b in &spec.binds {
         let target = create_mount_point(&root, &b.destination, &b.source, &host)?;
