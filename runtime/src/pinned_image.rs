@@ -41,10 +41,21 @@ impl PinnedImage {
             image,
             libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
         )
-        .map_err(|e| Error::image(format!("{}: {e}", image.display())))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::image(format!("image not found: {}", image.display()))
+            }
+            _ => Error::image(format!("{}: {e}", image.display())),
+        })?;
         let meta = file
             .metadata()
             .map_err(|e| Error::image(format!("{}: {e}", image.display())))?;
+        if meta.is_dir() {
+            return Err(Error::image(format!(
+                "{} is a directory, not a SIF image",
+                image.display()
+            )));
+        }
         if !meta.is_file() {
             return Err(Error::image(format!(
                 "{}: not a regular file",

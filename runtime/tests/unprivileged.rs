@@ -121,7 +121,10 @@ fn user_exec(host: &Host, fx: &Fixture, opts: &[&str], cmd: &[&str]) -> Output {
 
 /// FUSE server processes serving `image`.
 fn servers_for(image: &Path) -> Vec<i32> {
-    let needle = image.to_string_lossy().into_owned();
+    // The server is handed the image as sifrun's open descriptor
+    // (`/proc/<pid>/fd/<n>`), so it is recognised by the file it has open.
+    use std::os::unix::fs::MetadataExt;
+    let want = fs::metadata(image).map(|m| (m.dev(), m.ino())).ok();
     let mut pids = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -130,11 +133,19 @@ fn servers_for(image: &Path) -> Vec<i32> {
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let args: Vec<String> = cmdline
+        let is_server = cmdline
             .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.contains("squashfuse")) && args.contains(&needle) {
+            .next()
+            .is_some_and(|a| String::from_utf8_lossy(a).contains("squashfuse"));
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let has_image = fds.flatten().any(|fd| {
+            fs::metadata(fd.path())
+                .map(|m| Some((m.dev(), m.ino())) == want)
+                .unwrap_or(false)
+        });
+        if is_server && has_image {
             pids.push(pid);
         }
     }
