@@ -50,8 +50,15 @@ pub fn mount_squashfs(device: &Path, target: &Path) -> Result<()> {
 }
 
 /// Bind-mounts `source` on `target`, then applies `flags` (nosuid, nodev,
-/// rdonly, ...) with a remount: the kernel ignores per-mount flags on the
-/// initial `MS_BIND` call.
+/// rdonly, ...): the kernel ignores per-mount flags on the initial
+/// `MS_BIND` call.
+///
+/// A `recursive` bind brings the source's submounts along, and `flags`
+/// then apply to every one of them ([`set_flags_recursive`]). A bind of
+/// a directory that something is mounted under should be recursive: a
+/// non-recursive one shows what those mounts hide on the host (the files
+/// under a tmpfs, the real `/tmp` under a node's private one), which the
+/// kernel forbids unprivileged users for exactly that reason.
 pub fn bind(source: &Path, target: &Path, recursive: bool, flags: MsFlags) -> Result<()> {
     let mut bind_flags = MsFlags::MS_BIND;
     if recursive {
@@ -59,8 +66,76 @@ pub fn bind(source: &Path, target: &Path, recursive: bool, flags: MsFlags) -> Re
     }
     mount(Some(source), target, None::<&str>, bind_flags, None::<&str>)
         .with_context(|| format!("bind mounting {} on {}", source.display(), target.display()))?;
-    if !flags.is_empty() {
-        remount_bind(target, flags)?;
+    if flags.is_empty() {
+        return Ok(());
+    }
+    if !recursive {
+        return remount_bind(target, flags);
+    }
+    match set_flags_recursive(target, flags) {
+        Err(nix::errno::Errno::ENOSYS) => {
+            // Kernels before 5.12 cannot set flags on a whole tree: bind
+            // the top mount alone, so that `flags` (read-only above all)
+            // hold for everything visible.
+            nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("unmounting {}", target.display()))?;
+            bind(source, target, false, flags)
+        }
+        other => other.with_context(|| format!("setting flags on {}", target.display())),
+    }
+}
+
+/// Sets `flags` (read-only, nosuid, nodev, noexec) on the mount at
+/// `target` and every mount below it, in one `mount_setattr(2)` call.
+/// Flags are only added, never cleared, so mounts whose flags a user
+/// namespace locks are no obstacle.
+fn set_flags_recursive(
+    target: &Path,
+    flags: MsFlags,
+) -> std::result::Result<(), nix::errno::Errno> {
+    /// `struct mount_attr` of <linux/mount.h>.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+    const AT_RECURSIVE: libc::c_int = 0x8000;
+    let map = [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ];
+    let attr = MountAttr {
+        attr_set: map
+            .iter()
+            .filter(|(ms, _)| flags.contains(*ms))
+            .fold(0, |acc, (_, a)| acc | a),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: valid C string and a correctly sized mount_attr we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(nix::errno::Errno::last());
     }
     Ok(())
 }
@@ -180,9 +255,38 @@ impl HostBinds {
         Ok(())
     }
 
+    /// Whether `path` lies on a recorded bind or on a mount below one
+    /// (recursive binds bring the source's submounts along).
     fn holds(&self, path: &Path) -> Result<bool> {
-        Ok(!self.0.is_empty() && self.0.contains(&mount_id(path)?))
+        if self.0.is_empty() {
+            return Ok(false);
+        }
+        let parents = mount_parents();
+        let mut id = mount_id(path)?;
+        // Bounded by the table's size: a parent chain cannot be longer.
+        for _ in 0..=parents.len() {
+            if self.0.contains(&id) {
+                return Ok(true);
+            }
+            match parents.get(&id) {
+                Some(&parent) if parent != id => id = parent,
+                _ => break,
+            }
+        }
+        Ok(false)
     }
+}
+
+/// Mount ID → parent mount ID, from this process's mount table.
+fn mount_parents() -> std::collections::HashMap<u64, u64> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The ID of the mount holding `path` itself (a final symlink is not

@@ -274,9 +274,10 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
         if b.read_only {
             flags |= MsFlags::MS_RDONLY;
         }
-        // Not recursive: a read-only remount applies to one mount only, so
-        // submounts of the source would stay writable under a `:ro` bind.
-        bind(&b.source, &target, false, flags)?;
+        // Recursive, flags on every submount: what is mounted under the
+        // source stays mounted (nothing hidden on the host shows), and a
+        // `:ro` bind is read-only all the way down.
+        bind(&b.source, &target, true, flags)?;
         host.record(&target)?;
     }
     // Last, so that no user bind can cover them; created in the overlay's
@@ -390,8 +391,8 @@ fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
     Ok(root)
 }
 
-/// Binds host directory `source` at container path `dest` (non-recursive:
-/// submounts of the host directory stay hidden).
+/// Binds host directory `source` at container path `dest`, with its
+/// submounts (a non-recursive bind would show what they hide).
 fn bind_host_dir(
     root: &Path,
     source: &Path,
@@ -403,7 +404,7 @@ fn bind_host_dir(
         return Ok(());
     }
     let target = create_mount_point(root, dest, source, host)?;
-    bind(source, &target, false, flags)?;
+    bind(source, &target, true, flags)?;
     host.record(&target)
 }
 
