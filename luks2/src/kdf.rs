@@ -13,6 +13,16 @@ pub const MAX_ARGON2_LANES: u32 = 4;
 pub const MAX_ARGON2_TIME: u32 = 1000;
 /// Smallest PBKDF2 iteration count cryptsetup accepts (so we write no less).
 pub const MIN_PBKDF2_ITERATIONS: u32 = 1000;
+/// Most PBKDF2-SHA256 iterations one derivation may cost (a keyslot or the
+/// volume-key digest), a few seconds of one core: cryptsetup's default
+/// (`--iter-time 2000`) gives one to four million on current CPUs. A header
+/// asking for more is refused before any work is done.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 16_000_000;
+/// Most Argon2 work one derivation may cost, in KiB × passes: 4 passes
+/// over 4 GiB (cryptsetup's defaults are at most 4 passes over 1 GiB).
+pub const MAX_ARGON2_WORK: u64 = 16 * 1024 * 1024;
+/// Keyslots tried per unlock (Apptainer writes one; cryptsetup allows 32).
+pub const MAX_KEYSLOTS_TRIED: usize = 4;
 
 /// A keyslot key-derivation function and its costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +66,11 @@ impl Kdf {
                 if iterations == 0 {
                     return Err(Error::corrupt("PBKDF2 with zero iterations"));
                 }
+                if iterations > MAX_PBKDF2_ITERATIONS {
+                    return Err(Error::Unsupported(format!(
+                        "PBKDF2 cost beyond limits ({iterations} iterations, at most {MAX_PBKDF2_ITERATIONS})"
+                    )));
+                }
                 pbkdf2::pbkdf2_hmac::<Sha256>(passphrase, salt, iterations, out);
                 Ok(())
             }
@@ -67,6 +82,7 @@ impl Kdf {
                 if memory_kib > MAX_ARGON2_MEMORY_KIB
                     || parallel > MAX_ARGON2_LANES
                     || time > MAX_ARGON2_TIME
+                    || u64::from(time) * u64::from(memory_kib) > MAX_ARGON2_WORK
                 {
                     return Err(Error::Unsupported(format!(
                         "Argon2 cost beyond limits (time {time}, memory {memory_kib} KiB, {parallel} lanes)"
@@ -94,6 +110,31 @@ mod tests {
             .derive(b"passwd", b"salt", &mut out)
             .unwrap();
         assert_eq!(&out[..8], &[0x55, 0xac, 0x04, 0x6e, 0x56, 0xe3, 0x08, 0x9f]);
+    }
+
+    #[test]
+    fn hostile_pbkdf2_costs_are_refused_without_work() {
+        let mut out = [0u8; 32];
+        let start = std::time::Instant::now();
+        let k = Kdf::Pbkdf2 {
+            iterations: u32::MAX,
+        };
+        assert!(matches!(
+            k.derive(b"x", b"saltsalt", &mut out),
+            Err(Error::Unsupported(_))
+        ));
+        // 2^32 iterations would take half an hour; the refusal is instant.
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        // Argon2 within each limit but too much work in total.
+        let k = Kdf::Argon2id {
+            time: 1000,
+            memory_kib: 4 * 1024 * 1024,
+            parallel: 1,
+        };
+        assert!(matches!(
+            k.derive(b"x", b"saltsalt", &mut out),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]

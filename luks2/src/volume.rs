@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::af;
 use crate::error::{Error, Result};
 use crate::header::{self, BinaryHeader, BINARY_SIZE, VALID_SIZES};
-use crate::kdf::Kdf;
+use crate::kdf::{Kdf, MAX_KEYSLOTS_TRIED, MAX_PBKDF2_ITERATIONS};
 use crate::metadata::{CheckedKeyslot, CheckedSegment, Metadata};
 use crate::sector::SectorCipher;
 use crate::SECTOR_SIZE;
@@ -157,7 +157,10 @@ impl Volume {
         if keyslots.is_empty() {
             return Err(Error::corrupt("no usable keyslot"));
         }
-        for slot in keyslots {
+        // A hostile header may list many keyslots, each as costly as the
+        // limits allow: only the first few are tried.
+        let total = keyslots.len();
+        for slot in keyslots.into_iter().take(MAX_KEYSLOTS_TRIED) {
             if let Some(key) = try_keyslot(&src, &header.metadata, &slot, passphrase)? {
                 return Ok(Volume {
                     cipher: SectorCipher::new(&key)?,
@@ -167,6 +170,11 @@ impl Volume {
                     uuid: header.binary.uuid.clone(),
                 });
             }
+        }
+        if total > MAX_KEYSLOTS_TRIED {
+            return Err(Error::Unsupported(format!(
+                "no keyslot opens with this key among the first {MAX_KEYSLOTS_TRIED} of {total} (more are not tried)"
+            )));
         }
         Err(Error::WrongPassphrase)
     }
@@ -215,6 +223,13 @@ fn try_keyslot(
     passphrase: &[u8],
 ) -> Result<Option<Zeroizing<Vec<u8>>>> {
     let digest = metadata.digest_for(&slot.id)?;
+    // Refused before any work: the slot's own cost is checked by `derive`.
+    if digest.iterations > MAX_PBKDF2_ITERATIONS {
+        return Err(Error::Unsupported(format!(
+            "volume-key digest cost beyond limits ({} PBKDF2 iterations, at most {MAX_PBKDF2_ITERATIONS})",
+            digest.iterations
+        )));
+    }
     let material_len = (slot.key_size * slot.stripes).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
     let mut material = Zeroizing::new(vec![0u8; material_len]);
     src.read_exact_at(&mut material, slot.area_offset)
