@@ -216,6 +216,10 @@ pub struct SlurmSetupArgs {
     /// Admin bind SRC[:DST[:ro]] from the plugin configuration.
     #[arg(long = "admin-bind", value_name = "SPEC")]
     pub admin_binds: Vec<String>,
+    /// Node directory the step needs (PMIx), SRC[:DST[:ro]], resolved with
+    /// the job user's credentials.
+    #[arg(long = "step-bind", value_name = "SPEC")]
+    pub step_binds: Vec<String>,
     /// Directory that must exist inside the container.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
@@ -282,6 +286,7 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             cwd: a.cwd,
             binds: a.binds,
             admin_binds: a.admin_binds,
+            step_binds: a.step_binds,
             workdir: a.workdir,
             mount_home: !a.no_home,
             writable_tmpfs: a.writable_tmpfs,

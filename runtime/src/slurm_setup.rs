@@ -72,6 +72,11 @@ pub struct SetupOptions {
     pub binds: Vec<String>,
     /// Binds from the admin's configuration: trusted.
     pub admin_binds: Vec<String>,
+    /// Node directories the step needs (PMIx rendezvous), chosen by the
+    /// plugin from slurm.conf but bound for the job user's sake: resolved
+    /// with the user's credentials, so they show nothing the user could
+    /// not reach on the node.
+    pub step_binds: Vec<String>,
     /// Must exist inside the container.
     pub workdir: Option<PathBuf>,
     pub mount_home: bool,
@@ -566,14 +571,20 @@ fn build_in_new_namespace(
     // Handles must stay open until the binds are made (they are the sources).
     let mut handles: Vec<PathHandle> = Vec::new();
     let mut binds = Vec::new();
-    for spec in &opts.binds {
-        let mut bind = BindMount::parse_unresolved(spec)?;
-        let handle = user
-            .open_path(&bind.source)
-            .map_err(|e| Error::usage(format!("--container-mounts {spec}: {}", e.message())))?;
-        bind.source = handle.proc_path();
-        handles.push(handle);
-        binds.push(bind);
+    let as_user = [
+        (&opts.binds, "--container-mounts"),
+        (&opts.step_binds, "the step's PMIx directory"),
+    ];
+    for (specs, what) in as_user {
+        for spec in specs {
+            let mut bind = BindMount::parse_unresolved(spec)?;
+            let handle = user
+                .open_path(&bind.source)
+                .map_err(|e| Error::usage(format!("{what} {spec}: {}", e.message())))?;
+            bind.source = handle.proc_path();
+            handles.push(handle);
+            binds.push(bind);
+        }
     }
     for spec in &opts.admin_binds {
         binds.push(BindMount::parse(spec)?);

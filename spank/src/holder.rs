@@ -37,7 +37,8 @@ pub struct JobUser {
     pub restart_count: u32,
     /// Host directories the step needs at the same path, decided by the
     /// plugin from the admin's configuration (PMIx rendezvous), as
-    /// `SRC:SRC[:ro]` bind specs.
+    /// `SRC:SRC[:ro]` bind specs. The helper resolves them with the job
+    /// user's credentials (they are bound for the user's sake).
     pub system_binds: Vec<String>,
     /// The step's GPUs on this node (Slurm's `SLURM_STEP_GPUS`).
     pub gpus: Vec<u32>,
@@ -100,8 +101,12 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
         args.push("--bind".into());
         args.push(m.to_spec());
     }
-    for b in config.default_binds.iter().chain(&user.system_binds) {
+    for b in &config.default_binds {
         args.push("--admin-bind".into());
+        args.push(b.clone());
+    }
+    for b in &user.system_binds {
+        args.push("--step-bind".into());
         args.push(b.clone());
     }
     if let Some(dir) = &req.workdir {
@@ -364,7 +369,7 @@ mod tests {
                 "/data:/in:ro",
                 "--admin-bind",
                 "/etc/hosts:/etc/hosts:ro",
-                "--admin-bind",
+                "--step-bind",
                 "/var/spool/slurmd:/var/spool/slurmd",
                 "--workdir",
                 "/in",
