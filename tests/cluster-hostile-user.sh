@@ -187,6 +187,27 @@ LAST="keeper $keeper: $(grep -E '^(Gid|Groups):' "/proc/$keeper/status" 2>&1 | t
 check "the root helper and the cache keeper drop the job user's groups (files stay root:root)" \
     bash -c '[[ -n $2 && "$1" == *"Gid: 0 0 0 0 "* && "$1" =~ Groups:[[:space:]]*\; && "$1" == *"entries: root:root "* && "$1" != *"sifrun-test"* ]]' _ "$LAST" "$keeper"
 
+# --- one user cannot fill the node cache (issue 23) ------------------------------
+# The test cluster allows 3 images per user (cache_max_images_per_user): with
+# 3 steps running on 3 images, a 4th image is refused at once; once they
+# end, a new image takes an idle one's place.
+for i in 1 2 3 4 5; do cp "$IMG" "$WORK/images/many-$i.sif"; chmod 644 "$WORK/images/many-$i.sif"; done
+settled
+cap_pids=()
+for i in 1 2 3; do
+    as_user timeout 60 srun -Q -N1 -w node1 --container="$WORK/images/many-$i.sif" sleep 6 >"$WORK/cap.$i" 2>&1 &
+    cap_pids+=($!)
+done
+for _ in $(seq 100); do [[ $(node_mounts node1) -ge 3 ]] && break; sleep 0.1; done
+run srun -N1 -w node1 --container="$WORK/images/many-4.sif" sh -c 'echo RAN'
+cap_refusal=$LAST
+cap_ok=0
+for p in "${cap_pids[@]}"; do wait "$p" && cap_ok=$((cap_ok + 1)); done
+run srun -N1 -w node1 --container="$WORK/images/many-5.sif" cat /etc/os-release
+LAST="3 running: $cap_ok ok; 4th: $cap_refusal; afterwards: $LAST; mounted on node1 now: $(node_mounts node1)"
+check "a user's 4th image is refused while 3 are in use (cache_max_images_per_user), an idle one makes room later" \
+    bash -c '[[ $1 -eq 3 && "$2" == *"cache_max_images_per_user"* && "$2" != *RAN* && "$3" == *"sifrun busybox demo"* && $4 -le 3 ]]' _ "$cap_ok" "$cap_refusal" "$LAST" "$(node_mounts node1)"
+
 # --- 6. fail closed: a step that asked for an image never runs on the host ------
 # In both plugstack modes (whether the plugin loads at all is Slurm's
 # business), for each kind of setup failure.

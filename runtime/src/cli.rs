@@ -272,6 +272,12 @@ pub struct SlurmSetupArgs {
     /// Give up (the process kills itself) after this many seconds (0: never).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub timeout_secs: u64,
+    /// Images the node cache keeps mounted (0: no limit).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub cache_max_images: usize,
+    /// Images the node cache keeps mounted for one user (0: no limit).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub cache_max_images_per_user: usize,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -303,6 +309,10 @@ impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
             copy_limit_mib: a.copy_limit_mib,
             copy_quota_mib: a.copy_quota_mib,
             timeout_secs: a.timeout_secs,
+            cache_limits: sifrun_runtime::image_cache::CacheLimits {
+                per_node: a.cache_max_images,
+                per_user: a.cache_max_images_per_user,
+            },
         }
     }
 }

@@ -71,6 +71,32 @@ const CACHE_SUBDIR: &str = "images";
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 const LOCK_POLL: Duration = Duration::from_millis(2);
 
+/// Limits on the images mounted in one node's cache (0: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheLimits {
+    /// Images mounted on the node.
+    pub per_node: usize,
+    /// Images first mounted for one user.
+    pub per_user: usize,
+}
+
+/// Records that the entry at `entry` was first mounted for `uid` (see
+/// [`ImageCache::make_room`]).
+pub fn record_owner(entry: &Path, uid: u32) -> Result<()> {
+    fs::write(entry.join(OWNER_FILE), uid.to_string())
+        .with_context(|| format!("writing {}", entry.join(OWNER_FILE).display()))
+}
+
+fn read_owner(entry: &Path) -> Option<u32> {
+    fs::read_to_string(entry.join(OWNER_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+const OWNER_FILE: &str = "owner";
+
 /// An entry's verified copy of a user-writable image, and whom it is
 /// accounted to.
 pub const COPY_FILE: &str = "image.sif";
@@ -237,6 +263,74 @@ impl ImageCache {
         &self.root
     }
 
+    /// Makes room for one more mounted image, first mounted for `uid`:
+    /// while the node or the user is at its limit, the least recently
+    /// used entries nobody is using are unmounted (the user's own first
+    /// for the user's limit). Refused with one line when every entry
+    /// counted against a limit is in use: one user can neither pin the
+    /// node's kernel memory with thousands of mounts nor push out images
+    /// that other users' steps are running.
+    pub fn make_room(&self, uid: u32, limits: &CacheLimits) -> Result<()> {
+        let mut mounted: Vec<(PathBuf, Option<u32>, SystemTime)> = Vec::new();
+        for entry in self.entry_dirs()? {
+            if is_mounted(&entry).unwrap_or(false) {
+                let used = fs::metadata(entry.join("last-used"))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                mounted.push((entry.clone(), read_owner(&entry), used));
+            }
+        }
+        // Least recently used first.
+        mounted.sort_by_key(|(_, _, used)| *used);
+        let mine = |m: &[(PathBuf, Option<u32>, SystemTime)]| {
+            m.iter().filter(|(_, owner, _)| *owner == Some(uid)).count()
+        };
+        while limits.per_user > 0 && mine(&mounted) >= limits.per_user {
+            if !self.evict_one_idle(&mut mounted, Some(uid))? {
+                return Err(Error::image(format!(
+                    "you have {} images mounted on this node, all in use by running steps (limit {}, admin setting cache_max_images_per_user)",
+                    mine(&mounted),
+                    limits.per_user
+                )));
+            }
+        }
+        while limits.per_node > 0 && mounted.len() >= limits.per_node {
+            if !self.evict_one_idle(&mut mounted, None)? {
+                return Err(Error::image(format!(
+                    "this node's image cache is full: {} images mounted, all in use by running steps (limit {}, admin setting cache_max_images)",
+                    mounted.len(),
+                    limits.per_node
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts the first entry of `mounted` (of `owner`, if given) that no
+    /// step uses; false when there is none.
+    fn evict_one_idle(
+        &self,
+        mounted: &mut Vec<(PathBuf, Option<u32>, SystemTime)>,
+        owner: Option<u32>,
+    ) -> Result<bool> {
+        for i in 0..mounted.len() {
+            if owner.is_some() && mounted[i].1 != owner {
+                continue;
+            }
+            let entry = mounted[i].0.clone();
+            let Some(exclusive) = try_lock_entry(&entry, FlockArg::LockExclusiveNonblock)? else {
+                continue;
+            };
+            if is_mounted(&entry)? {
+                evict(&entry)?;
+            }
+            drop(exclusive);
+            mounted.remove(i);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Bytes held by the verified copies accounted to `uid` (see
     /// [`crate::ecl::copy::CopyRecord`]), in every entry on the node.
     pub fn copies_held_by(&self, uid: u32) -> u64 {
@@ -331,11 +425,9 @@ impl ImageCache {
                 continue;
             }
             if mounted {
-                umount2(&entry.join("mnt"), MntFlags::MNT_DETACH)
-                    .with_context(|| format!("unmounting {}", entry.join("mnt").display()))?;
                 report.unmounted.push(entry_key(&entry));
             }
-            remove_entry(&entry);
+            evict(&entry)?;
             drop(exclusive);
         }
         Ok(report)
@@ -483,6 +575,31 @@ fn touch(path: &Path) {
     }
 }
 
+/// Unmounts the entry (if mounted) and removes it, with its exclusive
+/// lock held. The loop device is then removed too once nothing holds it
+/// any more: a free `/dev/loopN` node left behind by every image would
+/// otherwise pile up on the node.
+fn evict(entry: &Path) -> Result<()> {
+    let mnt = entry.join("mnt");
+    let loop_number = fs::metadata(&mnt)
+        .ok()
+        .map(|m| m.dev())
+        .filter(|&dev| libc::major(dev) == LOOP_MAJOR)
+        .map(|dev| libc::minor(dev));
+    if is_mounted(entry)? {
+        umount2(&mnt, MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting {}", mnt.display()))?;
+    }
+    remove_entry(entry);
+    if let Some(n) = loop_number {
+        crate::loop_device::remove_if_free(n);
+    }
+    Ok(())
+}
+
+/// The block major number of loop devices.
+const LOOP_MAJOR: u32 = 7;
+
 /// Removes an unmounted entry (called with its exclusive lock held): the
 /// mount point, its files (verified copy, verification records), then the
 /// lock file last, so that [`try_lock_entry`]'s identity check catches
@@ -514,7 +631,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 fn backing_file(dir: &Path) -> Option<String> {
     let dev = fs::metadata(dir).ok()?.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
-    if major != 7 {
+    if major != LOOP_MAJOR {
         return None;
     }
     let text = fs::read_to_string(format!("/sys/block/loop{minor}/loop/backing_file")).ok()?;

@@ -192,3 +192,27 @@ impl LoopAttachment {
         }
     }
 }
+
+/// Removes `/dev/loop<n>` if it is free (best effort): autoclear detaches
+/// a device when its last user goes, but the free device node stays until
+/// someone removes it. Busy devices (a container still holding a lazily
+/// unmounted image) are left alone.
+pub fn remove_if_free(n: u32) {
+    const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+    let Ok(control) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+    else {
+        return;
+    };
+    // SAFETY: LOOP_CTL_REMOVE takes the device number as its argument; the
+    // kernel refuses (EBUSY) a device that is still attached or open.
+    unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&control),
+            LOOP_CTL_REMOVE,
+            libc::c_ulong::from(n),
+        )
+    };
+}

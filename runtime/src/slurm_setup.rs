@@ -51,7 +51,10 @@ use crate::error::{Error, Result};
 use crate::exec::StagingDir;
 use crate::gpu::{self, DriverList, GpuPlan, GpuSelection};
 use crate::image::RunnableImage;
-use crate::image_cache::{same_file_identity, CacheKey, ImageCache, Lease, COPY_FILE, COPY_RECORD};
+use crate::image_cache::{
+    record_owner, same_file_identity, CacheKey, CacheLimits, ImageCache, Lease, COPY_FILE,
+    COPY_RECORD,
+};
 use crate::loop_device::LoopAttachment;
 use crate::mount::mount_squashfs;
 use crate::mount::rootfs::{build_rootfs, mount_image, mount_staging, BindMount, ContainerSpec};
@@ -110,6 +113,9 @@ pub struct SetupOptions {
     /// The helper's own deadline in seconds (0: none): it must not outlive
     /// the plugin's wait, whatever it is blocked on.
     pub timeout_secs: u64,
+    /// Images the node cache keeps mounted, in all and first mounted for
+    /// one user (0: no limit); see [`ImageCache::make_room`].
+    pub cache_limits: CacheLimits,
 }
 
 #[derive(Serialize)]
@@ -358,6 +364,9 @@ fn setup_cached(
         .acquire(&key, |dir| {
             let entry = dir.parent().unwrap_or(dir);
             let result = (|| {
+                // Before any work: one user cannot pin the node's memory
+                // with thousands of mounted images.
+                cache.make_room(opts.uid, &opts.cache_limits)?;
                 if source == ImageSource::Copy {
                     copy_for_verification(opts, &cache, image_file, entry)?;
                 }
@@ -379,7 +388,8 @@ fn setup_cached(
                 // it with the last unmount); on failure nothing holds it.
                 mount_squashfs(device.path(), dir).inspect_err(|_| {
                     let _ = device.detach();
-                })
+                })?;
+                record_owner(entry, opts.uid)
             })();
             if result.is_err() && source == ImageSource::Copy {
                 let _ = std::fs::remove_file(backing(entry));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sifrun_runtime::image::RunnableImage;
-use sifrun_runtime::image_cache::{run_keeper, CacheKey, ImageCache};
+use sifrun_runtime::image_cache::{record_owner, run_keeper, CacheKey, CacheLimits, ImageCache};
 use sifrun_runtime::loop_device::LoopAttachment;
 use sifrun_runtime::mount::mount_squashfs;
 use sifrun_runtime::{Error, Result};
@@ -197,5 +197,86 @@ fn keeper_unmounts_after_the_idle_time_and_exits() {
     );
     assert!(took < Duration::from_secs(5), "keeper took {took:?}");
     assert!(String::from_utf8_lossy(&log).contains(key.as_str()));
+    fx.assert_no_leaks(&before);
+}
+
+/// One user mounting image after image: beyond the per-user limit the
+/// least recently used idle image goes first; when all of them are in use
+/// the next one is refused with one line naming the setting; another
+/// user's images are never pushed out by the first user's limit. Evicted
+/// images leave no free loop device node behind.
+#[test]
+fn a_user_cannot_fill_the_node_cache() {
+    if skip_unless_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = fx.snapshot();
+    let cache = ImageCache::open(&fx.path("state")).unwrap();
+    let limits = CacheLimits {
+        per_node: 3,
+        per_user: 2,
+    };
+    // Distinct files (distinct keys) of the same image.
+    let images: Vec<_> = (0..4)
+        .map(|i| {
+            let p = fx.path(&format!("img{i}.sif"));
+            fs::copy(&fx.image, &p).unwrap();
+            p
+        })
+        .collect();
+    let calls = AtomicUsize::new(0);
+    let mount_for = |uid: u32, image: &Path| {
+        cache.acquire(&key_of(image), |d| {
+            cache.make_room(uid, &limits)?;
+            mount_image(image, d, &calls)?;
+            record_owner(d.parent().unwrap(), uid)
+        })
+    };
+    let loop_of = |lease: &sifrun_runtime::image_cache::Lease| {
+        use std::os::unix::fs::MetadataExt;
+        libc::minor(fs::metadata(lease.mount_dir()).unwrap().dev())
+    };
+    // An evicted image leaves no free loop device node behind (a node
+    // that exists again must be attached: reused by someone else).
+    let a0 = mount_for(1001, &images[0]).unwrap();
+    let first_loop = loop_of(&a0);
+    drop(a0);
+    cache.sweep(Duration::ZERO).unwrap();
+    let lingering = Path::new(&format!("/dev/loop{first_loop}")).exists()
+        && !Path::new(&format!("/sys/block/loop{first_loop}/loop/backing_file")).exists();
+    assert!(!lingering, "free /dev/loop{first_loop} left behind");
+
+    let idle = mount_for(1001, &images[0]).unwrap();
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(20));
+    let a1 = mount_for(1001, &images[1]).unwrap();
+    // At the user's limit: the idle, least recently used image goes.
+    let a2 = mount_for(1001, &images[2]).unwrap();
+    let mounted: Vec<_> = cache
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.mounted)
+        .collect();
+    assert_eq!(mounted.len(), 2, "{mounted:?}");
+    // Both in use: refused, naming the setting.
+    let e = mount_for(1001, &images[3]).unwrap_err();
+    assert!(
+        e.message().contains("cache_max_images_per_user"),
+        "{}",
+        e.message()
+    );
+    // Another user still has room up to the node's limit...
+    let b0 = mount_for(2002, &images[3]).unwrap();
+    // ... and beyond it, with everything in use, is refused too.
+    let e = mount_for(2002, &images[0]).unwrap_err();
+    assert!(
+        e.message().contains("image cache is full") && e.message().contains("cache_max_images"),
+        "{}",
+        e.message()
+    );
+    drop((a1, a2, b0));
+    cache.sweep(Duration::ZERO).unwrap();
     fx.assert_no_leaks(&before);
 }

@@ -52,6 +52,11 @@ pub struct Config {
     /// ...and the most one user's copies may take on a node, in MiB (0: no
     /// per-user share). 10% of the filesystem is always kept free.
     pub copy_quota_mib: u64,
+    /// Images the node cache keeps mounted (0: no limit); idle ones are
+    /// unmounted, least recently used first, to make room...
+    pub cache_max_images: usize,
+    /// ...and images first mounted for one user (0: no limit).
+    pub cache_max_images_per_user: usize,
 }
 
 impl Default for Config {
@@ -71,6 +76,8 @@ impl Default for Config {
             rdma: true,
             copy_limit_mib: 0,
             copy_quota_mib: 0,
+            cache_max_images: 512,
+            cache_max_images_per_user: 64,
         }
     }
 }
@@ -170,6 +177,13 @@ impl Config {
             }
             "copy_quota_mib" => {
                 self.copy_quota_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?
+            }
+            "cache_max_images" => {
+                self.cache_max_images = value.parse().map_err(|_| bad("expected a number"))?
+            }
+            "cache_max_images_per_user" => {
+                self.cache_max_images_per_user =
+                    value.parse().map_err(|_| bad("expected a number"))?
             }
             "cache_idle_secs" => {
                 self.cache_idle_secs = value

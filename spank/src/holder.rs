@@ -123,6 +123,10 @@ pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Ve
     args.push(config.state_dir.display().to_string());
     args.push("--cache-idle-secs".into());
     args.push(config.cache_idle_secs.to_string());
+    args.push("--cache-max-images".into());
+    args.push(config.cache_max_images.to_string());
+    args.push("--cache-max-images-per-user".into());
+    args.push(config.cache_max_images_per_user.to_string());
     if let Some(ecl) = &config.ecl_config {
         args.push("--ecl-config".into());
         args.push(ecl.display().to_string());
@@ -379,6 +383,10 @@ mod tests {
                 "/run/sifrun",
                 "--cache-idle-secs",
                 "300",
+                "--cache-max-images",
+                "512",
+                "--cache-max-images-per-user",
+                "64",
                 "--ecl-config",
                 "/etc/slurm/ecl.toml",
                 "--job-id",
