@@ -265,6 +265,12 @@ fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32) -> ! 
         // The helper's working directory must not stay busy.
         libc::chdir(c"/".as_ptr());
     }
+    // Serving needs no privilege: the FUSE connection and the image are
+    // open. A failure to shed root ends the server before it serves.
+    if drop_to_nobody().is_err() {
+        // SAFETY: leaving the forked child at once.
+        unsafe { libc::_exit(1) }
+    }
     let fs = DecryptedFile { volume, uid, gid };
     let mut session = fuser::Session::from_fd(fs, OwnedFd::from(device), SessionACL::All);
     let code = i32::from(session.run().is_err());
@@ -273,6 +279,24 @@ fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32) -> ! 
     // SAFETY: leaving the forked child without running the parent's
     // destructors or atexit handlers.
     unsafe { libc::_exit(code) }
+}
+
+/// The server's identity once its connection is open: `nobody`, no
+/// supplementary groups, no capabilities, `no_new_privs`, and not
+/// dumpable, so that no other process running as `nobody` can read the
+/// volume key from its memory.
+fn drop_to_nobody() -> nix::Result<()> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    const NOBODY: u32 = 65534;
+    setgroups(&[])?;
+    let gid = Gid::from_raw(NOBODY);
+    setresgid(gid, gid, gid)?;
+    let uid = Uid::from_raw(NOBODY);
+    // Leaving UID 0 for good clears every capability set.
+    setresuid(uid, uid, uid)?;
+    nix::sys::prctl::set_no_new_privs()?;
+    nix::sys::prctl::set_dumpable(false)?;
+    Ok(())
 }
 
 /// A mounted decrypting file system; detached (lazily unmounted) on drop,
