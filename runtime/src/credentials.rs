@@ -50,20 +50,8 @@ impl UserCredentials {
     /// not waited on) and never follows `/proc` magic links (see
     /// [`open_no_magiclinks`]).
     pub fn open_file(&self, path: &Path) -> Result<File> {
-        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
-        let file = self
-            .run_as(|| open_no_magiclinks(path, flags))?
-            .map_err(|e| Error::image(format!("{}: {}", path.display(), reason(&e))))?;
-        let meta = file
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?;
-        if !meta.is_file() {
-            return Err(Error::image(format!(
-                "{}: not a regular file",
-                path.display()
-            )));
-        }
-        Ok(file)
+        self.run_as(|| open_regular_file(path))?
+            .map_err(|e| Error::image(format!("{}: {}", path.display(), reason(&e))))
     }
 
     /// Resolves `path` as the user and returns an `O_PATH` handle to what
@@ -77,6 +65,22 @@ impl UserCredentials {
             .unwrap_or_else(|_| path.to_path_buf());
         Ok(PathHandle { file, canonical })
     }
+}
+
+/// Opens the regular file `path` read-only, without blocking (a FIFO or
+/// device is refused, never waited on) and never through a `/proc` magic
+/// link. Not a regular file: `EISDIR` for a directory, `ENXIO` otherwise.
+pub fn open_regular_file(path: &Path) -> std::io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = open_no_magiclinks(path, flags)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if !meta.is_file() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENXIO));
+    }
+    Ok(file)
 }
 
 /// `open(path, flags)` that refuses `/proc` magic links (`/proc/PID/root`,
@@ -161,7 +165,9 @@ fn reason(e: &std::io::Error) -> String {
             "refused: too many symbolic links, or a /proc link into another process's files"
                 .to_string()
         }
-        _ if e.raw_os_error() == Some(libc::ENXIO) => "not a regular file".to_string(),
+        _ if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::EISDIR)) => {
+            "not a regular file".to_string()
+        }
         _ => e.to_string(),
     }
 }

@@ -37,31 +37,24 @@ impl PinnedImage {
     /// copies it into a private directory under `copy_base` when a user
     /// other than the invoking one (or root) could change it.
     pub fn open(image: &Path, verify: bool, copy_base: &Path) -> Result<Self> {
-        let file = crate::credentials::open_no_magiclinks(
-            image,
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
-        )
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::image(format!("image not found: {}", image.display()))
+        let file = crate::credentials::open_regular_file(image).map_err(|e| {
+            match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::NotFound, _) => {
+                    Error::image(format!("image not found: {}", image.display()))
+                }
+                (_, Some(libc::EISDIR)) => Error::image(format!(
+                    "{} is a directory, not a SIF image",
+                    image.display()
+                )),
+                (_, Some(libc::ENXIO)) => {
+                    Error::image(format!("{}: not a regular file", image.display()))
+                }
+                _ => Error::image(format!("{}: {e}", image.display())),
             }
-            _ => Error::image(format!("{}: {e}", image.display())),
         })?;
         let meta = file
             .metadata()
             .map_err(|e| Error::image(format!("{}: {e}", image.display())))?;
-        if meta.is_dir() {
-            return Err(Error::image(format!(
-                "{} is a directory, not a SIF image",
-                image.display()
-            )));
-        }
-        if !meta.is_file() {
-            return Err(Error::image(format!(
-                "{}: not a regular file",
-                image.display()
-            )));
-        }
         let fd_path = PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),

@@ -239,10 +239,8 @@ enum ImageLayer<'a> {
     Cached(&'a Path),
 }
 
+/// The setup proper; [`run`] has made this process root-only first.
 fn setup(opts: &SetupOptions) -> Result<Ready> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::usage("sifrun slurm-setup must run as root"));
-    }
     let user = UserCredentials {
         uid: opts.uid,
         gid: opts.gid,
@@ -321,7 +319,11 @@ fn setup_cached(
     // The real directory of the opened file, for the list's dirpath rules:
     // established in this process's own mount namespace, never from a name
     // the user's namespace gave the file (empty: no directory rule applies).
-    let image_dir = crate::credentials::real_parent_dir(image_file).unwrap_or_default();
+    // Only a list has directory rules: no work for steps without one.
+    let image_dir = match &ecl {
+        Some(_) => crate::credentials::real_parent_dir(image_file).unwrap_or_default(),
+        None => PathBuf::new(),
+    };
     let backing = |entry: &Path| match source {
         ImageSource::File => image_fd_path.clone(),
         ImageSource::Copy => entry.join(COPY_FILE),

@@ -282,21 +282,24 @@ fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32) -> ! 
 }
 
 /// The server's identity once its connection is open: `nobody`, no
-/// supplementary groups, no capabilities, `no_new_privs`, and not
-/// dumpable, so that no other process running as `nobody` can read the
-/// volume key from its memory.
-fn drop_to_nobody() -> nix::Result<()> {
-    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+/// supplementary groups, no capabilities (checked), `no_new_privs`, through
+/// the same privilege drop as every container process; and not dumpable,
+/// so that no other process running as `nobody` can read the volume key
+/// from its memory.
+fn drop_to_nobody() -> crate::Result<()> {
     const NOBODY: u32 = 65534;
-    setgroups(&[])?;
-    let gid = Gid::from_raw(NOBODY);
-    setresgid(gid, gid, gid)?;
-    let uid = Uid::from_raw(NOBODY);
-    // Leaving UID 0 for good clears every capability set.
-    setresuid(uid, uid, uid)?;
-    nix::sys::prctl::set_no_new_privs()?;
-    nix::sys::prctl::set_dumpable(false)?;
-    Ok(())
+    let nobody = crate::user::Identity {
+        name: "nobody".into(),
+        uid: NOBODY,
+        gid: NOBODY,
+        gecos: String::new(),
+        home: "/".into(),
+        shell: "/".into(),
+        groups: Vec::new(),
+    };
+    nobody.drop_privileges()?;
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| crate::Error::system(format!("making the server not dumpable: {e}")))
 }
 
 /// A mounted decrypting file system; detached (lazily unmounted) on drop,

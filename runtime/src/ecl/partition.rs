@@ -114,10 +114,7 @@ pub fn forget_job(job_id: u32, cache_dir: &Path) {
 /// A cached record younger than [`CACHE_TTL`].
 fn read_record(entry: &Path) -> Option<JobRecord> {
     let meta = std::fs::metadata(entry).ok()?;
-    let age = SystemTime::now()
-        .duration_since(meta.modified().ok()?)
-        .unwrap_or_default();
-    if age > CACHE_TTL || meta.len() > 4096 {
+    if expired(&meta) || meta.len() > 4096 {
         return None;
     }
     let record: JobRecord = serde_json::from_slice(&std::fs::read(entry).ok()?).ok()?;
@@ -254,17 +251,18 @@ fn sweep(cache_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(cache_dir) else {
         return;
     };
-    let now = SystemTime::now();
     for e in entries.flatten() {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(|t| now.duration_since(t).unwrap_or_default() > CACHE_TTL)
-            .unwrap_or(false);
-        if old {
+        if e.metadata().is_ok_and(|m| expired(&m)) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// Older than [`CACHE_TTL`] (a record without a time counts as expired).
+fn expired(meta: &std::fs::Metadata) -> bool {
+    meta.modified()
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() > CACHE_TTL)
+        .unwrap_or(true)
 }
 
 #[cfg(test)]
