@@ -134,25 +134,21 @@ impl std::fmt::Debug for Volume {
 
 impl Volume {
     /// Parses the header of `src`, unlocks a keyslot with `passphrase` and
-    /// checks the data area is all there.
+    /// checks the data area is all there: [`Volume::find_key`] then
+    /// [`Volume::with_key`].
     pub fn unlock(src: Source, passphrase: &[u8]) -> Result<Volume> {
-        let header = Header::read(&src)?;
-        let segment = header.metadata.segment()?;
-        let end = match segment.size {
-            Some(size) => segment
-                .offset
-                .checked_add(size)
-                .ok_or_else(|| Error::corrupt("segment offset + size overflows"))?,
-            None => src.len(),
-        };
-        if segment.offset > src.len() || end > src.len() {
-            return Err(Error::Truncated(format!(
-                "data segment ends at {end}, container has {} bytes",
-                src.len()
-            )));
-        }
-        let sector = segment.sector_size as u64;
-        let size = (end.saturating_sub(segment.offset)) / sector * sector;
+        let key = Volume::find_key(&src, passphrase)?;
+        Volume::with_key(src, &key)
+    }
+
+    /// The costly half of [`Volume::unlock`]: the volume key, from the
+    /// first keyslot (of at most [`MAX_KEYSLOTS_TRIED`]) that `passphrase`
+    /// opens, checked against the volume-key digest. All the key
+    /// derivation happens here, so a caller that distrusts the header's
+    /// costs can run this alone in a process with limits.
+    pub fn find_key(src: &Source, passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let header = Header::read(src)?;
+        data_area(src, &header)?;
         let keyslots = header.metadata.keyslots()?;
         if keyslots.is_empty() {
             return Err(Error::corrupt("no usable keyslot"));
@@ -161,14 +157,8 @@ impl Volume {
         // limits allow: only the first few are tried.
         let total = keyslots.len();
         for slot in keyslots.into_iter().take(MAX_KEYSLOTS_TRIED) {
-            if let Some(key) = try_keyslot(&src, &header.metadata, &slot, passphrase)? {
-                return Ok(Volume {
-                    cipher: SectorCipher::new(&key)?,
-                    src,
-                    segment,
-                    size,
-                    uuid: header.binary.uuid.clone(),
-                });
+            if let Some(key) = try_keyslot(src, &header.metadata, &slot, passphrase)? {
+                return Ok(key);
             }
         }
         if total > MAX_KEYSLOTS_TRIED {
@@ -177,6 +167,21 @@ impl Volume {
             )));
         }
         Err(Error::WrongPassphrase)
+    }
+
+    /// The cheap half of [`Volume::unlock`]: opens `src` with a volume key
+    /// that [`Volume::find_key`] returned for it (only its length is
+    /// checked here; a wrong key decrypts to noise).
+    pub fn with_key(src: Source, key: &[u8]) -> Result<Volume> {
+        let header = Header::read(&src)?;
+        let (segment, size) = data_area(&src, &header)?;
+        Ok(Volume {
+            cipher: SectorCipher::new(key)?,
+            src,
+            segment,
+            size,
+            uuid: header.binary.uuid.clone(),
+        })
     }
 
     /// The container's UUID (from its header).
@@ -213,6 +218,28 @@ impl Volume {
         buf[..want].copy_from_slice(&tmp[skip..skip + want]);
         Ok(want)
     }
+}
+
+/// The data segment of `header` and its plaintext size (whole sectors),
+/// once it is known to lie inside `src`.
+fn data_area(src: &Source, header: &Header) -> Result<(CheckedSegment, u64)> {
+    let segment = header.metadata.segment()?;
+    let end = match segment.size {
+        Some(size) => segment
+            .offset
+            .checked_add(size)
+            .ok_or_else(|| Error::corrupt("segment offset + size overflows"))?,
+        None => src.len(),
+    };
+    if segment.offset > src.len() || end > src.len() {
+        return Err(Error::Truncated(format!(
+            "data segment ends at {end}, container has {} bytes",
+            src.len()
+        )));
+    }
+    let sector = segment.sector_size as u64;
+    let size = (end.saturating_sub(segment.offset)) / sector * sector;
+    Ok((segment, size))
 }
 
 /// The volume key if `passphrase` opens `slot`, `None` if it does not.

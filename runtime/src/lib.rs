@@ -6,7 +6,9 @@
 //!
 //! * [`image`]: the only user of the `sif` crate (open/validate, write, summarise)
 //! * [`loop_device`]: read-only, autoclear loop device for one partition
-//! * [`namespaces`]: private mount namespace, `pivot_root`, `setns`
+//! * [`namespaces`]: private mount namespace, `pivot_root`, `setns`;
+//!   [`namespace_sweep`]: ending what is left in a step's namespace at its end
+//! * [`pidfd`]: handles on processes that a recycled PID cannot redirect
 //! * [`userns`]: unprivileged user namespace (own IDs mapped) for `sifrun exec` without root
 //! * [`fuse`]: the image's SquashFS through a FUSE server (squashfuse) when not root
 //! * [`crypt`]: encrypted images (LUKS2): keys, the user-space decrypting
@@ -46,7 +48,9 @@ pub mod image_cache;
 pub mod inspect;
 pub mod loop_device;
 pub mod mount;
+pub mod namespace_sweep;
 pub mod namespaces;
+pub mod pidfd;
 pub mod pinned_image;
 pub mod process;
 pub mod sign;

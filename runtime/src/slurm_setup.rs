@@ -503,7 +503,10 @@ fn unlock_encrypted(
     // Forked before this process leaves the host's mount namespace; the
     // server holds only the connection and the key, and exits once the
     // loop device lets the file go (see fuse_file::mount_and_fork_server).
-    let mounted = crypt::fuse_file::mount_and_fork_server(volume, &opts.state_dir)?;
+    // The server lives no longer than our parent, slurmstepd: the step.
+    let step = crate::pidfd::PidFd::parent()
+        .map_err(|e| Error::system(format!("a handle on the step's process: {e}")))?;
+    let mounted = crypt::fuse_file::mount_and_fork_server(volume, &opts.state_dir, step)?;
     let device = LoopAttachment::attach(&mounted.file(), 0, size);
     // The loop device holds the file; the mount leaves every mount table.
     mounted.detach();

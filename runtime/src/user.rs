@@ -132,6 +132,29 @@ impl Identity {
     }
 }
 
+/// UID and GID of `nobody`, the identity of helper processes that need no
+/// privilege at all.
+pub const NOBODY: u32 = 65534;
+
+/// Becomes `nobody`: no supplementary groups, no capabilities (checked),
+/// `no_new_privs`, through the same privilege drop as every container
+/// process; and not dumpable, so that no other process running as
+/// `nobody` can read this one's memory (it holds keys). Needs root.
+pub fn drop_to_nobody() -> Result<()> {
+    let nobody = Identity {
+        name: "nobody".into(),
+        uid: NOBODY,
+        gid: NOBODY,
+        gecos: String::new(),
+        home: "/".into(),
+        shell: "/".into(),
+        groups: Vec::new(),
+    };
+    nobody.drop_privileges()?;
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| Error::system(format!("making the process not dumpable: {e}")))
+}
+
 /// Gives up every capability for good, also as UID 0: the bounding and
 /// ambient sets are emptied (no `execve` can bring one back) and the
 /// securebits lock out root's special treatment (`SECBIT_NOROOT`: a UID 0

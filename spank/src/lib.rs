@@ -391,6 +391,24 @@ unsafe impl Plugin for SifrunPlugin {
     }
 
     fn exit(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        if let Some(Ok(container)) = &self.setup {
+            // The step is over: whatever is still in its container escaped
+            // Slurm's process tracking (a double fork under
+            // proctrack/linuxproc) and would keep the image mounted, and an
+            // encrypted one decrypted, after the job.
+            let swept = sifrun_runtime::namespace_sweep::end_members(&container.mount_ns);
+            if swept.killed > 0 || swept.remaining {
+                spank_log_info!(
+                    "sifrun: step end: killed {} process(es) left in the container{}",
+                    swept.killed,
+                    if swept.remaining {
+                        " (some kept forking and remain)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
         // Dropping the namespace fd lets the kernel tear the container down
         // once the last task has left it.
         self.setup = None;

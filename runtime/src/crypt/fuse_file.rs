@@ -22,6 +22,7 @@ use nix::mount::MsFlags;
 
 use crate::error::{Context, Error, Result};
 use crate::fuse;
+use crate::pidfd::PidFd;
 
 /// The one file's name.
 pub const FILE_NAME: &str = "image";
@@ -211,18 +212,21 @@ pub const SERVER_NAME: &str = "crypt-serve";
 
 /// Like [`mount_and_serve`], but the server is a forked child process,
 /// named [`SERVER_NAME`], that outlives the caller (the Slurm helper exits
-/// long before the step ends). The child starts a new session, has its
-/// standard streams on `/dev/null` (the plugin waits for the helper's
-/// streams to close) and holds nothing but the `/dev/fuse` connection and
-/// the encrypted image: no reference to the mount, to the decrypted file
-/// or to any mount namespace. So once the mount is detached and the loop
-/// device over the file lets it go, the kernel destroys the connection,
-/// the child's next read fails with ENODEV and it exits, wiping the key.
+/// long before the step ends) but not `step`, the process the container is
+/// for (slurmstepd): the server exits when `step` does, even if something
+/// still holds the decrypted file. It stays in the caller's session and
+/// process group (the step's), has its standard streams on `/dev/null`
+/// (the plugin waits for the helper's streams to close) and holds nothing
+/// but the `/dev/fuse` connection, the encrypted image and `step`'s pidfd:
+/// no reference to the mount, to the decrypted file or to any mount
+/// namespace. So once the mount is detached and the loop device over the
+/// file lets it go, the kernel destroys the connection, the child's next
+/// read fails with ENODEV and it exits, wiping the key.
 ///
 /// Must be called from a single-threaded process (it forks), before the
 /// caller leaves the host's mount namespace: a server inside the step's
 /// namespace would keep that namespace, and so its own mount, alive.
-pub fn mount_and_fork_server(volume: luks2::Volume, base: &Path) -> Result<Mounted> {
+pub fn mount_and_fork_server(volume: luks2::Volume, base: &Path, step: PidFd) -> Result<Mounted> {
     // allow_other: without it the kernel lets in only processes whose
     // real, effective and saved IDs all equal uid/gid, which a helper
     // started by slurmstepd need not have (its real or saved group can
@@ -240,19 +244,19 @@ pub fn mount_and_fork_server(volume: luks2::Volume, base: &Path) -> Result<Mount
         Ok(nix::unistd::ForkResult::Child) => {
             // The parent owns the mount: never detach it from here.
             std::mem::forget(mounted);
-            serve_in_child(device, volume, uid, gid)
+            serve_in_child(device, volume, uid, gid, step)
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
             // Only the child keeps the connection and the key.
             drop(device);
             drop(volume);
+            drop(step);
             Ok(mounted)
         }
     }
 }
 
-fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32) -> ! {
-    let _ = nix::unistd::setsid();
+fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32, step: PidFd) -> ! {
     // SAFETY: plain prctl/dup2 calls on valid arguments.
     unsafe {
         let name = c"crypt-serve";
@@ -266,8 +270,25 @@ fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32) -> ! 
         libc::chdir(c"/".as_ptr());
     }
     // Serving needs no privilege: the FUSE connection and the image are
-    // open. A failure to shed root ends the server before it serves.
-    if drop_to_nobody().is_err() {
+    // open. Not dumpable, so that no other process running as `nobody` can
+    // read the volume key from its memory. A failure to shed root ends the
+    // server before it serves.
+    if crate::user::drop_to_nobody().is_err() {
+        // SAFETY: leaving the forked child at once.
+        unsafe { libc::_exit(1) }
+    }
+    // The step's end is the server's end (a process that escaped the step
+    // may still hold the decrypted file). Threads are fine here: the
+    // process forked from a single-threaded one.
+    let watcher = std::thread::Builder::new()
+        .name("step-watch".into())
+        .spawn(move || {
+            step.wait_exit();
+            // SAFETY: ending the whole server at once; the kernel aborts the
+            // FUSE connection and frees the memory holding the key.
+            unsafe { libc::_exit(0) }
+        });
+    if watcher.is_err() {
         // SAFETY: leaving the forked child at once.
         unsafe { libc::_exit(1) }
     }
@@ -279,27 +300,6 @@ fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32) -> ! 
     // SAFETY: leaving the forked child without running the parent's
     // destructors or atexit handlers.
     unsafe { libc::_exit(code) }
-}
-
-/// The server's identity once its connection is open: `nobody`, no
-/// supplementary groups, no capabilities (checked), `no_new_privs`, through
-/// the same privilege drop as every container process; and not dumpable,
-/// so that no other process running as `nobody` can read the volume key
-/// from its memory.
-fn drop_to_nobody() -> crate::Result<()> {
-    const NOBODY: u32 = 65534;
-    let nobody = crate::user::Identity {
-        name: "nobody".into(),
-        uid: NOBODY,
-        gid: NOBODY,
-        gecos: String::new(),
-        home: "/".into(),
-        shell: "/".into(),
-        groups: Vec::new(),
-    };
-    nobody.drop_privileges()?;
-    nix::sys::prctl::set_dumpable(false)
-        .map_err(|e| crate::Error::system(format!("making the server not dumpable: {e}")))
 }
 
 /// A mounted decrypting file system; detached (lazily unmounted) on drop,

@@ -8,13 +8,16 @@
 //! * [`fuse_file`]: the user-space path: the decrypted SquashFS as one
 //!   read-only file on a FUSE mount, decrypted sector by sector on read;
 //! * [`dmcrypt`]: the kernel path (`cryptsetup open`) where device-mapper
-//!   exists.
+//!   exists;
+//! * [`unlock`]: key derivation from a hostile header, in a child process
+//!   with memory and time limits.
 //!
 //! The LUKS2 format itself is the `luks2` crate.
 
 pub mod dmcrypt;
 pub mod fuse_file;
 pub mod key;
+pub mod unlock;
 
 use std::fs::File;
 
@@ -24,17 +27,28 @@ use crate::image::RunnableImage;
 pub use key::KeySource;
 
 /// Unlocks the image's LUKS2 container with `passphrase`, with one-line
-/// errors naming the image.
+/// errors naming the image; the key derivation runs under
+/// [`unlock::Limits::DEFAULT`].
 pub fn open_volume(image: &RunnableImage, passphrase: &[u8]) -> Result<luks2::Volume> {
-    let display = image.path.display();
+    open_volume_limited(image, passphrase, &unlock::Limits::DEFAULT)
+}
+
+/// [`open_volume`] under other limits (tests use small ones).
+pub fn open_volume_limited(
+    image: &RunnableImage,
+    passphrase: &[u8],
+    limits: &unlock::Limits,
+) -> Result<luks2::Volume> {
+    let display = image.path.display().to_string();
     let file =
         File::open(&image.path).map_err(|e| Error::image(format!("cannot read {display}: {e}")))?;
     let src = luks2::Source::new(file, image.partition_offset, image.partition_size);
-    luks2::Volume::unlock(src, passphrase).map_err(|e| match e {
+    let describe = |e: luks2::Error| match e {
         luks2::Error::Io(io) => Error::image(format!("cannot read {display}: {io}")),
         luks2::Error::NotLuks => Error::image(format!(
             "{display}: encrypted partition holds no LUKS2 container"
         )),
         other => Error::image(format!("{display}: {other}")),
-    })
+    };
+    unlock::open_limited(src, passphrase, limits, &display, describe)
 }
