@@ -113,7 +113,7 @@ pub enum Command {
     /// line on stdout ({"ok":true,"env":[...]} or {"ok":false,"error":...}),
     /// then waits until stdin is closed. Not meant to be run by hand.
     #[command(name = "slurm-setup")]
-    SlurmSetup(SlurmSetupArgs),
+    SlurmSetup(sifrun_runtime::slurm_setup::protocol::SetupArgs),
 
     /// Show or clean this node's cache of mounted images (admins).
     ///
@@ -194,127 +194,6 @@ pub enum CacheAction {
         #[arg(long)]
         detach: bool,
     },
-}
-
-#[derive(Debug, Args)]
-pub struct SlurmSetupArgs {
-    /// Job user ID.
-    #[arg(long)]
-    pub uid: u32,
-    /// Job primary group ID.
-    #[arg(long)]
-    pub gid: u32,
-    /// Job supplementary group IDs, comma separated.
-    #[arg(long, value_delimiter = ',')]
-    pub groups: Vec<u32>,
-    /// Job working directory (bound at the same path if the user can reach it).
-    #[arg(long)]
-    pub cwd: Option<PathBuf>,
-    /// User bind SRC[:DST[:ro]] (resolved with the job user's credentials).
-    #[arg(long = "bind", value_name = "SPEC")]
-    pub binds: Vec<String>,
-    /// Admin bind SRC[:DST[:ro]] from the plugin configuration.
-    #[arg(long = "admin-bind", value_name = "SPEC")]
-    pub admin_binds: Vec<String>,
-    /// Node directory the step needs (PMIx), SRC[:DST[:ro]], resolved with
-    /// the job user's credentials.
-    #[arg(long = "step-bind", value_name = "SPEC")]
-    pub step_binds: Vec<String>,
-    /// Directory that must exist inside the container.
-    #[arg(long)]
-    pub workdir: Option<PathBuf>,
-    /// Do not bind the user's home directory.
-    #[arg(long)]
-    pub no_home: bool,
-    /// Writable root (changes kept in memory).
-    #[arg(long)]
-    pub writable_tmpfs: bool,
-    /// Node-local state directory (staging mount points live here).
-    #[arg(long, default_value = sifrun_runtime::exec::STAGING_BASE)]
-    pub state_dir: PathBuf,
-    /// Keep the image mounted in the node cache for this many idle seconds
-    /// (0: no cache, the step mounts its own copy).
-    #[arg(long, default_value_t = 300)]
-    pub cache_idle_secs: u64,
-    /// Site ECL file: the job's partition decides which list applies.
-    #[arg(long, value_name = "FILE", requires = "job_id")]
-    pub ecl_config: Option<PathBuf>,
-    /// The job (its partition is asked from slurmctld).
-    #[arg(long)]
-    pub job_id: Option<u32>,
-    /// The job's restart count (a requeued job may change partition).
-    #[arg(long, default_value_t = 0)]
-    pub restart_count: u32,
-    /// The step's GPUs on this node (Slurm's SLURM_STEP_GPUS numbers).
-    #[arg(long, value_delimiter = ',', value_name = "N,...")]
-    pub gpus: Vec<u32>,
-    /// Do not bind the host GPU driver's libraries and tools.
-    #[arg(long)]
-    pub no_gpu_driver: bool,
-    /// Driver file list in nvliblist.conf format (root-owned).
-    #[arg(long, value_name = "FILE")]
-    pub gpu_list: Option<PathBuf>,
-    /// Bind the node's InfiniBand/RDMA devices (/dev/infiniband/*).
-    #[arg(long)]
-    pub rdma: bool,
-    /// Key of an encrypted image (PEM private key or passphrase file),
-    /// opened with the job user's credentials.
-    #[arg(long, value_name = "FILE")]
-    pub key_file: Option<PathBuf>,
-    /// Under an ECL: largest image (its objects) copied for verification,
-    /// in MiB (0: only free space limits it).
-    #[arg(long, default_value_t = 0, value_name = "MIB")]
-    pub copy_limit_mib: u64,
-    /// Under an ECL: all copies one user may hold on the node, in MiB (0:
-    /// no share).
-    #[arg(long, default_value_t = 0, value_name = "MIB")]
-    pub copy_quota_mib: u64,
-    /// Give up (the process kills itself) after this many seconds (0: never).
-    #[arg(long, default_value_t = 0, value_name = "SECS")]
-    pub timeout_secs: u64,
-    /// Images the node cache keeps mounted (0: no limit).
-    #[arg(long, default_value_t = 512, value_name = "N")]
-    pub cache_max_images: usize,
-    /// Images the node cache keeps mounted for one user (0: no limit).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub cache_max_images_per_user: usize,
-    /// The SIF image.
-    pub image: PathBuf,
-}
-
-impl From<SlurmSetupArgs> for sifrun_runtime::slurm_setup::SetupOptions {
-    fn from(a: SlurmSetupArgs) -> Self {
-        Self {
-            image: a.image,
-            uid: a.uid,
-            gid: a.gid,
-            groups: a.groups,
-            cwd: a.cwd,
-            binds: a.binds,
-            admin_binds: a.admin_binds,
-            step_binds: a.step_binds,
-            workdir: a.workdir,
-            mount_home: !a.no_home,
-            writable_tmpfs: a.writable_tmpfs,
-            state_dir: a.state_dir,
-            cache_idle_secs: a.cache_idle_secs,
-            ecl_config: a.ecl_config,
-            job_id: a.job_id,
-            restart_count: a.restart_count,
-            gpus: a.gpus,
-            gpu_driver: !a.no_gpu_driver,
-            gpu_list: a.gpu_list,
-            rdma: a.rdma,
-            key_file: a.key_file,
-            copy_limit_mib: a.copy_limit_mib,
-            copy_quota_mib: a.copy_quota_mib,
-            timeout_secs: a.timeout_secs,
-            cache_limits: sifrun_runtime::image_cache::CacheLimits {
-                per_node: a.cache_max_images,
-                per_user: a.cache_max_images_per_user,
-            },
-        }
-    }
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 //! The plugin is thin glue. Per step and node, slurmstepd (root) starts the
 //! root-owned `sifrun slurm-setup` helper, which opens the image as the job
 //! user, mounts it and builds the container root in a new mount namespace
-//! ([`holder`]). Each task then joins that namespace while still privileged
+//! ([`helper`]). Each task then joins that namespace while still privileged
 //! (`task_init_privileged`), sets `PR_SET_NO_NEW_PRIVS`, and Slurm drops to
 //! the job user and execs the command as a native task: same PID, stdio,
 //! signals, cgroup, exit status and PMI file descriptors.
@@ -14,12 +14,12 @@
 //! `task_init`, where the task's stderr is the user's srun stderr.
 
 pub mod config;
-pub mod holder;
+pub mod helper;
 pub mod request;
 pub mod task_env;
 
 use config::Config;
-use holder::{Container, JobUser};
+use helper::{Container, JobUser};
 use request::{ContainerRequest, OptionSource};
 use slurm_spank::{
     spank_log_error, spank_log_info, spank_log_verbose, Context, Plugin, SpankHandle, SpankOption,
@@ -267,7 +267,7 @@ unsafe impl Plugin for SifrunPlugin {
             Some(Ok(config)) => job_user(spank).and_then(|mut user| {
                 user.system_binds = pmix_binds(spank, config)?;
                 let started = std::time::Instant::now();
-                let c = holder::build_container(&request, &user, config, &mut |line| {
+                let c = helper::build_container(&request, &user, config, &mut |line| {
                     spank_log_info!("sifrun: helper: {line}");
                 });
                 spank_log_verbose!(

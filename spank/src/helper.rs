@@ -12,11 +12,11 @@
 use crate::config::Config;
 use crate::request::ContainerRequest;
 use nix::fcntl::{Flock, FlockArg};
-use serde::Deserialize;
+use sifrun_runtime::slurm_setup::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,26 +44,6 @@ pub struct JobUser {
     pub gpus: Vec<u32>,
 }
 
-/// What the helper reports once the container root is ready.
-#[derive(Debug, Deserialize)]
-struct Report {
-    ok: bool,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    env: Vec<(String, String)>,
-    /// Empty host directory the helper used as a mount point; ours to remove.
-    #[serde(default)]
-    staging: Option<String>,
-    /// Lock file of the node cache entry the container uses: we hold a
-    /// shared lock on it for the step's lifetime.
-    #[serde(default)]
-    cache_lock: Option<String>,
-    /// Directories to append to task variables (GPU driver files).
-    #[serde(default)]
-    env_append: Vec<(String, String)>,
-}
-
 /// A ready per-node container: the pinned mount namespace and the image's
 /// environment, applied to each task.
 #[derive(Debug)]
@@ -79,92 +59,39 @@ pub struct Container {
     pub env_append: Vec<(String, String)>,
 }
 
-/// Argument vector for `sifrun slurm-setup`.
-pub fn setup_args(req: &ContainerRequest, user: &JobUser, config: &Config) -> Vec<String> {
-    let mut args = vec![
-        "slurm-setup".to_string(),
-        "--uid".into(),
-        user.uid.to_string(),
-        "--gid".into(),
-        user.gid.to_string(),
-    ];
-    if !user.groups.is_empty() {
-        let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
-        args.push("--groups".into());
-        args.push(groups.join(","));
-    }
-    if let Some(cwd) = &user.cwd {
-        args.push("--cwd".into());
-        args.push(cwd.clone());
-    }
-    for m in &req.mounts {
-        args.push("--bind".into());
-        args.push(m.to_spec());
-    }
-    for b in &config.default_binds {
-        args.push("--admin-bind".into());
-        args.push(b.clone());
-    }
-    for b in &user.system_binds {
-        args.push("--step-bind".into());
-        args.push(b.clone());
-    }
-    if let Some(dir) = &req.workdir {
-        args.push("--workdir".into());
-        args.push(dir.display().to_string());
-    }
-    if !req.mount_home.unwrap_or(config.mount_home) {
-        args.push("--no-home".into());
-    }
-    if req.writable {
-        args.push("--writable-tmpfs".into());
-    }
-    args.push("--state-dir".into());
-    args.push(config.state_dir.display().to_string());
-    args.push("--cache-idle-secs".into());
-    args.push(config.cache_idle_secs.to_string());
-    args.push("--cache-max-images".into());
-    args.push(config.cache_max_images.to_string());
-    args.push("--cache-max-images-per-user".into());
-    args.push(config.cache_max_images_per_user.to_string());
+/// The helper's request for this step (rendered as its command line by
+/// [`SetupArgs::to_args`]).
+pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) -> SetupArgs {
+    let mut args = SetupArgs::new(req.image.clone(), user.uid, user.gid);
+    args.groups = user.groups.clone();
+    args.cwd = user.cwd.as_ref().map(PathBuf::from);
+    args.binds = req.mounts.iter().map(|m| m.to_spec()).collect();
+    args.admin_binds = config.default_binds.clone();
+    args.step_binds = user.system_binds.clone();
+    args.workdir = req.workdir.clone();
+    args.no_home = !req.mount_home.unwrap_or(config.mount_home);
+    args.writable_tmpfs = req.writable;
+    args.state_dir = config.state_dir.clone();
+    args.cache_idle_secs = config.cache_idle_secs;
+    args.cache_max_images = config.cache_max_images;
+    args.cache_max_images_per_user = config.cache_max_images_per_user;
     if let Some(ecl) = &config.ecl_config {
-        args.push("--ecl-config".into());
-        args.push(ecl.display().to_string());
-        args.push("--job-id".into());
-        args.push(user.job_id.to_string());
-        args.push("--restart-count".into());
-        args.push(user.restart_count.to_string());
-        if config.copy_limit_mib > 0 {
-            args.push("--copy-limit-mib".into());
-            args.push(config.copy_limit_mib.to_string());
-        }
-        if config.copy_quota_mib > 0 {
-            args.push("--copy-quota-mib".into());
-            args.push(config.copy_quota_mib.to_string());
-        }
+        args.ecl_config = Some(ecl.clone());
+        args.job_id = Some(user.job_id);
+        args.restart_count = user.restart_count;
+        args.copy_limit_mib = config.copy_limit_mib;
+        args.copy_quota_mib = config.copy_quota_mib;
     }
     // The helper's own deadline, a little after ours: it never outlives
     // the step's setup, whatever it is blocked on.
-    args.push("--timeout-secs".into());
-    args.push((config.setup_timeout().as_secs() + HELPER_GRACE_SECS).to_string());
+    args.timeout_secs = config.setup_timeout().as_secs() + HELPER_GRACE_SECS;
     if config.gpus && !user.gpus.is_empty() {
-        let gpus: Vec<String> = user.gpus.iter().map(u32::to_string).collect();
-        args.push("--gpus".into());
-        args.push(gpus.join(","));
-        if let Some(list) = &config.gpu_list {
-            args.push("--gpu-list".into());
-            args.push(list.display().to_string());
-        }
+        args.gpus = user.gpus.clone();
+        args.gpu_list = config.gpu_list.clone();
     }
-    if config.rdma {
-        args.push("--rdma".into());
-    }
-    if let Some(key) = &req.key_file {
-        // A path only: the helper opens it as the job user.
-        args.push("--key-file".into());
-        args.push(key.display().to_string());
-    }
-    args.push(req.image.display().to_string());
+    args.rdma = config.rdma;
+    // A path only: the helper opens it as the job user.
+    args.key_file = req.key_file.clone();
     args
 }
 
@@ -180,7 +107,7 @@ pub fn build_container(
 ) -> Result<Container, String> {
     check_helper(&config.sifrun)?;
     let mut child = Command::new(&config.sifrun)
-        .args(setup_args(req, user, config))
+        .args(setup_request(req, user, config).to_args())
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
@@ -251,7 +178,7 @@ fn check_helper(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn wait_ready(child: &mut Child, timeout: Duration) -> Result<Report, String> {
+fn wait_ready(child: &mut Child, timeout: Duration) -> Result<SetupReport, String> {
     let stdout = child.stdout.take().ok_or("helper has no stdout")?;
     let deadline = Instant::now() + timeout;
     if !wait_readable(&stdout, deadline) {
@@ -264,14 +191,13 @@ fn wait_ready(child: &mut Child, timeout: Duration) -> Result<Report, String> {
     let mut line = String::new();
     // The report is one line; cap it so a broken helper cannot make us
     // buffer without bound.
-    BufReader::new(stdout.take(1 << 20))
+    BufReader::new(stdout.take(MAX_REPORT_LINE))
         .read_line(&mut line)
         .map_err(|e| format!("reading helper report: {e}"))?;
     if line.trim().is_empty() {
         return Err("container setup failed".to_string());
     }
-    let report: Report = serde_json::from_str(line.trim())
-        .map_err(|e| format!("unreadable helper report {line:?}: {e}"))?;
+    let report = SetupReport::from_line(&line)?;
     if report.ok {
         Ok(report)
     } else {
@@ -331,7 +257,7 @@ mod tests {
     use crate::request::parse_mount;
 
     #[test]
-    fn setup_arguments_carry_identity_options_and_image_last() {
+    fn the_request_carries_identity_options_and_admin_settings() {
         let req = ContainerRequest {
             image: "/img/a.sif".into(),
             mounts: vec![parse_mount("/data:/in:ro").unwrap()],
@@ -356,51 +282,22 @@ mod tests {
             ecl_config: Some("/etc/slurm/ecl.toml".into()),
             ..Config::default()
         };
-        let args = setup_args(&req, &user, &config);
-        assert_eq!(
-            args,
-            [
-                "slurm-setup",
-                "--uid",
-                "1001",
-                "--gid",
-                "1002",
-                "--groups",
-                "1002,27",
-                "--cwd",
-                "/home/u",
-                "--bind",
-                "/data:/in:ro",
-                "--admin-bind",
-                "/etc/hosts:/etc/hosts:ro",
-                "--step-bind",
-                "/var/spool/slurmd:/var/spool/slurmd",
-                "--workdir",
-                "/in",
-                "--no-home",
-                "--writable-tmpfs",
-                "--state-dir",
-                "/run/sifrun",
-                "--cache-idle-secs",
-                "300",
-                "--cache-max-images",
-                "512",
-                "--cache-max-images-per-user",
-                "64",
-                "--ecl-config",
-                "/etc/slurm/ecl.toml",
-                "--job-id",
-                "42",
-                "--restart-count",
-                "1",
-                "--timeout-secs",
-                "125",
-                "--gpus",
-                "0,1",
-                "--rdma",
-                "/img/a.sif"
-            ]
-        );
+        let mut expected = SetupArgs::new("/img/a.sif".into(), 1001, 1002);
+        expected.groups = vec![1002, 27];
+        expected.cwd = Some("/home/u".into());
+        expected.binds = vec!["/data:/in:ro".into()];
+        expected.admin_binds = vec!["/etc/hosts:/etc/hosts:ro".into()];
+        expected.step_binds = vec!["/var/spool/slurmd:/var/spool/slurmd".into()];
+        expected.workdir = Some("/in".into());
+        expected.no_home = true;
+        expected.writable_tmpfs = true;
+        expected.ecl_config = Some("/etc/slurm/ecl.toml".into());
+        expected.job_id = Some(42);
+        expected.restart_count = 1;
+        expected.timeout_secs = 125;
+        expected.gpus = vec![0, 1];
+        expected.rdma = true;
+        assert_eq!(setup_request(&req, &user, &config), expected);
     }
 
     #[test]

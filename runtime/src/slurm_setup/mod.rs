@@ -20,8 +20,9 @@
 //!    environment; the list decides before anything is mounted;
 //! 3. in a new mount namespace: build the container root over the image,
 //!    `pivot_root` (this process is now inside);
-//! 4. print one JSON line on stdout: `{"ok":true,"env":[[NAME,VALUE],...],
-//!    "staging":DIR,"cache_lock":FILE}` or `{"ok":false,"error":"..."}`;
+//! 4. print one JSON line on stdout, a [`protocol::SetupReport`]:
+//!    `{"ok":true,"env":[[NAME,VALUE],...],"staging":DIR,"cache_lock":FILE}`
+//!    or `{"ok":false,"error":"..."}`;
 //!
 //! Encrypted images (see docs/encryption.md) take another step 2: the key
 //! file (`--key-file`) is opened as the job user, the LUKS2 volume is
@@ -39,8 +40,6 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-
-use serde::Serialize;
 
 use crate::credentials::{PathHandle, UserCredentials};
 use crate::crypt;
@@ -61,8 +60,13 @@ use crate::mount::rootfs::{build_rootfs, mount_image, mount_staging, BindMount, 
 use crate::namespaces::unshare_mount_namespace;
 use crate::user::{group_entry, Identity};
 
+pub mod protocol;
+
+use protocol::SetupReport;
+
 /// What the plugin asks for (all of it already validated by the plugin,
-/// checked again here because this is a root program).
+/// checked again here because this is a root program), as the helper uses
+/// it; it arrives as [`protocol::SetupArgs`].
 #[derive(Debug, Clone, Default)]
 pub struct SetupOptions {
     pub image: PathBuf,
@@ -118,38 +122,21 @@ pub struct SetupOptions {
     pub cache_limits: CacheLimits,
 }
 
-#[derive(Serialize)]
-struct Report<'a> {
-    ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    env: Option<&'a [(String, String)]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    staging: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_lock: Option<String>,
-    /// `(variable, directory)` to append to each task's environment
-    /// (driver libraries on `LD_LIBRARY_PATH`, tools on `PATH`).
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    env_append: &'a [(String, String)],
-}
-
 /// Runs the whole sequence and returns the process exit status.
 pub fn run(opts: &SetupOptions) -> i32 {
     let mut stdout = std::io::stdout().lock();
     match become_root_only(opts.timeout_secs).and_then(|()| setup(opts)) {
         Ok(ready) => {
-            let report = Report {
+            let report = SetupReport {
                 ok: true,
                 error: None,
-                env: Some(&ready.env),
+                env: ready.env.clone(),
                 staging: Some(ready.staging.display().to_string()),
                 cache_lock: ready
                     .lease
                     .as_ref()
                     .map(|l| l.lock_path().display().to_string()),
-                env_append: &ready.env_append,
+                env_append: ready.env_append.clone(),
             };
             if write_report(&mut stdout, &report).is_err() {
                 return 1;
@@ -163,15 +150,7 @@ pub fn run(opts: &SetupOptions) -> i32 {
             0
         }
         Err(e) => {
-            let report = Report {
-                ok: false,
-                error: Some(e.message().to_string()),
-                env: None,
-                staging: None,
-                cache_lock: None,
-                env_append: &[],
-            };
-            let _ = write_report(&mut stdout, &report);
+            let _ = write_report(&mut stdout, &SetupReport::failed(e.message()));
             1
         }
     }
@@ -209,9 +188,8 @@ fn become_root_only(timeout_secs: u64) -> Result<()> {
     Ok(())
 }
 
-fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
-    let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
-    writeln!(out, "{line}")?;
+fn write_report(out: &mut impl Write, report: &SetupReport) -> std::io::Result<()> {
+    writeln!(out, "{}", report.to_line())?;
     out.flush()
 }
 
