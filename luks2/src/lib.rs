@@ -20,6 +20,9 @@
 //! The cryptography itself is RustCrypto's (aes, xts-mode, pbkdf2, argon2,
 //! sha2); this crate only lays the bytes out as the format requires.
 
+// LUKS2 headers are hostile input: no unsafe code here at all.
+#![forbid(unsafe_code)]
+
 mod af;
 mod error;
 pub mod format;

@@ -22,6 +22,8 @@
 //! directories are bound: a bind mount is a live view, so the step's
 //! directories appear inside as soon as Slurm creates them.
 
+#![forbid(unsafe_code)]
+
 pub mod env;
 pub mod slurm_conf;
 

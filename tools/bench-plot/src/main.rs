@@ -17,6 +17,8 @@
 //! Debian's fonts-dejavu-core, or `$BENCH_PLOT_FONT`), so no system font
 //! library is linked.
 
+#![forbid(unsafe_code)]
+
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 use serde_json::Value;
