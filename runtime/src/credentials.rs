@@ -71,7 +71,12 @@ impl UserCredentials {
 /// device is refused, never waited on) and never through a `/proc` magic
 /// link. Not a regular file: `EISDIR` for a directory, `ENXIO` otherwise.
 pub fn open_regular_file(path: &Path) -> std::io::Result<File> {
-    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+    open_regular_file_with(path, 0)
+}
+
+/// [`open_regular_file`] with `extra` open flags (`O_NOFOLLOW`).
+pub fn open_regular_file_with(path: &Path, extra: libc::c_int) -> std::io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY | extra;
     let file = open_no_magiclinks(path, flags)?;
     let meta = file.metadata()?;
     if meta.is_dir() {

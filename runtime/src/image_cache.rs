@@ -581,11 +581,7 @@ fn touch(path: &Path) {
 /// otherwise pile up on the node.
 fn evict(entry: &Path) -> Result<()> {
     let mnt = entry.join("mnt");
-    let loop_number = fs::metadata(&mnt)
-        .ok()
-        .map(|m| m.dev())
-        .filter(|&dev| libc::major(dev) == LOOP_MAJOR)
-        .map(|dev| libc::minor(dev));
+    let loop_number = loop_number(&mnt);
     if is_mounted(entry)? {
         umount2(&mnt, MntFlags::MNT_DETACH)
             .with_context(|| format!("unmounting {}", mnt.display()))?;
@@ -599,6 +595,13 @@ fn evict(entry: &Path) -> Result<()> {
 
 /// The block major number of loop devices.
 const LOOP_MAJOR: u32 = 7;
+
+/// The number `n` of the loop device `/dev/loop<n>` whose file system is
+/// mounted at `dir`, if one is.
+fn loop_number(dir: &Path) -> Option<u32> {
+    let dev = fs::metadata(dir).ok()?.dev();
+    (libc::major(dev) == LOOP_MAJOR).then(|| libc::minor(dev))
+}
 
 /// Removes an unmounted entry (called with its exclusive lock held): the
 /// mount point, its files (verified copy, verification records), then the
@@ -629,11 +632,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 /// The image file behind the mount at `dir`, from the loop device's sysfs
 /// entry (diagnostics only).
 fn backing_file(dir: &Path) -> Option<String> {
-    let dev = fs::metadata(dir).ok()?.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    if major != LOOP_MAJOR {
-        return None;
-    }
+    let minor = loop_number(dir)?;
     let text = fs::read_to_string(format!("/sys/block/loop{minor}/loop/backing_file")).ok()?;
     Some(text.trim_end().to_string())
 }

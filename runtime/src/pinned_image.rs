@@ -13,7 +13,6 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::ecl::copy::{copy_image_objects, CopyLimits};
@@ -60,7 +59,10 @@ impl PinnedImage {
             std::process::id(),
             file.as_raw_fd()
         ));
-        if !verify || only_invoker_can_write(&meta) {
+        // Owned by root or the invoker and not group/other writable: nobody
+        // else can change the bytes between verify and run.
+        let invoker = nix::unistd::geteuid().as_raw();
+        if !verify || crate::trusted::writable_only_by(&meta, invoker) {
             return Ok(PinnedImage {
                 _file: file,
                 path: fd_path,
@@ -78,13 +80,7 @@ impl PinnedImage {
                 ))
             })?;
         let copy = dir.path().join("image.sif");
-        let limits = CopyLimits {
-            per_image: 0,
-            per_user: 0,
-            used_by_user: 0,
-        };
-        copy_image_objects(&file, &copy, &limits)
-            .map_err(|e| Error::new(e.kind(), format!("{}: {}", image.display(), e.message())))?;
+        copy_image_objects(&file, image, &copy, &CopyLimits::NONE)?;
         Ok(PinnedImage {
             _file: file,
             path: copy,
@@ -102,11 +98,4 @@ impl PinnedImage {
     pub fn name_in(&self, e: Error) -> Error {
         crate::error::rename_path(e, &self.path, &self.named)
     }
-}
-
-/// Owned by root or by the invoking user, and not writable by group or
-/// others: nobody else can change the bytes between verify and run.
-fn only_invoker_can_write(meta: &std::fs::Metadata) -> bool {
-    let me = nix::unistd::geteuid().as_raw();
-    (meta.uid() == 0 || meta.uid() == me) && meta.mode() & 0o022 == 0
 }

@@ -154,6 +154,27 @@ pub fn wait_until(
     }
 }
 
+/// Waits until `fd` is readable (data, end of file, or an error a read
+/// will report) or `deadline` passes; false at the deadline or when
+/// polling fails. Interrupted polls are restarted.
+pub fn wait_readable(fd: &impl std::os::fd::AsFd, deadline: std::time::Instant) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Relays the [`FORWARDED_SIGNALS`] to `pid` until [`stop_forwarding`]
 /// (used while `sifrun build` waits for mksquashfs, so an interrupted build
 /// still cleans up its temporary files).

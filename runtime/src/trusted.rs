@@ -9,7 +9,13 @@ use std::path::Path;
 
 /// Owned by root and not writable by group or others.
 pub fn root_owned_not_writable(meta: &std::fs::Metadata) -> bool {
-    meta.uid() == 0 && meta.mode() & 0o022 == 0
+    writable_only_by(meta, 0)
+}
+
+/// Owned by root or by `uid`, and not writable by group or others: no one
+/// but those two can change the file.
+pub fn writable_only_by(meta: &std::fs::Metadata, uid: u32) -> bool {
+    (meta.uid() == 0 || meta.uid() == uid) && meta.mode() & 0o022 == 0
 }
 
 /// Checks a configuration file root reads: a regular file (a symlink is

@@ -6,6 +6,7 @@
 //! a site can keep one file and tweak a partition's plugstack.
 
 use serde::Deserialize;
+use sifrun_runtime::slurm_setup::protocol;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,12 +64,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             sifrun: PathBuf::from(DEFAULT_SIFRUN),
-            state_dir: PathBuf::from("/run/sifrun"),
+            state_dir: PathBuf::from(sifrun_runtime::exec::STAGING_BASE),
             mount_home: true,
             default_binds: Vec::new(),
             setup_timeout_secs: 120,
             use_builtin_container_option: true,
-            cache_idle_secs: 300,
+            cache_idle_secs: protocol::DEFAULT_CACHE_IDLE_SECS,
             ecl_config: None,
             slurm_conf: PathBuf::from("/etc/slurm/slurm.conf"),
             gpus: true,
@@ -76,8 +77,8 @@ impl Default for Config {
             rdma: true,
             copy_limit_mib: 0,
             copy_quota_mib: 0,
-            cache_max_images: 512,
-            cache_max_images_per_user: 64,
+            cache_max_images: protocol::DEFAULT_CACHE_MAX_IMAGES,
+            cache_max_images_per_user: protocol::DEFAULT_CACHE_MAX_IMAGES_PER_USER,
         }
     }
 }

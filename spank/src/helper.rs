@@ -12,10 +12,10 @@
 use crate::config::Config;
 use crate::request::ContainerRequest;
 use nix::fcntl::{Flock, FlockArg};
+use sifrun_runtime::process::wait_readable;
 use sifrun_runtime::slurm_setup::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -204,24 +204,6 @@ fn wait_ready(child: &mut Child, timeout: Duration) -> Result<SetupReport, Strin
         Err(report
             .error
             .unwrap_or_else(|| "container setup failed".to_string()))
-    }
-}
-
-fn wait_readable(fd: &impl AsFd, deadline: Instant) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) => continue,
-            Ok(_) => return true,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
     }
 }
 

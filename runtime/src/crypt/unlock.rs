@@ -22,10 +22,9 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -175,18 +174,12 @@ fn read_reply(reader: OwnedFd, wall: Duration) -> std::result::Result<Option<Rep
     let mut bytes = Zeroizing::new(Vec::new());
     let mut file = File::from(reader);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(TimedOut);
-        }
-        let timeout = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return Ok(None),
+        if !crate::process::wait_readable(&file, deadline) {
+            return if Instant::now() >= deadline {
+                Err(TimedOut)
+            } else {
+                Ok(None)
+            };
         }
         let mut chunk = Zeroizing::new([0u8; 4096]);
         match file.read(&mut chunk[..]) {

@@ -39,6 +39,15 @@ pub struct CopyLimits {
     pub used_by_user: u64,
 }
 
+impl CopyLimits {
+    /// Nothing but the space free limits the copy.
+    pub const NONE: CopyLimits = CopyLimits {
+        per_image: 0,
+        per_user: 0,
+        used_by_user: 0,
+    };
+}
+
 /// Written beside a copy: who it is accounted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRecord {
@@ -47,15 +56,26 @@ pub struct CopyRecord {
     pub bytes: u64,
 }
 
-/// Copies the SIF metadata and objects of `src` (the user's open file) to
-/// `dest` (root-only, created new) within `limits`; returns the bytes the
-/// copy occupies. On error nothing is left at `dest`.
-pub fn copy_image_objects(src: &File, dest: &Path, limits: &CopyLimits) -> Result<u64> {
-    let fail =
-        |what: String| Error::system(format!("copying the image to {}: {what}", dest.display()));
+/// Copies the SIF metadata and objects of `src` (the user's open file,
+/// `named` so in messages) to `dest` (root-only, created new) within
+/// `limits`; returns the bytes the copy occupies. On error nothing is left
+/// at `dest`.
+pub fn copy_image_objects(
+    src: &File,
+    named: &Path,
+    dest: &Path,
+    limits: &CopyLimits,
+) -> Result<u64> {
+    let named = named.display();
+    let fail = |what: String| {
+        Error::system(format!(
+            "{named}: copying the image to {}: {what}",
+            dest.display()
+        ))
+    };
     let mut recorder = Recorder::new(src).map_err(|e| fail(e.to_string()))?;
     let image = sif::Image::from_reader(&mut recorder)
-        .map_err(|e| Error::image(format!("reading the image to copy it: {e}")))?;
+        .map_err(|e| Error::image(format!("{named}: reading the image to copy it: {e}")))?;
     let ranges: Vec<(u64, u64)> = image
         .descriptors()
         .iter()
@@ -64,7 +84,8 @@ pub fn copy_image_objects(src: &File, dest: &Path, limits: &CopyLimits) -> Resul
     let file_len = image.file_len();
     drop(image);
     let needed: u64 = ranges.iter().map(|&(_, size)| size).sum::<u64>() + recorder.read_bytes;
-    check_limits(needed, limits, dest.parent().unwrap_or(Path::new("/")))?;
+    check_limits(needed, limits, dest.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| Error::new(e.kind(), format!("{named}: {}", e.message())))?;
 
     let tmp = dest.with_extension(format!("tmp.{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
@@ -204,12 +225,6 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    const NO_LIMITS: CopyLimits = CopyLimits {
-        per_image: 0,
-        per_user: 0,
-        used_by_user: 0,
-    };
-
     /// A small real SIF image from the reference corpus (or none).
     fn corpus_image() -> Option<std::path::PathBuf> {
         let p = Path::new(
@@ -233,7 +248,7 @@ mod tests {
         drop(f);
         let src = File::open(&big).unwrap();
         let dest = dir.path().join("copy.sif");
-        let bytes = copy_image_objects(&src, &dest, &NO_LIMITS).unwrap();
+        let bytes = copy_image_objects(&src, &big, &dest, &CopyLimits::NONE).unwrap();
         let meta = std::fs::metadata(&dest).unwrap();
         assert_eq!(meta.len(), 1536 << 20, "same length: offsets unchanged");
         assert!(
@@ -259,16 +274,16 @@ mod tests {
         let dest = dir.path().join("copy.sif");
         let small = CopyLimits {
             per_image: 16,
-            ..NO_LIMITS
+            ..CopyLimits::NONE
         };
-        let e = copy_image_objects(&src, &dest, &small).unwrap_err();
+        let e = copy_image_objects(&src, &image, &dest, &small).unwrap_err();
         assert!(e.message().contains("copy_limit_mib"), "{}", e.message());
         let quota = CopyLimits {
             per_image: 0,
             per_user: 1 << 20,
             used_by_user: (1 << 20) - 1,
         };
-        let e = copy_image_objects(&src, &dest, &quota).unwrap_err();
+        let e = copy_image_objects(&src, &image, &dest, &quota).unwrap_err();
         assert!(e.message().contains("copy_quota_mib"), "{}", e.message());
         assert!(!dest.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -280,7 +295,7 @@ mod tests {
         let path = dir.path().join("x");
         std::fs::write(&path, vec![7u8; 4096]).unwrap();
         let src = File::open(&path).unwrap();
-        assert!(copy_image_objects(&src, &dir.path().join("c"), &NO_LIMITS).is_err());
+        assert!(copy_image_objects(&src, &path, &dir.path().join("c"), &CopyLimits::NONE).is_err());
         assert!(!dir.path().join("c").exists());
     }
 }

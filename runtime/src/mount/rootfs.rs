@@ -455,24 +455,19 @@ const MAX_IDENTITY_FILE: u64 = 8 << 20;
 /// helper) and without following a last symlink. Missing: empty.
 fn read_image_identity_file(path: &Path, name: &str) -> Result<String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)
-    {
+    let file = match crate::credentials::open_regular_file_with(path, libc::O_NOFOLLOW) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::EISDIR)) => {
+            return Err(Error::image(format!(
+                "the image's {name} is not a regular file"
+            )))
+        }
         Err(e) => return Err(Error::image(format!("the image's {name}: {e}"))),
     };
     let meta = file
         .metadata()
         .map_err(|e| Error::image(format!("the image's {name}: {e}")))?;
-    if !meta.is_file() {
-        return Err(Error::image(format!(
-            "the image's {name} is not a regular file"
-        )));
-    }
     if meta.len() > MAX_IDENTITY_FILE {
         return Err(Error::image(format!(
             "the image's {name} is larger than {} MiB",

@@ -171,10 +171,8 @@ fn become_root_only(timeout_secs: u64) -> Result<()> {
     let root = nix::unistd::Gid::from_raw(0);
     nix::unistd::setgroups(&[]).context("dropping the job user's groups")?;
     nix::unistd::setresgid(root, root, root).context("setting root's group ID")?;
-    // SAFETY: plain prctl with constant arguments.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
-        return Err(Error::system("PR_SET_PDEATHSIG failed"));
-    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("PR_SET_PDEATHSIG")?;
     if nix::unistd::getppid().as_raw() == 1 {
         // The parent died before the line above took effect.
         return Err(Error::system("slurmstepd is gone"));
@@ -421,12 +419,7 @@ fn copy_for_verification(
         per_user: opts.copy_quota_mib << 20,
         used_by_user: cache.copies_held_by(opts.uid),
     };
-    let bytes = copy_image_objects(image_file, &entry.join(COPY_FILE), &limits).map_err(|e| {
-        Error::new(
-            e.kind(),
-            format!("{}: {}", opts.image.display(), e.message()),
-        )
-    })?;
+    let bytes = copy_image_objects(image_file, &opts.image, &entry.join(COPY_FILE), &limits)?;
     let after = image_file.metadata().context("reading image metadata")?;
     if !same_file_identity(&before, &after) {
         return Err(Error::image(format!(

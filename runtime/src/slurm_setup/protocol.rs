@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use super::SetupOptions;
 
-/// Default of `--state-dir`, `--cache-idle-secs` and the cache limits, as
-/// clap applies them and [`SetupArgs::new`] starts from.
-const DEFAULT_CACHE_IDLE_SECS: u64 = 300;
-const DEFAULT_CACHE_MAX_IMAGES: usize = 512;
-const DEFAULT_CACHE_MAX_IMAGES_PER_USER: usize = 64;
+/// Defaults of `--cache-idle-secs` and the cache limits, as clap applies
+/// them, [`SetupArgs::new`] starts from and the plugin's configuration
+/// (`cache_idle_secs`, `cache_max_images`, `cache_max_images_per_user`)
+/// takes when the admin sets none. `--state-dir` defaults to
+/// [`crate::exec::STAGING_BASE`].
+pub const DEFAULT_CACHE_IDLE_SECS: u64 = 300;
+pub const DEFAULT_CACHE_MAX_IMAGES: usize = 512;
+pub const DEFAULT_CACHE_MAX_IMAGES_PER_USER: usize = 64;
 
 /// The request: what one step's container needs on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
