@@ -6,7 +6,7 @@
 //! user space so that sifrun can build encrypted images anywhere and run
 //! them where dm-crypt is missing:
 //!
-//! * [`format`] writes a container: binary headers, JSON metadata, one
+//! * [`mod@format`] writes a container: binary headers, JSON metadata, one
 //!   keyslot (PBKDF2-SHA256 or Argon2id, anti-forensic split), AES-XTS data;
 //! * [`Volume`] opens one, unlocks a keyslot with a passphrase (checking
 //!   the volume-key digest) and decrypts data sectors on demand.

@@ -142,7 +142,7 @@ impl Volume {
     }
 
     /// The costly half of [`Volume::unlock`]: the volume key, from the
-    /// first keyslot (of at most [`MAX_KEYSLOTS_TRIED`]) that `passphrase`
+    /// first keyslot (of at most `MAX_KEYSLOTS_TRIED`, 4) that `passphrase`
     /// opens, checked against the volume-key digest. All the key
     /// derivation happens here, so a caller that distrusts the header's
     /// costs can run this alone in a process with limits.

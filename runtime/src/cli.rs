@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use sifrun_runtime::gpu::GpuSelection;
+use sifrun_runtime::container::gpu::GpuSelection;
 
-use sifrun_runtime::build::{BuildOptions, DEFAULT_COMPRESSOR};
+use crate::commands::build::{BuildOptions, DEFAULT_COMPRESSOR};
+use crate::commands::exec::{ExecOptions, VerifyPolicy};
+use crate::commands::target::Target;
 use sifrun_runtime::crypt::KeySource;
-use sifrun_runtime::exec::{ExecOptions, VerifyPolicy};
-use sifrun_runtime::target::Target;
 
 /// Build, inspect and run SIF container images.
 #[derive(Debug, Parser)]
@@ -113,7 +113,7 @@ pub enum Command {
     /// line on stdout ({"ok":true,"env":[...]} or {"ok":false,"error":...}),
     /// then waits until stdin is closed. Not meant to be run by hand.
     #[command(name = "slurm-setup")]
-    SlurmSetup(sifrun_runtime::slurm_setup::protocol::SetupArgs),
+    SlurmSetup(sifrun_runtime::node::helper::protocol::SetupArgs),
 
     /// Show or clean this node's cache of mounted images (admins).
     ///
@@ -168,7 +168,7 @@ pub enum EclAction {
 #[derive(Debug, Args)]
 pub struct CacheArgs {
     /// Node-local state directory (the plugin's `state_dir`).
-    #[arg(long, global = true, default_value = sifrun_runtime::exec::STAGING_BASE)]
+    #[arg(long, global = true, default_value = sifrun_runtime::container::staging::STAGING_BASE)]
     pub state_dir: PathBuf,
     #[command(subcommand)]
     pub action: CacheAction,
@@ -433,7 +433,7 @@ pub struct SignCliArgs {
     pub image: PathBuf,
 }
 
-impl From<SignCliArgs> for sifrun_runtime::sign::SignArgs {
+impl From<SignCliArgs> for crate::commands::sign::SignArgs {
     fn from(a: SignCliArgs) -> Self {
         use sif::integrity::SignTarget;
         Self {
@@ -467,12 +467,14 @@ pub struct VerifyCliArgs {
     pub image: PathBuf,
 }
 
-impl From<&VerifyCliArgs> for sifrun_runtime::verify::VerifyArgs {
+impl From<&VerifyCliArgs> for crate::commands::verify::VerifyArgs {
     fn from(a: &VerifyCliArgs) -> Self {
         Self {
             image: a.image.clone(),
-            keyrings: a.keyrings.clone(),
-            pem_keys: a.pem_keys.clone(),
+            keys: sifrun_runtime::image::signatures::Keys {
+                keyrings: a.keyrings.clone(),
+                pem_keys: a.pem_keys.clone(),
+            },
             legacy: a.legacy,
         }
     }

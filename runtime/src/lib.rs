@@ -1,64 +1,41 @@
-//! sifrun runtime: build, inspect and run SIF container images.
+//! sifrun runtime: the building blocks of running a SIF image in a
+//! container, grouped by who runs them. The `sifrun` binary (src/main.rs,
+//! src/cli.rs, src/commands/) and the SPANK plugin (spank/) are thin
+//! layers over this library.
 //!
-//! The CLI (`sifrun`, src/main.rs) is a thin layer over this library. The
-//! pieces are small modules with one job each so that the SPANK plugin can
-//! reuse them to build one container per node and let every task join it:
+//! * [`image`]: the SIF file as the runtime sees it (opened and validated
+//!   through the `sif` crate, written, summarised; [`image::pinned`]: the
+//!   image `sifrun exec` runs, opened once)
+//! * [`container`]: building a container root and running a command in it:
+//!   [`container::create`] (mount namespace, image, root filesystem,
+//!   `pivot_root`) and [`container::exec_command`] (privilege drop, exec);
+//!   the parts: [`container::mount`], [`container::namespaces`],
+//!   [`container::loop_device`], [`container::gpu`],
+//!   [`container::identity`] (who the command runs as, and the privilege
+//!   drop), [`mod@container::env`], [`container::staging`]
+//! * [`node`]: what runs as root on a Slurm node, for every job:
+//!   [`node::helper`] (`sifrun slurm-setup`, one step's container, and its
+//!   [`node::helper::protocol`] with the plugin), [`node::image_cache`],
+//!   [`node::credentials`] (user-named paths opened with the job user's
+//!   permissions), [`node::ecl`] (where the execution control list
+//!   decides), [`node::trusted`], [`node::namespace_sweep`]
+//! * [`unprivileged`]: what lets a user without root run a container: a
+//!   user namespace ([`unprivileged::userns`]) and the image through a
+//!   FUSE server ([`unprivileged::squashfuse`])
+//! * [`crypt`]: encrypted images (LUKS2): keys, the key derivation
+//!   sandbox, the user-space decrypting FUSE file, the dm-crypt path
+//! * [`process`], [`pidfd`], [`error`]: shared by all of the above
 //!
-//! * [`image`]: the only user of the `sif` crate (open/validate, write, summarise)
-//! * [`loop_device`]: read-only, autoclear loop device for one partition
-//! * [`namespaces`]: private mount namespace, `pivot_root`, `setns`;
-//!   [`namespace_sweep`]: ending what is left in a step's namespace at its end
-//! * [`pidfd`]: handles on processes that a recycled PID cannot redirect
-//! * [`userns`]: unprivileged user namespace (own IDs mapped) for `sifrun exec` without root
-//! * [`fuse`]: the image's SquashFS through a FUSE server (squashfuse) when not root
-//! * [`crypt`]: encrypted images (LUKS2): keys, the user-space decrypting
-//!   FUSE file, the dm-crypt path
-//! * [`mount::rootfs`]: [`mount::rootfs::ContainerSpec`] → container root (overlay,
-//!   /proc, /sys, /dev, binds, passwd/group)
-//! * [`user`]: target identity and privilege drop
-//! * [`mod@env`]: container environment
-//! * [`process`]: fork + error pipe, signal forwarding, exit status, exec
-//! * [`pinned_image`]: the image `sifrun exec` runs, opened once (or privately copied)
-//! * [`container`]: the two reusable halves: [`container::create`] (per node) and
-//!   [`container::exec_command`] (per task)
-//! * [`credentials`]: resolving user-named paths with the job user's permissions
-//! * [`image_cache`]: node-wide cache of mounted images (shared by steps and jobs);
-//!   [`cache_cmd`]: `sifrun cache`
-//! * [`ecl`]: per-partition execution control lists; [`ecl_cmd`]: `sifrun ecl check`
-//! * [`trusted`]: who may have written a file root acts on
-//! * [`slurm_setup`]: `sifrun slurm-setup`, one Slurm step's container (used by the SPANK plugin)
-//! * [`exec`]: `sifrun exec`/`shell`/`run` orchestration (privileged or unprivileged);
-//!   [`target`]: command, shell or runscript; [`build`], [`inspect`]: the other subcommands
-//! * [`sign`], [`verify`]: `sifrun sign` / `sifrun verify` over `sif::integrity`
+//! SIF bytes are parsed only in the `sif` crate; this library never reads
+//! an image's bytes itself.
 
-pub mod build;
-pub mod cache_cmd;
 pub mod container;
-pub mod credentials;
 pub mod crypt;
-pub mod ecl;
-pub mod ecl_cmd;
-pub mod env;
 pub mod error;
-pub mod exec;
-pub mod fuse;
-pub mod gpu;
 pub mod image;
-pub mod image_cache;
-pub mod inspect;
-pub mod loop_device;
-pub mod mount;
-pub mod namespace_sweep;
-pub mod namespaces;
+pub mod node;
 pub mod pidfd;
-pub mod pinned_image;
 pub mod process;
-pub mod sign;
-pub mod slurm_setup;
-pub mod target;
-pub mod trusted;
-pub mod user;
-pub mod userns;
-pub mod verify;
+pub mod unprivileged;
 
 pub use error::{Error, ErrorKind, Result};

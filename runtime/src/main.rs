@@ -1,6 +1,7 @@
 //! `sifrun` command line entry point: parse, dispatch, print errors as one line.
 
 mod cli;
+mod commands;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -10,7 +11,9 @@ use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
 
 use cli::{CacheAction, Cli, Command, EclAction};
-use sifrun_runtime::{build, cache_cmd, ecl_cmd, exec, inspect, sign, slurm_setup, verify, Error};
+use commands::{build, cache, ecl, exec, inspect, sign, verify};
+use sifrun_runtime::node::helper;
+use sifrun_runtime::Error;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
             }),
             2,
         ),
-        Command::SlurmSetup(args) => exit_code(slurm_setup::run(&args.into())),
+        Command::SlurmSetup(args) => exit_code(helper::run(&args.into())),
         Command::Ecl(args) => match args.action {
             EclAction::Check {
                 config,
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
                 json,
                 record_dir,
                 image,
-            } => match ecl_cmd::check(&config, &partition, &image, json, record_dir.as_deref()) {
+            } => match ecl::check(&config, &partition, &image, json, record_dir.as_deref()) {
                 Ok(outcome) => {
                     let _ = std::io::stdout().lock().write_all(outcome.text.as_bytes());
                     if let Some(t) = &outcome.timing {
@@ -78,10 +81,10 @@ fn main() -> ExitCode {
         },
         Command::Cache(args) => finish(
             match args.action {
-                CacheAction::List { json } => cache_cmd::list(&args.state_dir, json),
-                CacheAction::Clean => cache_cmd::clean(&args.state_dir),
+                CacheAction::List { json } => cache::list(&args.state_dir, json),
+                CacheAction::Clean => cache::clean(&args.state_dir),
                 CacheAction::Keeper { idle_secs, detach } => {
-                    cache_cmd::keeper(&args.state_dir, Duration::from_secs(idle_secs), detach)
+                    cache::keeper(&args.state_dir, Duration::from_secs(idle_secs), detach)
                         .map(|()| String::new())
                 }
             }

@@ -18,7 +18,7 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow,
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::env::Environment;
+use crate::container::env::Environment;
 use crate::error::{Context, Error, ErrorKind, Result, EXIT_RUNTIME_FAILURE};
 
 /// Signals sifrun relays to the container command instead of dying from them.
@@ -168,7 +168,7 @@ pub fn wait_readable(fd: &impl std::os::fd::AsFd, deadline: std::time::Instant) 
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(0) | Err(Errno::EINTR) => continue,
             Ok(_) => return true,
             Err(_) => return false,
         }

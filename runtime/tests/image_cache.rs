@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use sifrun_runtime::container::loop_device::LoopAttachment;
+use sifrun_runtime::container::mount::mount_squashfs;
 use sifrun_runtime::image::RunnableImage;
-use sifrun_runtime::image_cache::{record_owner, run_keeper, CacheKey, CacheLimits, ImageCache};
-use sifrun_runtime::loop_device::LoopAttachment;
-use sifrun_runtime::mount::mount_squashfs;
+use sifrun_runtime::node::image_cache::{
+    record_owner, run_keeper, CacheKey, CacheLimits, ImageCache,
+};
 use sifrun_runtime::{Error, Result};
 
 fn key_of(image: &Path) -> CacheKey {
@@ -233,7 +235,7 @@ fn a_user_cannot_fill_the_node_cache() {
             record_owner(d.parent().unwrap(), uid)
         })
     };
-    let loop_of = |lease: &sifrun_runtime::image_cache::Lease| {
+    let loop_of = |lease: &sifrun_runtime::node::image_cache::Lease| {
         use std::os::unix::fs::MetadataExt;
         libc::minor(fs::metadata(lease.mount_dir()).unwrap().dev())
     };

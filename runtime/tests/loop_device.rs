@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Read;
 
 use common::*;
-use sifrun_runtime::loop_device::LoopAttachment;
+use sifrun_runtime::container::loop_device::LoopAttachment;
 
 #[test]
 fn size_limit_offset_and_autoclear() {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sifrun_runtime::namespace_sweep::{end_members, Swept};
+use sifrun_runtime::node::namespace_sweep::{end_members, Swept};
 
 fn in_namespace(ns: &File) -> Vec<i32> {
     let meta = ns.metadata().unwrap();

@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::process::{Command, Stdio};
 
 use common::*;
-use sifrun_runtime::credentials::{open_no_magiclinks, real_parent_dir};
+use sifrun_runtime::node::credentials::{open_no_magiclinks, real_parent_dir};
 
 #[test]
 fn a_file_in_another_namespace_bind_is_not_in_the_directory_it_is_named_by() {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::fcntl::{Flock, FlockArg};
 use sifrun_runtime::image::RunnableImage;
-use sifrun_runtime::image_cache::{CacheKey, ImageCache};
+use sifrun_runtime::node::image_cache::{CacheKey, ImageCache};
 
 /// Holds the exclusive lock of `image`'s entry in the cache under `state`.
 fn block_entry(state: &Path, image: &Path) -> Flock<File> {

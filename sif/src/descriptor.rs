@@ -28,7 +28,7 @@ const OFF_GID: usize = 65;
 const OFF_NAME: usize = 73;
 const OFF_EXTRA: usize = 201;
 
-/// Metadata of a partition object (`extra`: fstype i32, parttype i32, arch [3]).
+/// Metadata of a partition object (`extra`: fstype i32, parttype i32, arch `[3]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionInfo {
     /// File system type.
@@ -39,7 +39,7 @@ pub struct PartitionInfo {
     pub arch: Arch,
 }
 
-/// Metadata of a signature object (`extra`: hashtype i32, entity [256]).
+/// Metadata of a signature object (`extra`: hashtype i32, entity `[256]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignatureInfo {
     /// Hash algorithm recorded by the signer.

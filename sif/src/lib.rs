@@ -27,6 +27,7 @@ pub mod display;
 mod error;
 mod header;
 pub mod integrity;
+pub mod json;
 mod read;
 mod types;
 mod write;

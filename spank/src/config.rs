@@ -6,7 +6,7 @@
 //! a site can keep one file and tweak a partition's plugstack.
 
 use serde::Deserialize;
-use sifrun_runtime::slurm_setup::protocol;
+use sifrun_runtime::node::helper::protocol;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             sifrun: PathBuf::from(DEFAULT_SIFRUN),
-            state_dir: PathBuf::from(sifrun_runtime::exec::STAGING_BASE),
+            state_dir: PathBuf::from(sifrun_runtime::container::staging::STAGING_BASE),
             mount_home: true,
             default_binds: Vec::new(),
             setup_timeout_secs: 120,

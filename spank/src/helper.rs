@@ -12,8 +12,9 @@
 use crate::config::Config;
 use crate::request::ContainerRequest;
 use nix::fcntl::{Flock, FlockArg};
+use sifrun_runtime::container::namespaces::open_mount_namespace;
+use sifrun_runtime::node::helper::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use sifrun_runtime::process::wait_readable;
-use sifrun_runtime::slurm_setup::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -118,8 +119,7 @@ pub fn build_container(
 
     let result = wait_ready(&mut child, config.setup_timeout());
     let container = result.and_then(|report| {
-        let ns_path = format!("/proc/{}/ns/mnt", child.id());
-        let mount_ns = File::open(&ns_path).map_err(|e| format!("cannot open {ns_path}: {e}"));
+        let mount_ns = open_mount_namespace(child.id()).map_err(|e| e.to_string());
         if let Some(dir) = report
             .staging
             .as_deref()
@@ -169,7 +169,7 @@ fn take_cache_lease(lock: &str, config: &Config) -> Result<Flock<File>, String> 
 fn check_helper(path: &Path) -> Result<(), String> {
     let meta =
         std::fs::metadata(path).map_err(|e| format!("sifrun helper {}: {e}", path.display()))?;
-    if !sifrun_runtime::trusted::root_owned_not_writable(&meta) {
+    if !sifrun_runtime::node::trusted::root_owned_not_writable(&meta) {
         return Err(format!(
             "sifrun helper {} must be owned by root and not group/other writable",
             path.display()

@@ -21,12 +21,12 @@ pub mod task_env;
 use config::Config;
 use helper::{Container, JobUser};
 use request::{ContainerRequest, OptionSource};
+use sifrun_runtime::container::namespaces::join_mount_namespace;
 use slurm_spank::{
     spank_log_error, spank_log_info, spank_log_verbose, Context, Plugin, SpankHandle, SpankOption,
     SPANK_PLUGIN,
 };
 use std::error::Error;
-use std::os::fd::AsFd;
 use task_env::EnvChange;
 
 /// Slurm major.minor this plugin is built for (0xMMmm00). slurmstepd only
@@ -162,7 +162,7 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
             .getenv("SLURM_STEP_GPUS")
             .ok()
             .flatten()
-            .map(|v| sifrun_runtime::gpu::parse_step_gpus(&v))
+            .map(|v| sifrun_runtime::container::gpu::parse_step_gpus(&v))
             .unwrap_or_default(),
     })
 }
@@ -184,6 +184,10 @@ fn fail_task(msg: &str) -> ! {
     unsafe { libc::_exit(1) }
 }
 
+// SAFETY: the plugin starts no thread in slurmstepd: the callbacks that
+// run in forked tasks (task_init_privileged, task_init) find only the
+// state slurmstepd itself set up, and take no lock another thread could
+// hold. All multi-threaded or mount work runs in the separate helper.
 unsafe impl Plugin for SifrunPlugin {
     // The crate's default installs a tracing subscriber; we log through
     // Slurm directly and keep slurmstepd free of extra global state.
@@ -303,18 +307,11 @@ unsafe impl Plugin for SifrunPlugin {
         // Still root here: a mount namespace created by root can only be
         // joined with CAP_SYS_ADMIN. After setns the task's root and cwd are
         // the container's; Slurm then chdirs to the job's cwd as the user.
-        if let Err(e) = nix::sched::setns(
-            container.mount_ns.as_fd(),
-            nix::sched::CloneFlags::CLONE_NEWNS,
-        ) {
+        if let Err(e) = join_mount_namespace(&container.mount_ns) {
             fail_task(&format!("joining the container failed: {e}"));
         }
-        // SAFETY: plain prctl with constant arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            fail_task(&format!(
-                "PR_SET_NO_NEW_PRIVS failed: {}",
-                std::io::Error::last_os_error()
-            ));
+        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+            fail_task(&format!("PR_SET_NO_NEW_PRIVS failed: {}", e.desc()));
         }
         Ok(())
     }
@@ -381,9 +378,9 @@ unsafe impl Plugin for SifrunPlugin {
                 .and_then(|v| v.parse().ok())
         });
         if let Some(job) = job {
-            sifrun_runtime::ecl::partition::forget_job(
+            sifrun_runtime::node::ecl::partition::forget_job(
                 job,
-                &sifrun_runtime::ecl::partition::records_dir(&config.state_dir),
+                &sifrun_runtime::node::ecl::partition::records_dir(&config.state_dir),
             );
             spank_log_verbose!("sifrun: epilog: job {job}: partition record removed");
         }
@@ -396,7 +393,7 @@ unsafe impl Plugin for SifrunPlugin {
             // Slurm's process tracking (a double fork under
             // proctrack/linuxproc) and would keep the image mounted, and an
             // encrypted one decrypted, after the job.
-            let swept = sifrun_runtime::namespace_sweep::end_members(&container.mount_ns);
+            let swept = sifrun_runtime::node::namespace_sweep::end_members(&container.mount_ns);
             if swept.killed > 0 || swept.remaining {
                 spank_log_info!(
                     "sifrun: step end: killed {} process(es) left in the container{}",

@@ -4,8 +4,8 @@
 //! it is only parsed and validated. Paths are resolved later, with the job
 //! user's credentials, by the `sifrun` helper that builds the container.
 
-use sifrun_runtime::env::is_valid_name;
-use sifrun_runtime::mount::rootfs::BindMount;
+use sifrun_runtime::container::env::is_valid_name;
+use sifrun_runtime::container::mount::rootfs::BindMount;
 use std::path::{Component, Path, PathBuf};
 
 /// Plugin-owned image option, for sites where Slurm's `--container` cannot

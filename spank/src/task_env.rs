@@ -32,7 +32,7 @@ const HOST_LOADER_VARS: &[&str] = &["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"]
 
 /// PATH used when neither the image nor `--container-env` provides one:
 /// the same as `sifrun exec`'s.
-pub use sifrun_runtime::env::DEFAULT_PATH;
+pub use sifrun_runtime::container::env::DEFAULT_PATH;
 
 /// One change to a task's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,10 +18,9 @@ use fuser::{
     FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
     Request, SessionACL,
 };
-use nix::mount::MsFlags;
 
+use crate::container::mount::fuse::{self, FuseMount};
 use crate::error::{Context, Error, Result};
-use crate::fuse;
 use crate::pidfd::PidFd;
 
 /// The one file's name.
@@ -139,35 +138,17 @@ impl Filesystem for DecryptedFile {
     }
 }
 
-/// Mounts the connection `device` on `dir`: read-only, nosuid, nodev,
-/// usable by `uid` only (no allow_other).
-pub fn mount(device: &File, dir: &Path, uid: u32, gid: u32) -> Result<()> {
-    mount_with(device, dir, uid, gid, false)
-}
-
-/// [`mount`], optionally with `allow_other`: any process may then reach
-/// the file system, and the kernel checks the file's mode (0400, owner
-/// `uid`) as for any file (`default_permissions`).
-fn mount_with(device: &File, dir: &Path, uid: u32, gid: u32, allow_other: bool) -> Result<()> {
-    let data = format!(
-        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions{}",
-        device.as_raw_fd(),
-        if allow_other { ",allow_other" } else { "" }
-    );
-    nix::mount::mount(
-        Some("sifrun-luks"),
-        dir,
-        Some("fuse.sifrun-luks"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data.as_str()),
-    )
-    .map_err(|e| {
-        Error::system(format!(
-            "mounting the decrypting FUSE file system on {}: {}",
-            dir.display(),
-            e.desc()
-        ))
-    })
+/// The decrypting file system's mount: with `allow_other`, any process
+/// may reach it and the kernel checks the file's mode (0400, owner `uid`)
+/// as for any file (`default_permissions`).
+fn fuse_mount(uid: u32, gid: u32, allow_other: bool) -> FuseMount<'static> {
+    FuseMount {
+        name: "sifrun-luks",
+        uid,
+        gid,
+        allow_other,
+        what: "the decrypting FUSE file system",
+    }
 }
 
 /// Starts serving `volume` on an already mounted connection.
@@ -200,7 +181,7 @@ fn mount_fresh(base: &Path, allow_other: bool) -> Result<(Mounted, File, u32, u3
     let device = fuse::open_device()?;
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    if let Err(e) = mount_with(&device, &dir, uid, gid, allow_other) {
+    if let Err(e) = fuse_mount(uid, gid, allow_other).mount(&device, &dir) {
         let _ = std::fs::remove_dir(&dir);
         return Err(e);
     }
@@ -208,7 +189,7 @@ fn mount_fresh(base: &Path, allow_other: bool) -> Result<(Mounted, File, u32, u3
 }
 
 /// Name of the forked server process (`comm`, as `ps` and `pgrep` show it).
-pub const SERVER_NAME: &str = "crypt-serve";
+pub const SERVER_NAME: &std::ffi::CStr = c"crypt-serve";
 
 /// Like [`mount_and_serve`], but the server is a forked child process,
 /// named [`SERVER_NAME`], that outlives the caller (the Slurm helper exits
@@ -257,23 +238,19 @@ pub fn mount_and_fork_server(volume: luks2::Volume, base: &Path, step: PidFd) ->
 }
 
 fn serve_in_child(device: File, volume: luks2::Volume, uid: u32, gid: u32, step: PidFd) -> ! {
-    // SAFETY: plain prctl/dup2 calls on valid arguments.
-    unsafe {
-        let name = c"crypt-serve";
-        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
-        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-            for fd in 0..3 {
-                libc::dup2(null.as_raw_fd(), fd);
-            }
+    let _ = nix::sys::prctl::set_name(SERVER_NAME);
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
-        // The helper's working directory must not stay busy.
-        libc::chdir(c"/".as_ptr());
     }
+    // The helper's working directory must not stay busy.
+    let _ = nix::unistd::chdir("/");
     // Serving needs no privilege: the FUSE connection and the image are
     // open. Not dumpable, so that no other process running as `nobody` can
     // read the volume key from its memory. A failure to shed root ends the
     // server before it serves.
-    if crate::user::drop_to_nobody().is_err() {
+    if crate::container::identity::drop_to_nobody().is_err() {
         // SAFETY: leaving the forked child at once.
         unsafe { libc::_exit(1) }
     }

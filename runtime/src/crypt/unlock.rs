@@ -15,7 +15,7 @@
 //!   parent kills it;
 //! * dies with its parent (`PR_SET_PDEATHSIG`), so killing the helper or
 //!   the CLI ends the derivation too;
-//! * sends back one [`Reply`]: the volume key, or the one-line error.
+//! * sends back one `Reply`: the volume key, or the one-line error.
 //!
 //! The parent then opens the volume with that key ([`luks2::Volume::with_key`],
 //! no derivation). Limits are documented in docs/encryption.md.
@@ -279,7 +279,7 @@ fn confine(parent: Pid, address_space: u64, cpu_secs: u64) -> Result<()> {
         let _ = nix::unistd::dup2(null.as_raw_fd(), libc::STDERR_FILENO);
     }
     if nix::unistd::geteuid().is_root() {
-        crate::user::drop_to_nobody()?;
+        crate::container::identity::drop_to_nobody()?;
     } else {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| Error::system(format!("key derivation: no_new_privs: {e}")))?;
@@ -297,11 +297,8 @@ fn confine(parent: Pid, address_space: u64, cpu_secs: u64) -> Result<()> {
     setrlimit(Resource::RLIMIT_CPU, cpu_secs, cpu_secs)
         .map_err(|e| Error::system(format!("key derivation: CPU limit: {e}")))?;
     // Named last: a process with this name is confined.
-    // SAFETY: a plain prctl with a valid C string.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, CHILD_NAME.as_ptr(), 0, 0, 0);
-    }
-    Ok(())
+    nix::sys::prctl::set_name(CHILD_NAME)
+        .map_err(|e| Error::system(format!("key derivation: naming the process: {e}")))
 }
 
 #[cfg(test)]

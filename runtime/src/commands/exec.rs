@@ -1,0 +1,493 @@
+//! `sifrun exec` / `shell` / `run`: the whole run as one straight sequence.
+//!
+//! parent: open image → (verify) → resolve user/env/binds → privileged:
+//!         attach loop device → fork; unprivileged: fork, then start the
+//!         FUSE server on the device the child hands over
+//! child:  privileged: new mount namespace → mount image → build rootfs →
+//!         pivot_root → drop privileges; unprivileged: new user + mount
+//!         namespace → mount FUSE → the same rootfs → pivot_root → drop the
+//!         namespace's capabilities; both: chdir → resolve the command in
+//!         the container PATH → exec
+//! parent: forward signals, wait, propagate exit status.
+
+use std::convert::Infallible;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use nix::unistd::{getpid, getppid, Pid};
+
+use crate::commands::target::{deffile_runscript, Target};
+use sifrun_runtime::container::env::{container_environment, parse_assignment, Environment};
+use sifrun_runtime::container::gpu::{self, DriverList, GpuSelection};
+use sifrun_runtime::container::identity::Identity;
+use sifrun_runtime::container::loop_device::LoopAttachment;
+use sifrun_runtime::container::mount::rootfs::{BindMount, ContainerSpec};
+use sifrun_runtime::container::staging::{StagingDir, STAGING_BASE};
+use sifrun_runtime::container::{self, ImageSource, Workdir};
+use sifrun_runtime::crypt::{self, KeySource};
+use sifrun_runtime::error::{Context, Error, Result};
+use sifrun_runtime::image::pinned::PinnedImage;
+use sifrun_runtime::image::signatures::{self, Keys};
+use sifrun_runtime::image::RunnableImage;
+use sifrun_runtime::process;
+use sifrun_runtime::unprivileged::squashfuse;
+
+/// `SIFRUN_VERIFY=1`: verify signatures before every run (like `--verify`).
+pub const VERIFY_ENV: &str = "SIFRUN_VERIFY";
+/// Default OpenPGP keyrings for verification, `:`-separated.
+pub const KEYRING_ENV: &str = "SIFRUN_KEYRING";
+/// Default PEM public keys for verification, `:`-separated.
+pub const KEY_PEM_ENV: &str = "SIFRUN_KEY_PEM";
+
+/// Options of `sifrun exec` (and `shell`, `run`), already split from the
+/// command line.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// Path of the SIF image.
+    pub image: PathBuf,
+    /// What to run.
+    pub target: Target,
+    /// Target user (name or UID); default: the invoking user.
+    pub user: Option<String>,
+    /// `SRC[:DST[:ro]]` bind specifications.
+    pub binds: Vec<String>,
+    /// `NAME=VALUE` environment overrides.
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    pub workdir: Option<PathBuf>,
+    /// Keep the root filesystem writable (on a throw-away tmpfs).
+    pub writable_tmpfs: bool,
+    /// Signature check before running.
+    pub verify: VerifyPolicy,
+    /// GPUs passed through (`--gpus`), with the host driver's files; the
+    /// same code the SPANK plugin drives from Slurm's allocation.
+    pub gpus: GpuSelection,
+    /// Key of an encrypted image; `None` asks on the terminal if needed.
+    pub key: Option<KeySource>,
+}
+
+/// Whether and against which keys the image is verified before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    /// Verify (`--verify`, or `SIFRUN_VERIFY=1`).
+    pub enabled: bool,
+    /// OpenPGP keyrings.
+    pub keyrings: Vec<PathBuf>,
+    /// PEM public keys (DSSE signatures).
+    pub pem_keys: Vec<PathBuf>,
+}
+
+impl VerifyPolicy {
+    /// The policy from the command line, completed by the environment
+    /// defaults: `SIFRUN_VERIFY=1` turns verification on, `SIFRUN_KEYRING`
+    /// and `SIFRUN_KEY_PEM` add keys (`:`-separated paths).
+    pub fn from_args_and_env(flag: bool, keyrings: Vec<PathBuf>, pem_keys: Vec<PathBuf>) -> Self {
+        Self::from_args_and_vars(flag, keyrings, pem_keys, |name| std::env::var_os(name))
+    }
+
+    fn from_args_and_vars(
+        flag: bool,
+        mut keyrings: Vec<PathBuf>,
+        mut pem_keys: Vec<PathBuf>,
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Self {
+        let env_on = var(VERIFY_ENV)
+            .map(|v| !matches!(v.to_str(), Some("" | "0" | "no" | "false")))
+            .unwrap_or(false);
+        if let Some(list) = var(KEYRING_ENV) {
+            keyrings.extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
+        }
+        if let Some(list) = var(KEY_PEM_ENV) {
+            pem_keys.extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
+        }
+        VerifyPolicy {
+            enabled: flag || env_on,
+            keyrings,
+            pem_keys,
+        }
+    }
+
+    /// Verifies `image` when enabled: every object group signed, every
+    /// signature valid against the keys. One-line error otherwise.
+    pub fn check(&self, image: &Path) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.keyrings.is_empty() && self.pem_keys.is_empty() {
+            return Err(Error::usage(format!(
+                "--verify needs keys: --keyring / --key-pem, or {KEYRING_ENV} / {KEY_PEM_ENV}"
+            )));
+        }
+        let keys = Keys {
+            keyrings: self.keyrings.clone(),
+            pem_keys: self.pem_keys.clone(),
+        };
+        let report = signatures::verify(image, &keys.load(false)?)?;
+        if report.verdict.is_ok() {
+            Ok(())
+        } else {
+            Err(Error::image(format!(
+                "refusing to run: {}",
+                signatures::verdict_line(image, &report).trim_end()
+            )))
+        }
+    }
+}
+
+/// Runs the target in the container and returns the exit status to use
+/// (the command's, 128+N for a signal death). As root the image is mounted
+/// by the kernel from a loop device; as any other user, in an unprivileged
+/// user namespace through FUSE.
+pub fn run(opts: &ExecOptions) -> Result<i32> {
+    let unprivileged = !nix::unistd::geteuid().is_root();
+    if let Target::Command(cmd) = &opts.target {
+        if cmd.is_empty() {
+            return Err(Error::usage("no command given"));
+        }
+    }
+    // Cheap host checks first, so a host without FUSE says so at once.
+    let server = if unprivileged {
+        container::mount::fuse::check_device()?;
+        Some(squashfuse::find_server()?)
+    } else {
+        None
+    };
+
+    // Opened once: what is parsed, verified and run is one file (or a
+    // private copy of it, when someone else could change it under us).
+    let copy_base = if unprivileged {
+        std::env::temp_dir()
+    } else {
+        PathBuf::from(STAGING_BASE)
+    };
+    if !unprivileged {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&copy_base)
+            .with_context(|| format!("creating {}", copy_base.display()))?;
+    }
+    let pinned = PinnedImage::open(&opts.image, opts.verify.enabled, &copy_base)?;
+    let image =
+        RunnableImage::open_maybe_encrypted(pinned.path()).map_err(|e| pinned.name_in(e))?;
+    opts.verify
+        .check(pinned.path())
+        .map_err(|e| pinned.name_in(e))?;
+    // Unlock before anything is set up: a wrong key leaves nothing behind.
+    let unlocked = unlock(&image, opts.key.as_ref()).map_err(|e| pinned.name_in(e))?;
+    let identity = resolve_identity(opts.user.as_deref(), unprivileged)?;
+    let binds = opts
+        .binds
+        .iter()
+        .map(|b| BindMount::parse(b))
+        .collect::<Result<Vec<_>>>()?;
+    let overrides = opts
+        .env
+        .iter()
+        .map(|e| parse_assignment(e))
+        .collect::<Result<Vec<_>>>()?;
+    let mut env = container_environment(std::env::vars_os(), &image.env, &identity, &overrides);
+    let gpu = gpu::passthrough(&opts.gpus, Some(&DriverList::default()), true);
+    for (name, dir) in gpu.env_append() {
+        env.append_path(&name, &dir);
+    }
+    let cwd = std::env::current_dir().ok();
+    let target = with_deffile_runscript(&opts.target, &image);
+
+    let staging = if unprivileged {
+        StagingDir::create_private()?
+    } else {
+        StagingDir::create()?
+    };
+    let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
+    spec.cwd.clone_from(&cwd);
+    spec.binds = binds;
+    spec.writable_tmpfs = opts.writable_tmpfs;
+    spec.unprivileged = unprivileged;
+    spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
+    spec.host_files = gpu.files;
+
+    let launch = Launch {
+        spec: &spec,
+        target,
+        env,
+        workdir: Workdir {
+            explicit: opts.workdir.clone(),
+            preferred: cwd,
+        },
+        parent: getpid(),
+    };
+    match server {
+        Some(server) => run_unprivileged(launch, &image, &server, staging, unlocked),
+        None => run_privileged(launch, &image, staging, unlocked),
+    }
+    .map_err(|e| pinned.name_in(e))
+}
+
+/// An encrypted image, unlocked: the verified passphrase (for the kernel
+/// path) and the user-space view of the container.
+struct Unlocked {
+    passphrase: zeroize::Zeroizing<Vec<u8>>,
+    volume: luks2::Volume,
+}
+
+/// Unlocks an encrypted image (`None` for a plain one). The key is
+/// checked here, in user space, on every path, so a wrong key is one
+/// clear error before any device or mount exists.
+fn unlock(image: &RunnableImage, key: Option<&KeySource>) -> Result<Option<Unlocked>> {
+    let Some(enc) = &image.encryption else {
+        if key.is_some() {
+            return Err(Error::usage(format!(
+                "{} is not encrypted: --pem-path / --passphrase-file / --passphrase apply only to encrypted images",
+                image.path.display()
+            )));
+        }
+        return Ok(None);
+    };
+    let key = key.cloned().unwrap_or(KeySource::Prompt);
+    let passphrase = key.for_run(enc.wrapped_key.as_deref())?;
+    let volume = crypt::open_volume(image, &passphrase)?;
+    Ok(Some(Unlocked { passphrase, volume }))
+}
+
+/// The block device to mount for a privileged run, and what keeps it
+/// alive: a loop device over the partition, over the decrypted FUSE file
+/// (user-space path), or a dm-crypt mapping over the partition's loop
+/// device (kernel path, where device-mapper exists).
+fn privileged_device(
+    image: &RunnableImage,
+    unlocked: Option<Unlocked>,
+) -> Result<(LoopAttachment, Option<crypt::dmcrypt::Mapping>)> {
+    let Some(unlocked) = unlocked else {
+        let dev =
+            LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
+        return Ok((dev, None));
+    };
+    if let Some(cryptsetup) = crypt::dmcrypt::available() {
+        let dev =
+            LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
+        let name = format!("sifrun-{}-{}", getpid(), unlocked.volume.uuid());
+        let mapping =
+            crypt::dmcrypt::Mapping::open(&cryptsetup, dev.path(), &name, &unlocked.passphrase);
+        return match mapping {
+            Ok(m) => Ok((dev, Some(m))),
+            Err(e) => {
+                let _ = dev.detach();
+                Err(e)
+            }
+        };
+    }
+    let size = unlocked.volume.size();
+    let mounted = crypt::fuse_file::mount_and_serve(unlocked.volume, Path::new(STAGING_BASE))?;
+    let dev = LoopAttachment::attach(&mounted.file(), 0, size);
+    // The loop device holds the file open; the mount itself can go now.
+    mounted.detach();
+    Ok((dev?, None))
+}
+
+/// The invoking user; `--user` needs root, except naming oneself.
+fn resolve_identity(user: Option<&str>, unprivileged: bool) -> Result<Identity> {
+    let current = Identity::current()?;
+    match user {
+        None => Ok(current),
+        Some(u) if unprivileged => {
+            let wanted = Identity::lookup(u)?;
+            if wanted.uid == current.uid {
+                Ok(current)
+            } else {
+                Err(Error::usage(format!(
+                    "--user {u} needs root: without it sifrun runs the container as the invoking user ({})",
+                    current.name
+                )))
+            }
+        }
+        Some(u) => Identity::lookup(u),
+    }
+}
+
+/// `sifrun run` on an image without a runscript file falls back to the
+/// `%runscript` section of the definition file stored in the SIF.
+fn with_deffile_runscript(target: &Target, image: &RunnableImage) -> Target {
+    match target {
+        Target::Runscript {
+            args,
+            deffile_script: None,
+        } => Target::Runscript {
+            args: args.clone(),
+            deffile_script: image.deffile.as_deref().and_then(deffile_runscript),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Root: loop device, kernel SquashFS.
+fn run_privileged(
+    launch: Launch<'_>,
+    image: &RunnableImage,
+    staging: StagingDir,
+    unlocked: Option<Unlocked>,
+) -> Result<i32> {
+    let (loop_dev, mapping) = privileged_device(image, unlocked)?;
+    let device = match &mapping {
+        Some(m) => m.path(),
+        None => loop_dev.path().to_path_buf(),
+    };
+    match process::spawn(Box::new(move || launch.run_privileged(&device))) {
+        Ok(child) => {
+            // The mount in the child's namespace now holds the device;
+            // closing our fd lets autoclear detach it when that namespace dies.
+            drop(loop_dev);
+            drop(mapping);
+            drop(staging);
+            child.wait()
+        }
+        Err(e) => {
+            // The child is reaped, its namespace (and any mount) is gone.
+            drop(mapping);
+            let _ = loop_dev.detach();
+            Err(e)
+        }
+    }
+}
+
+/// Not root: user namespace, FUSE. The child mounts the FUSE connection
+/// and sends us its device; we start the server here, outside the
+/// container's namespaces (see [`sifrun_runtime::unprivileged::squashfuse`] for why).
+fn run_unprivileged(
+    launch: Launch<'_>,
+    image: &RunnableImage,
+    server_program: &Path,
+    staging: StagingDir,
+    unlocked: Option<Unlocked>,
+) -> Result<i32> {
+    if unlocked.is_some() {
+        return Err(Error::usage(
+            "encrypted images need root for now (the decrypting FUSE file is mounted in the host namespace); run sifrun exec as root",
+        ));
+    }
+    let (ours, theirs) = UnixStream::pair().context("creating the FUSE hand-over socket")?;
+    let mut server: Option<squashfuse::Server> = None;
+    let hook = |_child: Pid| -> Result<()> {
+        if let Some(device) = squashfuse::receive_device(&ours)? {
+            server = Some(squashfuse::Server::start(
+                server_program,
+                &image.path,
+                image.partition_offset,
+                device,
+            )?);
+        }
+        Ok(())
+    };
+    let spawned = process::spawn_with(
+        Box::new(move || launch.run_unprivileged(theirs)),
+        Box::new(hook),
+    );
+    drop(staging);
+    match spawned {
+        Ok(child) => {
+            let status = child.wait();
+            if let Some(server) = server {
+                server.wait_for_exit();
+            }
+            status
+        }
+        Err(e) => {
+            if let Some(server) = server {
+                server.kill();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What the child needs; everything was resolved in the parent so the
+/// child only performs system calls.
+struct Launch<'a> {
+    spec: &'a ContainerSpec,
+    target: Target,
+    env: Environment,
+    workdir: Workdir,
+    parent: Pid,
+}
+
+impl Launch<'_> {
+    fn run_privileged(self, device: &Path) -> Result<Infallible> {
+        die_with_parent(self.parent)?;
+        container::create(self.spec, ImageSource::Device(device))?;
+        let argv = self.target.argv()?;
+        // Identity::drop_privileges keeps the parent-death signal across setuid.
+        let identity = &self.spec.identity;
+        Err(container::exec_command(
+            identity,
+            &self.workdir,
+            &argv,
+            self.env,
+        ))
+    }
+
+    fn run_unprivileged(self, server_socket: UnixStream) -> Result<Infallible> {
+        die_with_parent(self.parent)?;
+        container::create(self.spec, ImageSource::Fuse(server_socket))?;
+        let argv = self.target.argv()?;
+        Err(container::exec_command_in_user_namespace(
+            &self.spec.identity,
+            &self.workdir,
+            &argv,
+            self.env,
+        ))
+    }
+}
+
+/// If sifrun dies (even by SIGKILL) the container command goes with it, so
+/// the mount namespace and the loop device cannot outlive the run.
+fn die_with_parent(parent: Pid) -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).context("setting parent-death signal")?;
+    if getppid() != parent {
+        return Err(Error::system("sifrun exited during container setup"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn verify_policy_env_defaults() {
+        let vars = |name: &str| -> Option<OsString> {
+            match name {
+                VERIFY_ENV => Some("1".into()),
+                KEYRING_ENV => Some("/a.asc:/b.asc".into()),
+                _ => None,
+            }
+        };
+        let p = VerifyPolicy::from_args_and_vars(false, vec!["/c.asc".into()], vec![], vars);
+        assert!(p.enabled);
+        assert_eq!(
+            p.keyrings,
+            vec![
+                PathBuf::from("/c.asc"),
+                PathBuf::from("/a.asc"),
+                PathBuf::from("/b.asc")
+            ]
+        );
+        let off = VerifyPolicy::from_args_and_vars(false, vec![], vec![], |n| {
+            (n == VERIFY_ENV).then(|| OsString::from("0"))
+        });
+        assert!(!off.enabled);
+    }
+
+    #[test]
+    fn verify_without_keys_is_a_usage_error() {
+        let p = VerifyPolicy {
+            enabled: true,
+            ..VerifyPolicy::default()
+        };
+        let e = p.check(Path::new("/nonexistent.sif")).unwrap_err();
+        assert!(e.message().starts_with("--verify needs keys"));
+    }
+}

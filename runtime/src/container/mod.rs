@@ -1,0 +1,200 @@
+//! Building a container and running a command in it: the one path both
+//! `sifrun exec` and the Slurm helper take, in two halves.
+//!
+//! 1. [`create`] (once per container, in a single-threaded process that
+//!    runs as root or, for [`ImageSource::Fuse`], enters a user namespace):
+//!    new mount namespace → the image → root filesystem → `pivot_root`.
+//! 2. [`exec_command`] (in the process that becomes the command): drop
+//!    privileges → chdir → resolve the command with the container PATH →
+//!    `execve`. Under Slurm the tasks instead join the helper's namespace
+//!    (spank `task_init_privileged`) and Slurm itself drops privileges and
+//!    executes.
+//!
+//! ```text
+//! sifrun exec (root):     LoopAttachment::attach → fork → create(Device) → exec_command
+//! sifrun exec (user):     fork → create(Fuse) (parent serves squashfuse) → exec_command_in_user_namespace
+//! sifrun slurm-setup:     node cache mount → create(Mounted) → report; tasks setns
+//!                         (encrypted: decrypted loop device → create(Device))
+//! ```
+
+pub mod env;
+pub mod gpu;
+pub mod identity;
+pub mod loop_device;
+pub mod mount;
+pub mod namespaces;
+pub mod staging;
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::chdir;
+
+use crate::container::env::Environment;
+use crate::container::identity::Identity;
+use crate::container::mount::rootfs::{
+    build_rootfs, mount_image, mount_image_fuse, mount_staging, ContainerSpec,
+};
+use crate::container::namespaces::unshare_mount_namespace;
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::process;
+
+/// Where a container's image comes from.
+#[derive(Debug)]
+pub enum ImageSource<'a> {
+    /// A block device holding the SquashFS (a loop device over the image
+    /// or over its decrypted file): mounted inside the new namespace, so
+    /// the mount dies with it. Needs root.
+    Device(&'a Path),
+    /// The image already mounted read-only on the host (the node cache):
+    /// the root is built over that directory. Needs root.
+    Mounted(&'a Path),
+    /// Without privileges: a new user namespace (the caller's own IDs
+    /// mapped) and the image through a FUSE connection mounted here and
+    /// handed over this socket to the caller, who starts the server (see
+    /// [`crate::unprivileged::squashfuse`]). `spec.unprivileged` must be set.
+    Fuse(UnixStream),
+}
+
+/// Builds the container described by `spec` over `image` and makes it the
+/// root of the calling process, in a new private mount namespace.
+///
+/// On error the namespace may hold partial mounts; they disappear with the
+/// process (exit it rather than continuing).
+pub fn create(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<()> {
+    let image_dir = match image {
+        ImageSource::Device(device) => {
+            unshare_mount_namespace()?;
+            mount_image(spec, device)?
+        }
+        ImageSource::Mounted(dir) => {
+            unshare_mount_namespace()?;
+            mount_staging(spec)?;
+            dir.to_path_buf()
+        }
+        ImageSource::Fuse(server_socket) => {
+            crate::unprivileged::userns::enter(spec.identity.uid, spec.identity.gid)?;
+            let device = mount::fuse::open_device()?;
+            let image_dir = mount_image_fuse(spec, &device)?;
+            crate::unprivileged::squashfuse::send_device(&server_socket, &device)?;
+            // Only the server may hold the device: if it dies, the
+            // connection aborts and the container sees errors instead of
+            // hanging.
+            drop(device);
+            drop(server_socket);
+            return build_rootfs(spec, &image_dir).map_err(server_gone)?.enter();
+        }
+    };
+    build_rootfs(spec, &image_dir)?.enter()
+}
+
+/// A setup error caused by a dead FUSE server reads ENOTCONN; say so.
+fn server_gone(e: Error) -> Error {
+    if e.message().contains("Transport endpoint is not connected")
+        || e.message().contains("ENOTCONN")
+    {
+        Error::system(format!(
+            "the FUSE server serving the image exited during setup ({})",
+            e.message()
+        ))
+    } else {
+        e
+    }
+}
+
+/// Where the command starts.
+#[derive(Debug, Clone, Default)]
+pub struct Workdir {
+    /// Explicit directory (`--workdir`): must exist in the container.
+    pub explicit: Option<PathBuf>,
+    /// Preferred default (the caller's cwd); falls back to home, then `/`.
+    pub preferred: Option<PathBuf>,
+}
+
+/// Drops to `identity`, enters the working directory and executes
+/// `command` (resolved with `env`'s PATH *inside* the container). Only
+/// returns on failure; a missing command gives
+/// [`ErrorKind::CommandNotFound`], a non-executable one
+/// [`ErrorKind::CommandNotExecutable`].
+pub fn exec_command(
+    identity: &Identity,
+    workdir: &Workdir,
+    command: &[String],
+    env: Environment,
+) -> Error {
+    exec_after(
+        || identity.drop_privileges(),
+        identity,
+        workdir,
+        command,
+        env,
+    )
+}
+
+/// [`exec_command`] for a process in an unprivileged user namespace (from
+/// [`create`] with [`ImageSource::Fuse`]): it already runs as `identity`, so instead of
+/// switching users it drops its namespace capabilities.
+pub fn exec_command_in_user_namespace(
+    identity: &Identity,
+    workdir: &Workdir,
+    command: &[String],
+    env: Environment,
+) -> Error {
+    exec_after(
+        identity::drop_user_namespace_capabilities,
+        identity,
+        workdir,
+        command,
+        env,
+    )
+}
+
+/// `drop` (the privilege step), then workdir, PATH resolution and exec.
+fn exec_after(
+    drop: impl FnOnce() -> Result<()>,
+    identity: &Identity,
+    workdir: &Workdir,
+    command: &[String],
+    mut env: Environment,
+) -> Error {
+    let result = (|| -> Result<Error> {
+        let Some(program) = command.first() else {
+            return Err(Error::usage("no command given"));
+        };
+        drop()?;
+        let dir = enter_workdir(identity, workdir)?;
+        env.set("PWD", dir.as_os_str());
+        let path = env.get("PATH").map(|p| p.to_os_string());
+        let resolved = process::resolve_command(program, path.as_deref())?;
+        Ok(process::exec(&resolved, command, &env))
+    })();
+    match result {
+        Ok(e) | Err(e) => e,
+    }
+}
+
+/// Explicit workdir must exist; the default falls back cwd → home → /.
+/// Runs after the privilege drop so permissions are those of the user.
+fn enter_workdir(identity: &Identity, workdir: &Workdir) -> Result<PathBuf> {
+    if let Some(dir) = &workdir.explicit {
+        chdir(dir.as_path()).map_err(|e| {
+            Error::new(
+                ErrorKind::Usage,
+                format!(
+                    "cannot enter workdir {} in the container: {}",
+                    dir.display(),
+                    e.desc()
+                ),
+            )
+        })?;
+        return Ok(dir.clone());
+    }
+    let candidates = [workdir.preferred.as_deref(), Some(identity.home.as_path())];
+    for dir in candidates.into_iter().flatten() {
+        if chdir(dir).is_ok() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    chdir("/").context("chdir /")?;
+    Ok(PathBuf::from("/"))
+}

@@ -1,0 +1,539 @@
+//! Assembling the container root filesystem.
+//!
+//! Layout inside the staging directory (a private tmpfs):
+//!
+//! ```text
+//! <staging>/image   the image's SquashFS: from the loop device (root) or
+//!                   served through FUSE (unprivileged), ro,nosuid,nodev
+//! <staging>/upper   overlay upper dir  } on the staging tmpfs, so mount
+//! <staging>/work    overlay work dir   } points can be created without
+//! <staging>/root    overlay = the container root   writing to the image
+//! ```
+//!
+//! The root is remounted read-only at the end unless `writable_tmpfs` is
+//! set; then writes land in the tmpfs and vanish with the container.
+//!
+//! This module is the reusable part: `sifrun exec` calls it in a forked
+//! child, the SPANK plugin calls it once per node in a holder process and
+//! lets every task join the resulting mount namespace.
+//!
+//! One builder, two ways to get the image's files: [`mount_image`] (kernel
+//! SquashFS on a loop device, root) and [`mount_image_fuse`] (a FUSE
+//! connection, in an unprivileged user namespace). [`build_rootfs`] does
+//! the rest the same way for both; where the kernel refuses an operation in
+//! a user namespace, [`ContainerSpec::unprivileged`] selects the equivalent
+//! that it allows (see the field's documentation).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use super::fuse::FuseMount;
+use super::upper::{self, Needed};
+use super::{
+    bind, create_dir_in_root, create_mount_point, mount_fs, remount_bind, resolve_in_root,
+    HostBinds,
+};
+use crate::container::identity::{merge_group, merge_passwd, Identity};
+use crate::error::{Context, Error, Result};
+
+/// Default size of the tmpfs holding the overlay upper layer.
+pub const DEFAULT_TMPFS_SIZE_MIB: u64 = 64;
+
+/// Host paths that are never bound as the current working directory: they
+/// would shadow the image's own system directories.
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys",
+    "usr", "var",
+];
+
+/// A `--bind SRC[:DST[:ro|rw]]` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host path (canonicalised by [`BindMount::parse`]).
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+impl BindMount {
+    /// Parses `SRC[:DST[:ro|rw]]`, checks that SRC exists and canonicalises it.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let mut bind = Self::parse_unresolved(spec)?;
+        bind.source = fs::canonicalize(&bind.source).map_err(|e| {
+            Error::usage(format!(
+                "bind source {}: {}",
+                bind.source.display(),
+                io_reason(&e)
+            ))
+        })?;
+        Ok(bind)
+    }
+
+    /// The `SRC:DST[:ro]` form [`BindMount::parse`] reads back.
+    pub fn to_spec(&self) -> String {
+        let mut spec = format!("{}:{}", self.source.display(), self.destination.display());
+        if self.read_only {
+            spec.push_str(":ro");
+        }
+        spec
+    }
+
+    /// Parses `SRC[:DST[:ro|rw]]` without looking at the filesystem (the
+    /// caller resolves SRC, for example with the job user's credentials).
+    pub fn parse_unresolved(spec: &str) -> Result<Self> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (src, dst, mode) = match parts.as_slice() {
+            [src] => (*src, *src, None),
+            [src, dst] => (*src, *dst, None),
+            [src, dst, mode] => (*src, *dst, Some(*mode)),
+            _ => {
+                return Err(Error::usage(format!(
+                    "invalid bind '{spec}' (expected SRC[:DST[:ro]])"
+                )))
+            }
+        };
+        let read_only = match mode {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(other) => {
+                return Err(Error::usage(format!(
+                    "invalid bind option '{other}' in '{spec}' (expected ro or rw)"
+                )))
+            }
+        };
+        if src.is_empty() || dst.is_empty() {
+            return Err(Error::usage(format!("invalid bind '{spec}' (empty path)")));
+        }
+        let destination = PathBuf::from(dst);
+        if !destination.is_absolute() {
+            return Err(Error::usage(format!(
+                "bind destination must be an absolute path: {dst}"
+            )));
+        }
+        Ok(BindMount {
+            source: PathBuf::from(src),
+            destination,
+            read_only,
+        })
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Everything needed to assemble a container root, independent of how the
+/// image got mounted and of the process that will run in it.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Empty directory on the host used as the staging mount point. A tmpfs
+    /// is mounted on it in the (private) namespace; the host only ever sees
+    /// the empty directory.
+    pub staging_dir: PathBuf,
+    /// The user the command will run as (passwd/group entries, home dir).
+    pub identity: Identity,
+    /// Bind the user's home directory (if it exists on the host).
+    pub mount_home: bool,
+    /// Bind the host's /tmp.
+    pub mount_tmp: bool,
+    /// Host directory to bind at the same path (normally the cwd); skipped
+    /// for `/` and top-level system directories.
+    pub cwd: Option<PathBuf>,
+    /// What to bind at `cwd` when it is not `cwd` itself: a `/proc/self/fd`
+    /// link to the directory as opened with the job user's credentials, so
+    /// root never re-resolves a path the user controls.
+    pub cwd_source: Option<PathBuf>,
+    /// User requested binds, applied last (they win over home/tmp/cwd).
+    pub binds: Vec<BindMount>,
+    /// Keep the root writable (changes go to the tmpfs and are discarded).
+    pub writable_tmpfs: bool,
+    /// Size of the overlay's tmpfs in MiB.
+    pub tmpfs_size_mib: u64,
+    /// Built inside an unprivileged user namespace (no PID or network
+    /// namespace of its own). The kernel then refuses fresh proc and sysfs
+    /// mounts (they belong to the host's PID and network namespaces), so
+    /// the host's `/proc` and `/sys` are bound instead: the same view a
+    /// fresh mount gives the privileged path, which shares those namespaces
+    /// too. The devpts instance gets no `gid=tty` (that group is not mapped).
+    pub unprivileged: bool,
+    /// Host device nodes bound at the same path under `/dev` (GPUs, RDMA:
+    /// see [`crate::container::gpu`]). Usable only as far as the job's device cgroup
+    /// allows, exactly as on the host.
+    pub devices: Vec<PathBuf>,
+    /// Host files bound read-only at container paths (GPU driver libraries
+    /// and tools, under `/.sifrun/gpu`), as (host file, container path).
+    pub host_files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl ContainerSpec {
+    /// A spec with the usual defaults: home, /tmp and `cwd` bound, read-only root.
+    pub fn new(staging_dir: PathBuf, identity: Identity) -> Self {
+        ContainerSpec {
+            staging_dir,
+            identity,
+            mount_home: true,
+            mount_tmp: true,
+            cwd: None,
+            cwd_source: None,
+            binds: Vec::new(),
+            writable_tmpfs: false,
+            tmpfs_size_mib: DEFAULT_TMPFS_SIZE_MIB,
+            unprivileged: false,
+            devices: Vec::new(),
+            host_files: Vec::new(),
+        }
+    }
+}
+
+/// An assembled (not yet entered) container root.
+#[derive(Debug, Clone)]
+pub struct Rootfs {
+    /// Host-side path of the container root (the overlay mount).
+    pub root: PathBuf,
+}
+
+impl Rootfs {
+    /// `pivot_root`s into the container; see [`crate::container::namespaces::enter_root`].
+    pub fn enter(&self) -> Result<()> {
+        crate::container::namespaces::enter_root(&self.root)
+    }
+}
+
+/// Mounts the staging tmpfs that holds the overlay's upper layer (and,
+/// for [`mount_image`], the image mount point).
+pub fn mount_staging(spec: &ContainerSpec) -> Result<()> {
+    mount_fs(
+        "tmpfs",
+        &spec.staging_dir,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("mode=700,size={}m", spec.tmpfs_size_mib.max(1))),
+    )
+}
+
+/// Mounts the staging tmpfs and the SquashFS from `device` (e.g. the loop
+/// device) read-only at `<staging>/image`; returns that directory.
+pub fn mount_image(spec: &ContainerSpec, device: &Path) -> Result<PathBuf> {
+    mount_staging(spec)?;
+    let image_dir = spec.staging_dir.join("image");
+    fs::create_dir(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
+    super::mount_squashfs(device, &image_dir)?;
+    Ok(image_dir)
+}
+
+/// Mounts the staging tmpfs and the FUSE connection behind `device` (its
+/// server reads the image's SquashFS) read-only at `<staging>/image`;
+/// returns that directory. The FUSE mount belongs to `spec.identity`.
+pub fn mount_image_fuse(spec: &ContainerSpec, device: &fs::File) -> Result<PathBuf> {
+    mount_staging(spec)?;
+    let image_dir = spec.staging_dir.join("image");
+    fs::create_dir(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
+    FuseMount {
+        name: "squashfuse",
+        uid: spec.identity.uid,
+        gid: spec.identity.gid,
+        allow_other: false,
+        what: "the image through squashfuse",
+    }
+    .mount(device, &image_dir)?;
+    Ok(image_dir)
+}
+
+/// Builds the container root on top of the mounted image (`image_dir`, from
+/// [`mount_image`] or [`mount_image_fuse`]) in the current mount namespace.
+/// Must run inside a private mount namespace, as root or (with
+/// [`ContainerSpec::unprivileged`]) in the user namespace owning it.
+pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
+    let root = mount_overlay(spec, image_dir)?;
+    // First, while the root holds nothing but the image and its tmpfs upper
+    // layer: root writes these files, and a later bind (or an image symlink
+    // pointing into one) must never be able to redirect that write onto a
+    // host file.
+    write_identity_files(&root, &spec.identity)?;
+
+    mount_proc_sys(spec, &root)?;
+    super::dev::mount_dev(&root, spec.unprivileged)?;
+    for device in &spec.devices {
+        super::dev::bind_device(&root, device)?;
+    }
+
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // Mount points are never created inside what is bound from the host.
+    let mut host = HostBinds::default();
+    for (source, dest) in host_dir_binds(spec) {
+        // Root's home is never writable from an image root runs.
+        let flags = if spec.identity.is_root() && dest == spec.identity.home {
+            nosuid_nodev | MsFlags::MS_RDONLY
+        } else {
+            nosuid_nodev
+        };
+        bind_host_dir(&root, source, dest, flags, &mut host)?;
+    }
+    for b in &spec.binds {
+        let target = create_mount_point(&root, &b.destination, &b.source, &host)?;
+        let mut flags = nosuid_nodev;
+        if b.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        // Recursive, flags on every submount: what is mounted under the
+        // source stays mounted (nothing hidden on the host shows), and a
+        // `:ro` bind is read-only all the way down.
+        bind(&b.source, &target, true, flags)?;
+        host.record(&target)?;
+    }
+    // Last, so that no user bind can cover them; created in the overlay's
+    // tmpfs upper layer (the image is not written).
+    for (source, dest) in &spec.host_files {
+        let target = create_mount_point(&root, dest, source, &host)?;
+        bind(source, &target, false, MsFlags::MS_RDONLY | nosuid_nodev)?;
+        host.record(&target)?;
+    }
+
+    if !spec.writable_tmpfs {
+        remount_bind(&root, MsFlags::MS_RDONLY | nosuid_nodev)?;
+    }
+    Ok(Rootfs { root })
+}
+
+/// The host directories bound at the same path: /tmp, home, cwd (in that
+/// order), as (source, container path).
+fn host_dir_binds(spec: &ContainerSpec) -> Vec<(&Path, &Path)> {
+    let mut binds = Vec::new();
+    if spec.mount_tmp {
+        binds.push((Path::new("/tmp"), Path::new("/tmp")));
+    }
+    if spec.mount_home && spec.identity.home.is_dir() && spec.identity.home != Path::new("/") {
+        binds.push((spec.identity.home.as_path(), spec.identity.home.as_path()));
+    }
+    if let Some(cwd) = spec.cwd.as_deref().filter(|c| cwd_is_bindable(spec, c)) {
+        binds.push((spec.cwd_source.as_deref().unwrap_or(cwd), cwd));
+    }
+    binds
+}
+
+/// Everything [`build_rootfs`] creates or rewrites in the root, for
+/// [`upper::prepare`] (unprivileged builds).
+fn needed_paths(spec: &ContainerSpec) -> Vec<Needed> {
+    let mut needed = vec![
+        Needed::Rewritten("/etc/passwd".into()),
+        Needed::Rewritten("/etc/group".into()),
+        Needed::Dir("/proc".into()),
+        Needed::Dir("/sys".into()),
+        Needed::Dir("/dev".into()),
+    ];
+    for (source, dest) in host_dir_binds(spec) {
+        if source.is_dir() {
+            needed.push(Needed::Dir(dest.to_path_buf()));
+        }
+    }
+    for b in &spec.binds {
+        needed.push(if b.source.is_dir() {
+            Needed::Dir(b.destination.clone())
+        } else {
+            Needed::File(b.destination.clone())
+        });
+    }
+    for (_, dest) in &spec.host_files {
+        needed.push(Needed::File(dest.clone()));
+    }
+    needed
+}
+
+/// `/proc` and a read-only `/sys`: fresh mounts as root, recursive binds of
+/// the host's in a user namespace (see [`ContainerSpec::unprivileged`];
+/// recursive because the kernel will not bind them without the submounts
+/// that hide parts of them).
+fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
+    let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let sys_flags = proc_flags | MsFlags::MS_RDONLY;
+    let proc_dir = create_dir_in_root(root, Path::new("/proc"))?;
+    let sys_dir = create_dir_in_root(root, Path::new("/sys"))?;
+    if spec.unprivileged {
+        bind(Path::new("/proc"), &proc_dir, true, proc_flags)?;
+        bind(Path::new("/sys"), &sys_dir, true, sys_flags)?;
+    } else {
+        mount_fs("proc", &proc_dir, "proc", proc_flags, None)?;
+        mount_fs("sysfs", &sys_dir, "sysfs", sys_flags, None)?;
+    }
+    Ok(())
+}
+
+/// Overlay: lower = image, upper/work on the staging tmpfs.
+fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
+    let staging = &spec.staging_dir;
+    let (upper, work, root) = (
+        staging.join("upper"),
+        staging.join("work"),
+        staging.join("root"),
+    );
+    for dir in [&upper, &work, &root] {
+        fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // The container root directory itself must be traversable by the target user.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", upper.display()))?;
+    if spec.unprivileged {
+        upper::prepare(image_dir, &upper, &needed_paths(spec))?;
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image_dir.display(),
+        upper.display(),
+        work.display()
+    );
+    mount_fs(
+        "overlay",
+        &root,
+        "overlay",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&data),
+    )?;
+    Ok(root)
+}
+
+/// Binds host directory `source` at container path `dest`, with its
+/// submounts (a non-recursive bind would show what they hide).
+fn bind_host_dir(
+    root: &Path,
+    source: &Path,
+    dest: &Path,
+    flags: MsFlags,
+    host: &mut HostBinds,
+) -> Result<()> {
+    if !source.is_dir() {
+        return Ok(());
+    }
+    let target = create_mount_point(root, dest, source, host)?;
+    bind(source, &target, true, flags)?;
+    host.record(&target)
+}
+
+/// The cwd is bound unless it is `/`, a system directory (it would shadow
+/// the image's), or already visible through the home or /tmp bind.
+fn cwd_is_bindable(spec: &ContainerSpec, cwd: &Path) -> bool {
+    let first = cwd.components().nth(1).and_then(|c| c.as_os_str().to_str());
+    let Some(first) = first else {
+        return false; // "/"
+    };
+    let depth = cwd.components().count() - 1;
+    // A top-level system directory itself, or anything under the ones that
+    // hold the image's software, would shadow the image. /var/tmp/job or
+    // /run/user/N are fine.
+    if SYSTEM_DIRS.contains(&first) && (depth == 1 || !matches!(first, "var" | "run")) {
+        return false;
+    }
+    if spec.mount_tmp && cwd.starts_with("/tmp") {
+        return false;
+    }
+    if spec.mount_home && spec.identity.home.is_dir() && cwd.starts_with(&spec.identity.home) {
+        return false;
+    }
+    cwd.is_dir()
+}
+
+/// Writes passwd/group with the user's entries into the overlay (i.e. into
+/// the tmpfs, never into the image).
+fn write_identity_files(root: &Path, identity: &Identity) -> Result<()> {
+    create_dir_in_root(root, Path::new("/etc"))?;
+    let passwd = resolve_in_root(root, Path::new("/etc/passwd"))?;
+    let group = resolve_in_root(root, Path::new("/etc/group"))?;
+    let image_passwd = read_image_identity_file(&passwd, "/etc/passwd")?;
+    let image_group = read_image_identity_file(&group, "/etc/group")?;
+    fs::write(&passwd, merge_passwd(&image_passwd, identity))
+        .context("writing /etc/passwd in the container")?;
+    fs::write(&group, merge_group(&image_group, identity))
+        .context("writing /etc/group in the container")?;
+    Ok(())
+}
+
+/// Largest `/etc/passwd` or `/etc/group` read from an image.
+const MAX_IDENTITY_FILE: u64 = 8 << 20;
+
+/// The image's own `/etc/passwd` or `/etc/group` at `path` (resolved in
+/// the root), read by root from bytes the image's author chose: a regular
+/// file of bounded size, opened without blocking (a FIFO would hang the
+/// helper) and without following a last symlink. Missing: empty.
+fn read_image_identity_file(path: &Path, name: &str) -> Result<String> {
+    use std::io::Read;
+    let file = match crate::node::credentials::open_regular_file_with(path, libc::O_NOFOLLOW) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::EISDIR)) => {
+            return Err(Error::image(format!(
+                "the image's {name} is not a regular file"
+            )))
+        }
+        Err(e) => return Err(Error::image(format!("the image's {name}: {e}"))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::image(format!("the image's {name}: {e}")))?;
+    if meta.len() > MAX_IDENTITY_FILE {
+        return Err(Error::image(format!(
+            "the image's {name} is larger than {} MiB",
+            MAX_IDENTITY_FILE >> 20
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_IDENTITY_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::image(format!("reading the image's {name}: {e}")))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_identity_files_are_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = read_image_identity_file(&fifo, "/etc/passwd").unwrap_err();
+        assert!(
+            e.message().contains("not a regular file"),
+            "{}",
+            e.message()
+        );
+        let big = dir.path().join("big");
+        fs::File::create(&big).unwrap().set_len(3 << 30).unwrap();
+        let e = read_image_identity_file(&big, "/etc/passwd").unwrap_err();
+        assert!(e.message().contains("larger than"), "{}", e.message());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        assert!(read_image_identity_file(&link, "/etc/passwd").is_err());
+        assert_eq!(
+            read_image_identity_file(&dir.path().join("none"), "/etc/passwd").unwrap(),
+            ""
+        );
+        fs::write(dir.path().join("ok"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        assert!(
+            read_image_identity_file(&dir.path().join("ok"), "/etc/passwd")
+                .unwrap()
+                .starts_with("root:")
+        );
+    }
+
+    #[test]
+    fn parse_bind_specs() {
+        let b = BindMount::parse("/tmp:/data:ro").unwrap();
+        assert_eq!(b.destination, Path::new("/data"));
+        assert!(b.read_only);
+        let b = BindMount::parse("/tmp").unwrap();
+        assert_eq!(b.destination, Path::new("/tmp"));
+        assert!(!b.read_only);
+        assert!(BindMount::parse("/tmp:/x:zz").is_err());
+        assert!(BindMount::parse("/tmp:rel").is_err());
+        let e = BindMount::parse("/no/such/dir:/x").unwrap_err();
+        assert_eq!(e.message(), "bind source /no/such/dir: does not exist");
+    }
+}

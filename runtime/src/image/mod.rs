@@ -1,0 +1,283 @@
+//! The only module that talks to the `sif` crate: opening an image for
+//! running, writing a freshly built image, and summarising one for
+//! `inspect`. Keeping all of it here keeps adjustments to the sif API local.
+
+pub mod pinned;
+pub mod signatures;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::container::env::{parse_env_object, render_env_object};
+use crate::error::{Context, Error, Result};
+
+/// Largest environment object sifrun reads (a sanity bound, not a format limit).
+const MAX_ENV_OBJECT: u64 = 1 << 20;
+
+/// What `sifrun exec` needs from an image.
+#[derive(Debug, Clone)]
+pub struct RunnableImage {
+    /// Path the image was opened from.
+    pub path: PathBuf,
+    /// Absolute file offset of the SquashFS primary partition.
+    pub partition_offset: u64,
+    /// Size of the primary partition in bytes.
+    pub partition_size: u64,
+    /// The image's own environment (all env objects, in descriptor order).
+    pub env: Vec<(String, String)>,
+    /// The definition file the image was built from, if it stores one
+    /// (`sifrun run` falls back to its `%runscript` section).
+    pub deffile: Option<Vec<u8>>,
+    /// Set when the partition is an encrypted SquashFS (a LUKS2 container).
+    pub encryption: Option<Encryption>,
+}
+
+/// What running an encrypted image needs besides its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    /// The PEM `MESSAGE` holding the RSA-wrapped LUKS passphrase (the
+    /// crypto-message object linked to the partition), when the image was
+    /// encrypted to a PEM key; `None` for passphrase images.
+    pub wrapped_key: Option<Vec<u8>>,
+}
+
+/// Largest key object read.
+const MAX_KEY_OBJECT: u64 = 1 << 20;
+
+impl RunnableImage {
+    /// Opens `path` and checks it can be run: a SIF with a SquashFS primary
+    /// partition lying entirely inside the file. Encrypted images are
+    /// refused: their callers must unlock them ([`Self::open_maybe_encrypted`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        let image = Self::open_maybe_encrypted(path)?;
+        if image.encryption.is_some() {
+            return Err(Error::image(format!(
+                "{}: the image is encrypted; this path cannot unlock it (use sifrun exec with --pem-path or --passphrase-file)",
+                path.display()
+            )));
+        }
+        Ok(image)
+    }
+
+    /// Like [`Self::open`], but also accepts an encrypted SquashFS
+    /// partition (LUKS2), recording its key object if it has one.
+    pub fn open_maybe_encrypted(path: &Path) -> Result<Self> {
+        let mut image = open_sif(path)?;
+        let display = path.display();
+        let part = image
+            .primary_partition()
+            .map_err(|e| Error::image(format!("{display}: {}", primary_error(&e))))?
+            .clone();
+        let info = part
+            .partition()
+            .map_err(|e| Error::image(format!("{display}: {e}")))?;
+        let encrypted = info.fs_type == sif::FsType::EncryptedSquashfs;
+        if info.fs_type != sif::FsType::Squashfs && !encrypted {
+            return Err(Error::image(format!(
+                "{display}: unsupported filesystem type {} (only squashfs and encrypted squashfs can be run)",
+                info.fs_type.json_name()
+            )));
+        }
+        let file_len = std::fs::metadata(path)
+            .with_context(|| format!("reading {display}"))?
+            .len();
+        match part.offset.checked_add(part.size) {
+            Some(end) if end <= file_len && part.size > 0 => {}
+            _ => {
+                return Err(Error::image(format!(
+                    "{display}: primary partition (offset {}, size {}) lies outside the file ({file_len} bytes)",
+                    part.offset, part.size
+                )))
+            }
+        }
+        let env_descriptors: Vec<sif::Descriptor> =
+            image.find_by_type(sif::DataType::EnvVar).cloned().collect();
+        let mut env = Vec::new();
+        for d in &env_descriptors {
+            let data = image
+                .read_object(d, MAX_ENV_OBJECT)
+                .map_err(|e| Error::image(format!("{display}: reading environment object: {e}")))?;
+            env.extend(parse_env_object(&data));
+        }
+        let deffile_descriptor = image.find_by_type(sif::DataType::Deffile).next().cloned();
+        let deffile =
+            match deffile_descriptor {
+                Some(d) => Some(image.read_object(&d, MAX_ENV_OBJECT).map_err(|e| {
+                    Error::image(format!("{display}: reading definition file: {e}"))
+                })?),
+                None => None,
+            };
+        let encryption = if encrypted {
+            Some(Encryption {
+                wrapped_key: read_key_object(&mut image, part.id)
+                    .map_err(|e| Error::image(format!("{display}: reading key object: {e}")))?,
+            })
+        } else {
+            None
+        };
+        Ok(RunnableImage {
+            path: path.to_path_buf(),
+            partition_offset: part.offset,
+            partition_size: part.size,
+            env,
+            deffile,
+            encryption,
+        })
+    }
+}
+
+/// The crypto-message object linked to partition `id` holding a PEM
+/// RSA-OAEP message (the first such, as Apptainer looks it up).
+fn read_key_object(
+    image: &mut sif::Image<File>,
+    id: u32,
+) -> std::result::Result<Option<Vec<u8>>, sif::Error> {
+    let found = image
+        .find_by_type(sif::DataType::CryptoMessage)
+        .find(|d| {
+            d.link == sif::Link::Object(id)
+                && d.crypto_message().is_ok_and(|m| {
+                    m.format == sif::CryptoFormat::Pem
+                        && m.message_type == sif::MessageType::RsaOaep
+                })
+        })
+        .cloned();
+    match found {
+        Some(d) => image.read_object(&d, MAX_KEY_OBJECT).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn open_sif(path: &Path) -> Result<sif::Image<File>> {
+    if !path.exists() {
+        return Err(Error::image(format!("image not found: {}", path.display())));
+    }
+    if path.is_dir() {
+        return Err(Error::image(format!(
+            "{} is a directory, not a SIF image",
+            path.display()
+        )));
+    }
+    sif::Image::open(path).map_err(|e| match e {
+        sif::Error::Io(io) => Error::image(format!("cannot read {}: {io}", path.display())),
+        other => Error::image(format!(
+            "{} is not a valid SIF image: {other}",
+            path.display()
+        )),
+    })
+}
+
+fn primary_error(e: &sif::Error) -> String {
+    match e {
+        sif::Error::NoPrimaryPartition => "no primary partition in image".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Metadata objects stored next to the root filesystem by `sifrun build`.
+#[derive(Debug, Clone, Default)]
+pub struct ImageMetadata {
+    /// Definition file contents (object 0x4001).
+    pub deffile: Option<Vec<u8>>,
+    /// Labels (object 0x4003, a JSON object of strings).
+    pub labels: BTreeMap<String, String>,
+    /// The image's own environment (object 0x4002, `NAME=VALUE` lines).
+    pub env: Vec<(String, String)>,
+}
+
+/// Writes a SIF at `dest` holding `squashfs` as the primary partition
+/// (SquashFS/PrimSys/host arch, group 1) plus the metadata objects.
+pub fn write_image(
+    dest: &Path,
+    squashfs: &Path,
+    meta: &ImageMetadata,
+    deterministic: bool,
+) -> Result<()> {
+    write_image_with(dest, squashfs, None, meta, deterministic)
+}
+
+/// How the primary partition of an encrypted image is stored.
+#[derive(Debug, Clone, Default)]
+pub struct EncryptedPartition {
+    /// PEM `MESSAGE` with the wrapped LUKS passphrase (PEM-key images).
+    pub wrapped_key: Option<Vec<u8>>,
+}
+
+/// [`write_image`], or, with `encrypted`, an image whose primary partition
+/// `partition` is a LUKS2 container (file system type "encrypted
+/// squashfs") followed by its key object: a crypto-message (PEM,
+/// RSA-OAEP) linked to the partition and in group 1, so that a group
+/// signature covers it, as Apptainer stores it.
+pub fn write_image_with(
+    dest: &Path,
+    partition: &Path,
+    encrypted: Option<&EncryptedPartition>,
+    meta: &ImageMetadata,
+    deterministic: bool,
+) -> Result<()> {
+    let squashfs = partition;
+    let mut objects = Vec::new();
+    if let Some(def) = &meta.deffile {
+        objects.push(sif::ObjectInput::new(sif::DataType::Deffile, def.clone()));
+    }
+    if !meta.labels.is_empty() {
+        let json = serde_json::to_vec(&meta.labels).context("encoding labels")?;
+        objects.push(sif::ObjectInput::new(sif::DataType::Labels, json));
+    }
+    if !meta.env.is_empty() {
+        objects.push(sif::ObjectInput::new(
+            sif::DataType::EnvVar,
+            render_env_object(&meta.env),
+        ));
+    }
+    let fs_type = if encrypted.is_some() {
+        sif::FsType::EncryptedSquashfs
+    } else {
+        sif::FsType::Squashfs
+    };
+    objects.push(
+        sif::ObjectInput::new(sif::DataType::Partition, squashfs).partition(
+            fs_type,
+            sif::PartType::PrimSys,
+            sif::Arch::host(),
+        ),
+    );
+    // Object IDs are assigned in order from 1: the partition's is its count.
+    let partition_id = objects.len() as u32;
+    if let Some(wrapped) = encrypted.and_then(|e| e.wrapped_key.clone()) {
+        objects.push(
+            sif::ObjectInput::new(sif::DataType::CryptoMessage, wrapped)
+                .link_object(partition_id)
+                .crypto_message(sif::CryptoFormat::Pem, sif::MessageType::RsaOaep),
+        );
+    }
+    let opts = sif::CreateOptions {
+        deterministic,
+        ..Default::default()
+    };
+    sif::create(dest, objects, &opts)
+        .map_err(|e| Error::system(format!("writing {}: {e}", dest.display())))?;
+    Ok(())
+}
+
+/// The `inspect --json` document of `path` ([`sif::json::ImageView`]).
+pub fn summarize(path: &Path) -> Result<sif::json::ImageView> {
+    let image = open_sif(path)?;
+    Ok(sif::json::ImageView::of(
+        &image,
+        &path.display().to_string(),
+    ))
+}
+
+/// siftool-style rendering (header, then object list) from `sif::display`.
+pub fn render_text(path: &Path) -> Result<String> {
+    let image = open_sif(path)?;
+    let mut out = sif::display::render_header(image.header());
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&sif::display::render_list(image.descriptors()));
+    Ok(out)
+}

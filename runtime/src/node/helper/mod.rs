@@ -1,0 +1,643 @@
+//! `sifrun slurm-setup`: build one Slurm step's container on this node.
+//!
+//! Started by the SPANK plugin from inside slurmstepd (as root, with a
+//! cleared environment). The sequence:
+//!
+//! 0. shed the job user's groups and tie this process's life to
+//!    slurmstepd's and to its own deadline (`become_root_only`);
+//! 1. open the image **as the job user** (a file the user cannot read is
+//!    refused; only a regular file, never through a `/proc` magic link),
+//!    and resolve user-named bind sources and the working directory as the
+//!    user too; root only ever uses the resulting descriptors
+//!    (`/proc/self/fd/N`), never the user's paths again;
+//! 2. find the image in the node's cache ([`crate::node::image_cache`]), or attach
+//!    its primary partition to a read-only autoclear loop device and mount
+//!    it `ro,nosuid,nodev` there (and start the cache keeper); with the cache
+//!    off (`--cache-idle-secs 0`) the mount is private to this step instead.
+//!    Under an execution control list, an image the user could still change
+//!    is first copied into the cache entry ([`crate::node::ecl::copy`]) and from
+//!    then on the copy alone is parsed, verified, mounted and read for the
+//!    environment; the list decides before anything is mounted;
+//! 3. in a new mount namespace: build the container root over the image,
+//!    `pivot_root` (this process is now inside);
+//! 4. print one JSON line on stdout, a [`protocol::SetupReport`]:
+//!    `{"ok":true,"env":[[NAME,VALUE],...],"staging":DIR,"cache_lock":FILE}`
+//!    or `{"ok":false,"error":"..."}`;
+//!
+//! Encrypted images (see docs/encryption.md) take another step 2: the key
+//! file (`--key-file`) is opened as the job user, the LUKS2 volume is
+//! unlocked in user space (a wrong key fails here, before any mount), a
+//! forked `crypt-serve` process serves the decrypted SquashFS as one FUSE
+//! file, and a loop device private to this step is attached over it. Such
+//! images never enter the node cache: a decrypted mount is never shared
+//! with a step that did not present the key.
+//!
+//! 5. wait for stdin to close (the plugin has then opened
+//!    `/proc/<pid>/ns/mnt`, which keeps the namespace alive, and taken its
+//!    own shared lock on `cache_lock`, which keeps the image mounted) and
+//!    exit.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::container;
+use crate::container::gpu::{self, DriverList, GpuPlan, GpuSelection};
+use crate::container::identity::{group_entry, Identity};
+use crate::container::loop_device::LoopAttachment;
+use crate::container::mount::mount_squashfs;
+use crate::container::mount::rootfs::{BindMount, ContainerSpec};
+use crate::container::staging::StagingDir;
+use crate::crypt;
+use crate::error::{rename_path, Context};
+use crate::error::{Error, Result};
+use crate::image::RunnableImage;
+use crate::node::credentials::{PathHandle, UserCredentials};
+use crate::node::ecl::copy::{copy_image_objects, CopyLimits, CopyRecord};
+use crate::node::ecl::enforce::{EclCheck, ImageSource};
+use crate::node::image_cache::{
+    record_owner, same_file_identity, CacheKey, CacheLimits, ImageCache, Lease, COPY_FILE,
+    COPY_RECORD,
+};
+
+pub mod protocol;
+
+use protocol::SetupReport;
+
+/// What the plugin asks for (all of it already validated by the plugin,
+/// checked again here because this is a root program), as the helper uses
+/// it; it arrives as [`protocol::SetupArgs`].
+#[derive(Debug, Clone, Default)]
+pub struct SetupOptions {
+    pub image: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The job's working directory (bound at the same path).
+    pub cwd: Option<PathBuf>,
+    /// Binds named by the job user: resolved with the user's credentials.
+    pub binds: Vec<String>,
+    /// Binds from the admin's configuration: trusted.
+    pub admin_binds: Vec<String>,
+    /// Node directories the step needs (PMIx rendezvous), chosen by the
+    /// plugin from slurm.conf but bound for the job user's sake: resolved
+    /// with the user's credentials, so they show nothing the user could
+    /// not reach on the node.
+    pub step_binds: Vec<String>,
+    /// Must exist inside the container.
+    pub workdir: Option<PathBuf>,
+    pub mount_home: bool,
+    pub writable_tmpfs: bool,
+    /// Node-local state directory (admin config `state_dir`).
+    pub state_dir: PathBuf,
+    /// Seconds a cached image stays mounted once unused; 0 turns the cache
+    /// off (every step mounts its own copy) unless an ECL applies.
+    pub cache_idle_secs: u64,
+    /// Site ECL file (admin config `ecl_config`); with it, `job_id` and
+    /// `restart_count` name the job whose partition decides the list.
+    pub ecl_config: Option<PathBuf>,
+    pub job_id: Option<u32>,
+    pub restart_count: u32,
+    /// The step's GPUs on this node (Slurm's `SLURM_STEP_GPUS`).
+    pub gpus: Vec<u32>,
+    /// Bind the host GPU driver's libraries and tools with the GPUs.
+    pub gpu_driver: bool,
+    /// Admin's nvliblist.conf-style list (`None`: built-in list).
+    pub gpu_list: Option<PathBuf>,
+    /// Bind the node's InfiniBand/RDMA devices.
+    pub rdma: bool,
+    /// Key of an encrypted image (PEM private key or passphrase file),
+    /// named by the job user: opened with the user's credentials. Ignored
+    /// for images that are not encrypted.
+    pub key_file: Option<PathBuf>,
+    /// Under an ECL, the largest image copied for verification (MiB, 0:
+    /// free space only) and all copies one user may hold (MiB, 0: no share).
+    pub copy_limit_mib: u64,
+    pub copy_quota_mib: u64,
+    /// The helper's own deadline in seconds (0: none): it must not outlive
+    /// the plugin's wait, whatever it is blocked on.
+    pub timeout_secs: u64,
+    /// Images the node cache keeps mounted, in all and first mounted for
+    /// one user (0: no limit); see [`ImageCache::make_room`].
+    pub cache_limits: CacheLimits,
+}
+
+/// Runs the whole sequence and returns the process exit status.
+pub fn run(opts: &SetupOptions) -> i32 {
+    let mut stdout = std::io::stdout().lock();
+    match become_root_only(opts.timeout_secs).and_then(|()| setup(opts)) {
+        Ok(ready) => {
+            let report = SetupReport {
+                ok: true,
+                error: None,
+                env: ready.env.clone(),
+                staging: Some(ready.staging.display().to_string()),
+                cache_lock: ready
+                    .lease
+                    .as_ref()
+                    .map(|l| l.lock_path().display().to_string()),
+                env_append: ready.env_append.clone(),
+            };
+            if write_report(&mut stdout, &report).is_err() {
+                return 1;
+            }
+            // Bounded by the plugin: it closes our stdin right after opening
+            // the namespace and locking the cache entry, or dies, which
+            // closes it too. Our lease (if any) is held until then.
+            let mut sink = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            drop(ready);
+            0
+        }
+        Err(e) => {
+            let _ = write_report(&mut stdout, &SetupReport::failed(e.message()));
+            1
+        }
+    }
+}
+
+/// Sheds what this root process inherited from slurmstepd that it must
+/// not have: the job user's group IDs (files it creates would belong to
+/// the user's group, and group permissions would apply to root's reads),
+/// and a life of its own. It dies with its parent (`PR_SET_PDEATHSIG`: a
+/// killed slurmstepd cannot leave it holding a cache entry and the job in
+/// completing state) and at its own deadline (`alarm`), whatever it is
+/// blocked on. Neither is inherited by the processes it starts (the cache
+/// keeper, the FUSE server of an encrypted image outlive it on purpose).
+fn become_root_only(timeout_secs: u64) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::usage("sifrun slurm-setup must run as root"));
+    }
+    let root = nix::unistd::Gid::from_raw(0);
+    nix::unistd::setgroups(&[]).context("dropping the job user's groups")?;
+    nix::unistd::setresgid(root, root, root).context("setting root's group ID")?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("PR_SET_PDEATHSIG")?;
+    if nix::unistd::getppid().as_raw() == 1 {
+        // The parent died before the line above took effect.
+        return Err(Error::system("slurmstepd is gone"));
+    }
+    if timeout_secs > 0 {
+        let secs = u32::try_from(timeout_secs).unwrap_or(u32::MAX);
+        // SAFETY: alarm(2) has no memory effects; SIGALRM's default action
+        // ends the process.
+        unsafe { libc::alarm(secs) };
+    }
+    Ok(())
+}
+
+fn write_report(out: &mut impl Write, report: &SetupReport) -> std::io::Result<()> {
+    writeln!(out, "{}", report.to_line())?;
+    out.flush()
+}
+
+struct Ready {
+    env: Vec<(String, String)>,
+    env_append: Vec<(String, String)>,
+    staging: PathBuf,
+    /// Keeps the cached image mounted until the plugin holds its own lock.
+    lease: Option<Lease>,
+}
+
+/// What [`build_in_new_namespace`] leaves for the report.
+struct Built {
+    /// Host staging directory (the plugin removes it).
+    staging: PathBuf,
+    /// Environment additions for the GPU driver files bound.
+    env_append: Vec<(String, String)>,
+}
+
+/// The setup proper; [`run`] has made this process root-only first.
+fn setup(opts: &SetupOptions) -> Result<Ready> {
+    let user = UserCredentials {
+        uid: opts.uid,
+        gid: opts.gid,
+        groups: opts.groups.clone(),
+    };
+
+    let image_file = user.open_file(&opts.image)?;
+    let image_fd_path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&image_file)
+    ));
+    let image = RunnableImage::open_maybe_encrypted(&image_fd_path)
+        .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+
+    let mut identity = Identity::lookup(&opts.uid.to_string())?;
+    identity.gid = opts.gid;
+    if !opts.groups.is_empty() {
+        identity.groups = opts
+            .groups
+            .iter()
+            .map(|g| group_entry(nix::unistd::Gid::from_raw(*g)))
+            .collect();
+    }
+
+    let ecl = match (&opts.ecl_config, opts.job_id) {
+        (Some(config), Some(job)) => {
+            EclCheck::for_job(config, job, opts.restart_count, opts.uid, &opts.state_dir)?
+        }
+        (Some(_), None) => return Err(Error::usage("--ecl-config needs --job-id")),
+        _ => None,
+    };
+    if image.encryption.is_some() {
+        if ecl.is_some() {
+            return Err(Error::image(format!(
+                "{}: encrypted images cannot run under an execution control list yet",
+                opts.image.display()
+            )));
+        }
+        let device = unlock_encrypted(opts, &user, &image, &image_fd_path)?;
+        return setup_uncached(opts, &user, identity, image, device);
+    }
+    if ecl.is_none() && opts.cache_idle_secs == 0 {
+        let device =
+            LoopAttachment::attach(&image_fd_path, image.partition_offset, image.partition_size)
+                .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+        return setup_uncached(opts, &user, identity, image, device);
+    }
+    setup_cached(opts, &user, identity, &image_file, image, ecl)
+}
+
+/// The usual path: the image mounted once per node in the cache
+/// ([`ImageCache`]), checked against the partition's list (if any) before
+/// anything of it is mounted, and bound as the lower layer of the step's
+/// root.
+fn setup_cached(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    identity: Identity,
+    image_file: &std::fs::File,
+    image: RunnableImage,
+    ecl: Option<EclCheck>,
+) -> Result<Ready> {
+    let image_fd_path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(image_file)
+    ));
+    // Under an ECL, bytes the user could still change are copied first
+    // (see ecl::enforce and ecl::copy): from then on the copy alone says
+    // what is verified, mounted and applied.
+    let source = match &ecl {
+        Some(_) => ImageSource::for_checked_image(
+            &image_file.metadata().context("reading image metadata")?,
+        ),
+        None => ImageSource::File,
+    };
+    // The real directory of the opened file, for the list's dirpath rules:
+    // established in this process's own mount namespace, never from a name
+    // the user's namespace gave the file (empty: no directory rule applies).
+    // Only a list has directory rules: no work for steps without one.
+    let image_dir = match &ecl {
+        Some(_) => crate::node::credentials::real_parent_dir(image_file).unwrap_or_default(),
+        None => PathBuf::new(),
+    };
+    let backing = |entry: &Path| match source {
+        ImageSource::File => image_fd_path.clone(),
+        ImageSource::Copy => entry.join(COPY_FILE),
+    };
+    let enforce = |entry: &Path| -> Result<()> {
+        let Some(check) = &ecl else { return Ok(()) };
+        let verdict = check.check(&backing(entry), &image_dir, Some(entry))?;
+        // The slurmd log gets everything (the plugin logs our stderr).
+        eprintln!(
+            "sifrun slurm-setup: ECL verdict for {}: {}",
+            opts.image.display(),
+            serde_json::to_string(&verdict).unwrap_or_default()
+        );
+        if verdict.decision.allowed {
+            Ok(())
+        } else {
+            Err(Error::image(format!(
+                "{}: {}",
+                opts.image.display(),
+                verdict.refusal()
+            )))
+        }
+    };
+
+    let cache = ImageCache::open(&opts.state_dir)?;
+    let key = match source {
+        // Offsets from the live file mean nothing for a copy: the key is
+        // the file's identity (and never shared while it is racy).
+        ImageSource::Copy => {
+            CacheKey::for_copy(image_file, std::time::SystemTime::now(), source.tag())?
+        }
+        ImageSource::File => CacheKey::for_partition(
+            image_file,
+            image.partition_offset,
+            image.partition_size,
+            source.tag(),
+        )?,
+    };
+    let lease = cache
+        .acquire(&key, |dir| {
+            let entry = dir.parent().unwrap_or(dir);
+            let result = (|| {
+                // Before any work: one user cannot pin the node's memory
+                // with thousands of mounted images.
+                cache.make_room(opts.uid, &opts.cache_limits)?;
+                if source == ImageSource::Copy {
+                    copy_for_verification(opts, &cache, image_file, entry)?;
+                }
+                // Nothing of the image is mounted before the list allows it.
+                enforce(entry)?;
+                // Where the partition is: for a copy, read again from the
+                // copy (never from the live file); a file that cannot change
+                // (or runs under no list) was read once, and the key says so.
+                let (offset, size) = match source {
+                    ImageSource::File => (image.partition_offset, image.partition_size),
+                    ImageSource::Copy => {
+                        let copy = RunnableImage::open(&backing(entry))
+                            .map_err(|e| rename_path(e, &backing(entry), &opts.image))?;
+                        (copy.partition_offset, copy.partition_size)
+                    }
+                };
+                let device = LoopAttachment::attach(&backing(entry), offset, size)?;
+                // On success the mount holds the device (autoclear detaches
+                // it with the last unmount); on failure nothing holds it.
+                mount_squashfs(device.path(), dir).inspect_err(|_| {
+                    let _ = device.detach();
+                })?;
+                record_owner(entry, opts.uid)
+            })();
+            if result.is_err() && source == ImageSource::Copy {
+                let _ = std::fs::remove_file(backing(entry));
+                let _ = std::fs::remove_file(entry.join(COPY_RECORD));
+            }
+            result
+        })
+        .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+    if lease.mounted_now {
+        // This step's list already decided, inside the mount function.
+        start_keeper(opts);
+    } else {
+        // Already mounted (by another step, maybe under another
+        // partition's list or none): this step's list decides too, from
+        // the node's record of the verified bytes when there is one.
+        enforce(lease.entry_dir()).map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+    }
+    // The image's environment from the same bytes as what runs.
+    let env = match source {
+        ImageSource::File => image.env,
+        ImageSource::Copy => {
+            RunnableImage::open(&backing(lease.entry_dir()))
+                .map_err(|e| rename_path(e, &backing(lease.entry_dir()), &opts.image))?
+                .env
+        }
+    };
+    let built = build_in_new_namespace(
+        opts,
+        user,
+        identity,
+        container::ImageSource::Mounted(&lease.mount_dir()),
+    )?;
+    Ok(Ready {
+        env,
+        env_append: built.env_append,
+        staging: built.staging,
+        lease: Some(lease),
+    })
+}
+
+/// Copies what verification covers of the user's `image_file` into the
+/// cache `entry` (root-only), within the node's limits, and refuses a copy
+/// of a file that changed while it was read.
+fn copy_for_verification(
+    opts: &SetupOptions,
+    cache: &ImageCache,
+    image_file: &std::fs::File,
+    entry: &Path,
+) -> Result<()> {
+    let before = image_file.metadata().context("reading image metadata")?;
+    let limits = CopyLimits {
+        per_image: opts.copy_limit_mib << 20,
+        per_user: opts.copy_quota_mib << 20,
+        used_by_user: cache.copies_held_by(opts.uid),
+    };
+    let bytes = copy_image_objects(image_file, &opts.image, &entry.join(COPY_FILE), &limits)?;
+    let after = image_file.metadata().context("reading image metadata")?;
+    if !same_file_identity(&before, &after) {
+        return Err(Error::image(format!(
+            "{}: the image changed while it was being copied for verification; try again once it is no longer being written",
+            opts.image.display()
+        )));
+    }
+    let record = serde_json::to_vec(&CopyRecord {
+        uid: opts.uid,
+        bytes,
+    })
+    .map_err(|e| Error::system(e.to_string()))?;
+    std::fs::write(entry.join(COPY_RECORD), record).context("recording the image copy")
+}
+
+/// The key of an encrypted image, opened and read as the job user.
+fn unlock_encrypted(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    image: &RunnableImage,
+    image_fd_path: &Path,
+) -> Result<LoopAttachment> {
+    let Some(enc) = &image.encryption else {
+        return Err(Error::image("not an encrypted image"));
+    };
+    let Some(key_path) = &opts.key_file else {
+        return Err(Error::usage(format!(
+            "{}: the image is encrypted: give its key with --container-key-file=FILE (PEM private key or passphrase file)",
+            opts.image.display()
+        )));
+    };
+    if !opts.state_dir.is_absolute() {
+        return Err(Error::usage("--state-dir must be an absolute path"));
+    }
+    // As the user: a key the user cannot read is refused like an image.
+    let mut key_file = user
+        .open_file(key_path)
+        .map_err(|e| Error::usage(format!("--container-key-file {}", e.message())))?;
+    let passphrase =
+        crypt::key::passphrase_from_key_file(&mut key_file, key_path, enc.wrapped_key.as_deref())?;
+    drop(key_file);
+    // The key is checked here, in user space, before anything is mounted.
+    let volume = crypt::open_volume(image, &passphrase)
+        .map_err(|e| rename_path(e, image_fd_path, &opts.image))?;
+    drop(passphrase);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.state_dir)
+        .with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    let size = volume.size();
+    // Forked before this process leaves the host's mount namespace; the
+    // server holds only the connection and the key, and exits once the
+    // loop device lets the file go (see fuse_file::mount_and_fork_server).
+    // The server lives no longer than our parent, slurmstepd: the step.
+    let step = crate::pidfd::PidFd::parent()
+        .map_err(|e| Error::system(format!("a handle on the step's process: {e}")))?;
+    let mounted = crypt::fuse_file::mount_and_fork_server(volume, &opts.state_dir, step)?;
+    let device = LoopAttachment::attach(&mounted.file(), 0, size);
+    // The loop device holds the file; the mount leaves every mount table.
+    mounted.detach();
+    device
+}
+
+/// The cache is off, or the image is encrypted: this step mounts its own
+/// `device`, which lives and dies with its namespace.
+fn setup_uncached(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    identity: Identity,
+    image: RunnableImage,
+    device: LoopAttachment,
+) -> Result<Ready> {
+    // From here on this process is in its own mount namespace: paths are
+    // resolved (as the user) in it, so bind sources belong to it (the kernel
+    // refuses to bind a mount of another namespace). On any error the
+    // process exits, the namespace dies, and the device is detached.
+    let result = build_in_new_namespace(
+        opts,
+        user,
+        identity,
+        container::ImageSource::Device(device.path()),
+    );
+    match result {
+        Ok(built) => {
+            // Our mount holds the device now; autoclear detaches it with
+            // the namespace.
+            drop(device);
+            Ok(Ready {
+                env: image.env,
+                env_append: built.env_append,
+                staging: built.staging,
+                lease: None,
+            })
+        }
+        Err(e) => {
+            let _ = device.detach();
+            Err(e)
+        }
+    }
+}
+
+/// Starts `sifrun cache keeper` for the node (it exits at once if one is
+/// already running). It must start here, before we leave the node's mount
+/// namespace, because it unmounts entries there. A failure only means the
+/// image stays mounted until the next keeper runs, so it is not fatal.
+fn start_keeper(opts: &SetupOptions) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let status = std::process::Command::new(exe)
+        .args(["cache", "keeper", "--detach", "--idle-secs"])
+        .arg(opts.cache_idle_secs.to_string())
+        .arg("--state-dir")
+        .arg(&opts.state_dir)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(e) = status {
+        eprintln!("sifrun slurm-setup: cannot start the cache keeper: {e}");
+    }
+}
+
+/// Everything after the image is available: resolve the user's paths with
+/// the job user's permissions, then build the container over `image`
+/// ([`container::create`]) and pivot into it. Returns the host staging
+/// directory.
+fn build_in_new_namespace(
+    opts: &SetupOptions,
+    user: &UserCredentials,
+    identity: Identity,
+    image: container::ImageSource,
+) -> Result<Built> {
+    if !opts.state_dir.is_absolute() {
+        return Err(Error::usage("--state-dir must be an absolute path"));
+    }
+    let staging = StagingDir::create_in(&opts.state_dir)?;
+
+    // Handles must stay open until the binds are made (they are the sources).
+    let mut handles: Vec<PathHandle> = Vec::new();
+    let mut binds = Vec::new();
+    let as_user = [
+        (&opts.binds, "--container-mounts"),
+        (&opts.step_binds, "the step's PMIx directory"),
+    ];
+    for (specs, what) in as_user {
+        for spec in specs {
+            let mut bind = BindMount::parse_unresolved(spec)?;
+            let handle = user
+                .open_path(&bind.source)
+                .map_err(|e| Error::usage(format!("{what} {spec}: {}", e.message())))?;
+            bind.source = handle.proc_path();
+            handles.push(handle);
+            binds.push(bind);
+        }
+    }
+    for spec in &opts.admin_binds {
+        binds.push(BindMount::parse(spec)?);
+    }
+
+    let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
+    let gpu = gpu_plan(opts)?;
+    let env_append = gpu.env_append();
+    spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
+    spec.host_files = gpu.files;
+    spec.mount_home = opts.mount_home;
+    spec.binds = binds;
+    spec.writable_tmpfs = opts.writable_tmpfs;
+    if let Some(cwd) = &opts.cwd {
+        // An unreachable cwd is not fatal: Slurm falls back to /tmp, as it
+        // does outside containers.
+        if let Ok(handle) = user.open_path(cwd) {
+            spec.cwd = Some(handle.canonical.clone());
+            spec.cwd_source = Some(handle.proc_path());
+            handles.push(handle);
+        }
+    }
+
+    container::create(&spec, image)?;
+    drop(handles);
+
+    if let Some(dir) = &opts.workdir {
+        // We are inside the container root now, whose /proc is the host's
+        // PID namespace: checked as the job user, never through /proc
+        // links, so the answer says nothing about the host's files.
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let found = user.run_as(|| crate::node::credentials::open_no_magiclinks(dir, flags))?;
+        if found.is_err() {
+            return Err(Error::usage(format!(
+                "--container-workdir {}: no such directory in the image",
+                dir.display()
+            )));
+        }
+    }
+
+    let staging_path = staging.path().to_path_buf();
+    // The staging directory lives in the host's namespace; we are no longer
+    // there, so the plugin removes it (dropping here would look for it in
+    // the container).
+    std::mem::forget(staging);
+    Ok(Built {
+        staging: staging_path,
+        env_append,
+    })
+}
+
+/// The GPU (and RDMA) passthrough for this step: Slurm's allocation,
+/// the admin's driver list (read only for a step that has GPUs).
+fn gpu_plan(opts: &SetupOptions) -> Result<GpuPlan> {
+    let list = match &opts.gpu_list {
+        _ if opts.gpus.is_empty() || !opts.gpu_driver => None,
+        Some(path) => {
+            crate::node::trusted::check_config_file(path)
+                .map_err(|reason| Error::usage(format!("GPU list {}: {reason}", path.display())))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading GPU list {}", path.display()))?;
+            Some(DriverList::parse(&text))
+        }
+        None => Some(DriverList::default()),
+    };
+    let selection = GpuSelection::Numbers(opts.gpus.clone());
+    Ok(gpu::passthrough(&selection, list.as_ref(), opts.rdma))
+}

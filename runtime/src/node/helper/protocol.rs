@@ -1,0 +1,379 @@
+//! The one contract between the SPANK plugin and `sifrun slurm-setup`,
+//! written once for both ends:
+//!
+//! * the request is the helper's command line: the plugin fills a
+//!   [`SetupArgs`] and renders it with [`SetupArgs::to_args`], the helper
+//!   parses the same struct with clap (`sifrun slurm-setup --help` lists
+//!   it); a round-trip test keeps the two in step;
+//! * the answer is one [`SetupReport`] as a JSON line on the helper's
+//!   stdout, serialized and read by the same struct.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::SetupOptions;
+
+/// Defaults of `--cache-idle-secs` and the cache limits, as clap applies
+/// them, [`SetupArgs::new`] starts from and the plugin's configuration
+/// (`cache_idle_secs`, `cache_max_images`, `cache_max_images_per_user`)
+/// takes when the admin sets none. `--state-dir` defaults to
+/// [`crate::container::staging::STAGING_BASE`].
+pub const DEFAULT_CACHE_IDLE_SECS: u64 = 300;
+pub const DEFAULT_CACHE_MAX_IMAGES: usize = 512;
+pub const DEFAULT_CACHE_MAX_IMAGES_PER_USER: usize = 64;
+
+/// The request: what one step's container needs on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct SetupArgs {
+    /// Job user ID.
+    #[arg(long)]
+    pub uid: u32,
+    /// Job primary group ID.
+    #[arg(long)]
+    pub gid: u32,
+    /// Job supplementary group IDs, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<u32>,
+    /// Job working directory (bound at the same path if the user can reach it).
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// User bind `SRC[:DST[:ro]]` (resolved with the job user's credentials).
+    #[arg(long = "bind", value_name = "SPEC")]
+    pub binds: Vec<String>,
+    /// Admin bind `SRC[:DST[:ro]]` from the plugin configuration.
+    #[arg(long = "admin-bind", value_name = "SPEC")]
+    pub admin_binds: Vec<String>,
+    /// Node directory the step needs (PMIx), `SRC[:DST[:ro]]`, resolved with
+    /// the job user's credentials.
+    #[arg(long = "step-bind", value_name = "SPEC")]
+    pub step_binds: Vec<String>,
+    /// Directory that must exist inside the container.
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Do not bind the user's home directory.
+    #[arg(long)]
+    pub no_home: bool,
+    /// Writable root (changes kept in memory).
+    #[arg(long)]
+    pub writable_tmpfs: bool,
+    /// Node-local state directory (staging mount points live here).
+    #[arg(long, default_value = crate::container::staging::STAGING_BASE)]
+    pub state_dir: PathBuf,
+    /// Keep the image mounted in the node cache for this many idle seconds
+    /// (0: no cache, the step mounts its own copy).
+    #[arg(long, default_value_t = DEFAULT_CACHE_IDLE_SECS)]
+    pub cache_idle_secs: u64,
+    /// Site ECL file: the job's partition decides which list applies.
+    #[arg(long, value_name = "FILE", requires = "job_id")]
+    pub ecl_config: Option<PathBuf>,
+    /// The job (its partition is asked from slurmctld).
+    #[arg(long)]
+    pub job_id: Option<u32>,
+    /// The job's restart count (a requeued job may change partition).
+    #[arg(long, default_value_t = 0)]
+    pub restart_count: u32,
+    /// The step's GPUs on this node (Slurm's SLURM_STEP_GPUS numbers).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub gpus: Vec<u32>,
+    /// Do not bind the host GPU driver's libraries and tools.
+    #[arg(long)]
+    pub no_gpu_driver: bool,
+    /// Driver file list in nvliblist.conf format (root-owned).
+    #[arg(long, value_name = "FILE")]
+    pub gpu_list: Option<PathBuf>,
+    /// Bind the node's InfiniBand/RDMA devices (/dev/infiniband/*).
+    #[arg(long)]
+    pub rdma: bool,
+    /// Key of an encrypted image (PEM private key or passphrase file),
+    /// opened with the job user's credentials.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Under an ECL: largest image (its objects) copied for verification,
+    /// in MiB (0: only free space limits it).
+    #[arg(long, default_value_t = 0, value_name = "MIB")]
+    pub copy_limit_mib: u64,
+    /// Under an ECL: all copies one user may hold on the node, in MiB (0:
+    /// no share).
+    #[arg(long, default_value_t = 0, value_name = "MIB")]
+    pub copy_quota_mib: u64,
+    /// Give up (the process kills itself) after this many seconds (0: never).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub timeout_secs: u64,
+    /// Images the node cache keeps mounted (0: no limit).
+    #[arg(long, default_value_t = DEFAULT_CACHE_MAX_IMAGES, value_name = "N")]
+    pub cache_max_images: usize,
+    /// Images the node cache keeps mounted for one user (0: no limit).
+    #[arg(long, default_value_t = DEFAULT_CACHE_MAX_IMAGES_PER_USER, value_name = "N")]
+    pub cache_max_images_per_user: usize,
+    /// The SIF image.
+    pub image: PathBuf,
+}
+
+impl SetupArgs {
+    /// A request for `image` as user `uid`/`gid` with every other field at
+    /// its command-line default.
+    pub fn new(image: PathBuf, uid: u32, gid: u32) -> Self {
+        SetupArgs {
+            uid,
+            gid,
+            groups: Vec::new(),
+            cwd: None,
+            binds: Vec::new(),
+            admin_binds: Vec::new(),
+            step_binds: Vec::new(),
+            workdir: None,
+            no_home: false,
+            writable_tmpfs: false,
+            state_dir: PathBuf::from(crate::container::staging::STAGING_BASE),
+            cache_idle_secs: DEFAULT_CACHE_IDLE_SECS,
+            ecl_config: None,
+            job_id: None,
+            restart_count: 0,
+            gpus: Vec::new(),
+            no_gpu_driver: false,
+            gpu_list: None,
+            rdma: false,
+            key_file: None,
+            copy_limit_mib: 0,
+            copy_quota_mib: 0,
+            timeout_secs: 0,
+            cache_max_images: DEFAULT_CACHE_MAX_IMAGES,
+            cache_max_images_per_user: DEFAULT_CACHE_MAX_IMAGES_PER_USER,
+            image,
+        }
+    }
+
+    /// The helper's argument vector (after the program name): every value
+    /// as `--name=value`, so that no value is ever taken for an option, and
+    /// the image after `--`.
+    pub fn to_args(&self) -> Vec<String> {
+        fn list<T: ToString>(items: &[T]) -> String {
+            items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+        }
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut args = vec![
+            "slurm-setup".to_string(),
+            format!("--uid={}", self.uid),
+            format!("--gid={}", self.gid),
+        ];
+        let mut opt = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.push(format!("--{name}={v}"));
+            }
+        };
+        opt(
+            "groups",
+            (!self.groups.is_empty()).then(|| list(&self.groups)),
+        );
+        opt("cwd", self.cwd.as_ref().map(path));
+        for b in &self.binds {
+            opt("bind", Some(b.clone()));
+        }
+        for b in &self.admin_binds {
+            opt("admin-bind", Some(b.clone()));
+        }
+        for b in &self.step_binds {
+            opt("step-bind", Some(b.clone()));
+        }
+        opt("workdir", self.workdir.as_ref().map(path));
+        opt("state-dir", Some(path(&self.state_dir)));
+        opt("cache-idle-secs", Some(self.cache_idle_secs.to_string()));
+        opt("cache-max-images", Some(self.cache_max_images.to_string()));
+        opt(
+            "cache-max-images-per-user",
+            Some(self.cache_max_images_per_user.to_string()),
+        );
+        opt("ecl-config", self.ecl_config.as_ref().map(path));
+        opt("job-id", self.job_id.map(|j| j.to_string()));
+        opt("restart-count", Some(self.restart_count.to_string()));
+        opt("copy-limit-mib", Some(self.copy_limit_mib.to_string()));
+        opt("copy-quota-mib", Some(self.copy_quota_mib.to_string()));
+        opt("timeout-secs", Some(self.timeout_secs.to_string()));
+        opt("gpus", (!self.gpus.is_empty()).then(|| list(&self.gpus)));
+        opt("gpu-list", self.gpu_list.as_ref().map(path));
+        opt("key-file", self.key_file.as_ref().map(path));
+        for (flag, set) in [
+            ("--no-home", self.no_home),
+            ("--writable-tmpfs", self.writable_tmpfs),
+            ("--no-gpu-driver", self.no_gpu_driver),
+            ("--rdma", self.rdma),
+        ] {
+            if set {
+                args.push(flag.to_string());
+            }
+        }
+        args.push("--".to_string());
+        args.push(path(&self.image));
+        args
+    }
+}
+
+impl From<SetupArgs> for SetupOptions {
+    fn from(a: SetupArgs) -> Self {
+        Self {
+            image: a.image,
+            uid: a.uid,
+            gid: a.gid,
+            groups: a.groups,
+            cwd: a.cwd,
+            binds: a.binds,
+            admin_binds: a.admin_binds,
+            step_binds: a.step_binds,
+            workdir: a.workdir,
+            mount_home: !a.no_home,
+            writable_tmpfs: a.writable_tmpfs,
+            state_dir: a.state_dir,
+            cache_idle_secs: a.cache_idle_secs,
+            ecl_config: a.ecl_config,
+            job_id: a.job_id,
+            restart_count: a.restart_count,
+            gpus: a.gpus,
+            gpu_driver: !a.no_gpu_driver,
+            gpu_list: a.gpu_list,
+            rdma: a.rdma,
+            key_file: a.key_file,
+            copy_limit_mib: a.copy_limit_mib,
+            copy_quota_mib: a.copy_quota_mib,
+            timeout_secs: a.timeout_secs,
+            cache_limits: crate::node::image_cache::CacheLimits {
+                per_node: a.cache_max_images,
+                per_user: a.cache_max_images_per_user,
+            },
+        }
+    }
+}
+
+/// The answer: one JSON line on the helper's stdout once the container
+/// root is ready (`ok`), or why not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupReport {
+    pub ok: bool,
+    /// One line for the user's srun, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The image's environment, applied to each task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// Empty host directory the helper used as a mount point; the plugin
+    /// removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<String>,
+    /// Lock file of the node cache entry the container uses: the plugin
+    /// holds a shared lock on it for the step's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_lock: Option<String>,
+    /// `(variable, directory)` to append to each task's environment
+    /// (driver libraries on `LD_LIBRARY_PATH`, tools on `PATH`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_append: Vec<(String, String)>,
+}
+
+/// Longest report line the plugin reads.
+pub const MAX_REPORT_LINE: u64 = 1 << 20;
+
+impl SetupReport {
+    /// A failure report.
+    pub fn failed(error: impl Into<String>) -> Self {
+        SetupReport {
+            ok: false,
+            error: Some(error.into()),
+            ..SetupReport::default()
+        }
+    }
+
+    /// The report as one line (no newline).
+    pub fn to_line(&self) -> String {
+        // Strings and pairs of strings only: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"ok":false}"#.to_string())
+    }
+
+    /// Reads a report line.
+    pub fn from_line(line: &str) -> Result<Self, String> {
+        serde_json::from_str(line.trim())
+            .map_err(|e| format!("unreadable helper report {line:?}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Helper {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Command {
+        SlurmSetup(SetupArgs),
+    }
+
+    fn parse(args: &[String]) -> SetupArgs {
+        let argv = std::iter::once("sifrun".to_string()).chain(args.iter().cloned());
+        match Helper::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .command
+        {
+            Command::SlurmSetup(a) => a,
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_command_line_defaults() {
+        let minimal = ["slurm-setup", "--uid", "1", "--gid", "2", "/i.sif"].map(String::from);
+        assert_eq!(parse(&minimal), SetupArgs::new("/i.sif".into(), 1, 2));
+    }
+
+    #[test]
+    fn every_field_survives_the_round_trip() {
+        let mut a = SetupArgs::new("-odd image.sif".into(), 1001, 1002);
+        a.groups = vec![1002, 27];
+        a.cwd = Some("/home/u dir".into());
+        a.binds = vec!["/data:/in:ro".into(), "-x:/y".into()];
+        a.admin_binds = vec!["/etc/hosts:/etc/hosts:ro".into()];
+        a.step_binds = vec!["/var/spool/slurmd:/var/spool/slurmd".into()];
+        a.workdir = Some("/in".into());
+        a.no_home = true;
+        a.writable_tmpfs = true;
+        a.state_dir = "/run/other".into();
+        a.cache_idle_secs = 7;
+        a.ecl_config = Some("/etc/slurm/ecl.toml".into());
+        a.job_id = Some(42);
+        a.restart_count = 3;
+        a.gpus = vec![0, 1];
+        a.no_gpu_driver = true;
+        a.gpu_list = Some("/etc/nvliblist.conf".into());
+        a.rdma = true;
+        a.key_file = Some("/home/u/key.pem".into());
+        a.copy_limit_mib = 64;
+        a.copy_quota_mib = 128;
+        a.timeout_secs = 125;
+        a.cache_max_images = 9;
+        a.cache_max_images_per_user = 4;
+        assert_eq!(parse(&a.to_args()), a);
+    }
+
+    #[test]
+    fn reports_round_trip_and_stay_small() {
+        let ready = SetupReport {
+            ok: true,
+            env: vec![("PATH".into(), "/opt/bin".into())],
+            staging: Some("/run/sifrun/.stage-1".into()),
+            cache_lock: Some("/run/sifrun/images/k/lock".into()),
+            env_append: vec![("LD_LIBRARY_PATH".into(), "/.sifrun/gpu/lib".into())],
+            ..SetupReport::default()
+        };
+        assert_eq!(SetupReport::from_line(&ready.to_line()).unwrap(), ready);
+        let failed = SetupReport::failed("/img/a.sif: permission denied");
+        assert_eq!(
+            failed.to_line(),
+            r#"{"ok":false,"error":"/img/a.sif: permission denied"}"#
+        );
+        assert_eq!(SetupReport::from_line(&failed.to_line()).unwrap(), failed);
+        assert!(SetupReport::from_line("not json").is_err());
+    }
+}

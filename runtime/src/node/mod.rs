@@ -1,0 +1,17 @@
+//! What runs as root on a Slurm node, on behalf of every job: the helper
+//! the SPANK plugin starts for each step ([`helper`]), the node-wide cache
+//! of mounted images ([`image_cache`]), opening user-named paths with the
+//! job user's permissions ([`credentials`]), the execution control list
+//! ([`ecl`]), checks on the files root trusts ([`trusted`]) and ending a
+//! step's leftover processes ([`namespace_sweep`]).
+//!
+//! Everything here trusts nothing the job user controls: paths are opened
+//! as the user, images are copied or pinned before they are judged, and
+//! every configuration file must be root's.
+
+pub mod credentials;
+pub mod ecl;
+pub mod helper;
+pub mod image_cache;
+pub mod namespace_sweep;
+pub mod trusted;
