@@ -1,10 +1,10 @@
 # shellcheck shell=bash
-# The attacks of a hostile cluster user on the plugin (issue 13), each as the
-# unprivileged test user on the real cluster. Sourced by
-# tests/run-cluster-tests after its ECL section: it uses that file's helpers
-# (run, check, secure, refused, as_user, settled, node_mounts,
-# slurmd_pid_of), its images and keys, and the race images under $RACE.
+# Cluster tests, area "hostile" (run: tests/cluster/run hostile).
+# The attacks of a hostile cluster user on the plugin (issues 13 and 23),
+# each as the unprivileged test user on the real cluster.
 # Every check here failed before its fix.
+
+race_images
 
 # Runs "$@" inside node1's mount namespace (its private /run/sifrun).
 on_node1() { nsenter -t "$(slurmd_pid_of node1)" -m "$@"; }

@@ -1,0 +1,59 @@
+# shellcheck shell=bash
+# Cluster tests, area "run" (run: tests/cluster/run run).
+# What a user sees: srun --container runs the command in the image, as
+# the job user, with the options pyxis users know.
+
+run srun -N2 --container="$IMG" cat /etc/os-release
+check "srun --container=img.sif runs inside the image on 2 nodes" \
+    test "$(grep -c 'sifrun busybox demo' <<<"$LAST")" -eq 2
+
+run srun -N1 --container="$IMG" /opt/only-in-image.sh
+check "a command that exists only in the image runs" grep -q "only in the image" <<<"$LAST"
+
+run srun -N1 --container="$IMG" id -u
+check "task runs as the job user ($TEST_UID)" test "$LAST" = "$TEST_UID"
+
+run srun -N1 --container="$IMG" sh -c 'grep -E "^(NoNewPrivs|CapEff)" /proc/self/status'
+check "no_new_privs set and no effective capabilities" \
+    bash -c '[[ "$1" == *"NoNewPrivs:	1"* && "$1" == *"CapEff:	0000000000000000"* ]]' _ "$LAST"
+
+run srun -N1 --container="$IMG" sh -c 'grep " / " /proc/self/mountinfo; touch /probe 2>&1'
+check "container root is read-only" grep -q "Read-only file system" <<<"$LAST"
+
+run srun -N1 --container="$IMG" --container-writable sh -c 'awk "\$5 == \"/\" {print \$6}" /proc/self/mountinfo'
+check "--container-writable makes the root writable" grep -q "^rw" <<<"$LAST"
+
+run srun -N2 -n8 --container="$IMG" sh -c 'echo $SLURMD_NODENAME $(readlink /proc/self/ns/mnt)'
+check "8 tasks on 2 nodes: one mount namespace per node" \
+    test "$(sort -u <<<"$LAST" | wc -l)" -eq 2
+
+run srun -N1 -n4 --container="$IMG" sh -c 'echo $SLURM_PROCID'
+check "every task keeps its own SLURM_PROCID" test "$(sort -u <<<"$LAST" | tr '\n' ' ')" = "0 1 2 3 "
+
+run srun -N1 --container="$IMG" sh -c 'echo $FROM_IMAGE ${PMIX_RANK:-unset}'
+check "image env applied; PMIX_* never taken from the image" test "$LAST" = "yes unset"
+
+run srun -N1 --container="$IMG" --container-mounts="$WORK/data:/data:ro" sh -c 'cat /data/hello.txt; touch /data/x 2>&1'
+check "--container-mounts binds read-only" \
+    bash -c '[[ "$1" == *"host data"* && "$1" == *"Read-only"* ]]' _ "$LAST"
+
+run srun -N1 --container="$IMG" --container-workdir=/opt pwd
+check "--container-workdir" test "$LAST" = "/opt"
+
+run srun -N1 --container="$IMG" sh -c 'echo $HOME; test -d "$HOME" && echo home-mounted'
+check "home directory mounted by default" grep -q home-mounted <<<"$LAST"
+
+run srun -N1 --container="$IMG" --no-container-mount-home sh -c 'test -e "$HOME" && echo present || echo absent'
+check "--no-container-mount-home leaves home out" test "$LAST" = "absent"
+
+run srun -N1 --sif-image="$IMG" cat /etc/os-release
+check "plugin-owned --sif-image works too" grep -q "sifrun busybox demo" <<<"$LAST"
+
+run srun -N1 sh -c 'test -e /opt/only-in-image.sh && echo inside || echo host'
+check "without --container the plugin does nothing" test "$LAST" = "host"
+
+run srun -N1 --container="$IMG" sh -c 'exit 7'
+rc=$?
+check "exit status of the command is the step's" test "$rc" -eq 7
+
+check "the idle cache unmounts every image: no loop device or mount left" settled

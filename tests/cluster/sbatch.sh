@@ -1,0 +1,16 @@
+# shellcheck shell=bash
+# Cluster tests, area "sbatch" (run: tests/cluster/run sbatch).
+# sbatch --container: the batch script on the host, its steps in the image.
+
+cat > "$JOBDIR/job.sh" <<'JOB'
+#!/bin/sh
+echo "batch: $(test -e /opt/only-in-image.sh && echo container || echo host)"
+srun -N2 sh -c 'echo "step: $(test -e /opt/only-in-image.sh && echo container || echo host) $(pwd)"'
+JOB
+chmod 755 "$JOBDIR/job.sh"
+(cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch -Q -N2 -W --container="$IMG" -o "$JOBDIR/out.txt" "$JOBDIR/job.sh")
+LAST=$(cat "$JOBDIR/out.txt" 2>&1)
+check "sbatch --container: batch script on the host, its srun steps in the image" \
+    bash -c '[[ "$1" == *"batch: host"* && $(grep -c "step: container $2" <<<"$1") -eq 2 ]]' _ "$LAST" "$JOBDIR"
+check "sbatch: the job's working directory is mounted in the container" \
+    bash -c '! grep -q "couldn.t chdir" <<<"$1"' _ "$LAST"
