@@ -1,9 +1,18 @@
 //! One error type for the whole runtime.
 //!
-//! Every error renders as a single line (no trailing newline, no nested
-//! "caused by" chains) because the CLI prints it as `sifrun: error: <line>`.
+//! An [`Error`] keeps what a caller may need to decide on: its
+//! [`ErrorKind`] (which picks the exit status), the OS error behind it
+//! ([`Error::errno`]) and the file it is about ([`Error::path`]). It is
+//! rendered as one line only where it is printed (the CLI's
+//! `sifrun: error: <line>`, the Slurm helper's report to srun):
+//! `<path>: <what happened>`, no trailing newline, no nested "caused by"
+//! chains.
 
+use std::any::Any;
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -16,12 +25,15 @@ pub const EXIT_NOT_EXECUTABLE: i32 = 126;
 /// Exit status for a command that is not found (POSIX shells use 127).
 pub const EXIT_NOT_FOUND: i32 = 127;
 
-/// A runtime error: a human readable one-line message plus the process exit
-/// status the CLI should use for it.
-#[derive(Debug)]
+/// A runtime error.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
 pub struct Error {
     kind: ErrorKind,
-    message: String,
+    /// What happened, without the path (which [`Error::message`] puts first).
+    text: String,
+    path: Option<PathBuf>,
+    errno: Option<Errno>,
 }
 
 /// Broad classification, mostly to pick the exit status.
@@ -44,8 +56,13 @@ impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         let message: String = message.into();
         // Keep the one-line promise even when a source error contains newlines.
-        let message = message.replace('\n', " ");
-        Error { kind, message }
+        let text = message.replace('\n', " ");
+        Error {
+            kind,
+            text,
+            path: None,
+            errno: None,
+        }
     }
 
     /// Shorthand for an [`ErrorKind::Usage`] error.
@@ -63,14 +80,53 @@ impl Error {
         Self::new(ErrorKind::System, message)
     }
 
+    /// The same error, about `path` (unless it already names a path: the
+    /// innermost one is the most precise).
+    pub fn at(mut self, path: impl Into<PathBuf>) -> Self {
+        if self.path.is_none() {
+            self.path = Some(path.into());
+        }
+        self
+    }
+
+    /// The same error, caused by the OS error `errno`.
+    pub fn with_errno(mut self, errno: Errno) -> Self {
+        self.errno = Some(errno);
+        self
+    }
+
+    /// The same error shown under the name `to` when it is about `from`
+    /// (an internal path such as `/proc/self/fd/N` for the file the user
+    /// named `to`).
+    pub fn shown_as(mut self, from: &Path, to: &Path) -> Self {
+        if self.path.as_deref() == Some(from) {
+            self.path = Some(to.to_path_buf());
+        }
+        self
+    }
+
     /// The error classification.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
-    /// The one-line message (without the `sifrun: error:` prefix).
-    pub fn message(&self) -> &str {
-        &self.message
+    /// The file the error is about, when it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The OS error behind it, when there is one.
+    pub fn errno(&self) -> Option<Errno> {
+        self.errno
+    }
+
+    /// The one-line message (without the `sifrun: error:` prefix):
+    /// `<path>: <what happened>`.
+    pub fn message(&self) -> String {
+        match &self.path {
+            Some(p) => format!("{}: {}", p.display(), self.text),
+            None => self.text.clone(),
+        }
     }
 
     /// Exit status `sifrun exec` uses for this error.
@@ -82,7 +138,8 @@ impl Error {
         }
     }
 
-    /// Encodes the error for the child→parent error pipe.
+    /// Encodes the error for the child→parent error pipe: the kind and the
+    /// rendered line (the parent only reports it).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let tag = match self.kind {
             ErrorKind::Usage => 'U',
@@ -91,7 +148,7 @@ impl Error {
             ErrorKind::CommandNotFound => 'N',
             ErrorKind::CommandNotExecutable => 'X',
         };
-        format!("{tag}{}", self.message).into_bytes()
+        format!("{tag}{}", self.message()).into_bytes()
     }
 
     /// Decodes what [`Error::encode`] produced; garbage becomes a system error.
@@ -110,30 +167,45 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Error {}
-
-/// Adds a human context ("mounting /dev/loop3 on /x") to low level errors.
+/// Adds a human context ("mounting /dev/loop3 on /x") to low level errors,
+/// keeping the OS error number when the cause has one.
 pub trait Context<T> {
     /// Wraps the error as a [`ErrorKind::System`] error: `<context>: <cause>`.
     fn context<C: fmt::Display>(self, context: C) -> Result<T>;
     /// Like [`Context::context`] but builds the text lazily.
     fn with_context<C: fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T>;
+    /// Like [`Context::context`], about `path`: `<path>: <what>: <cause>`.
+    fn context_at(self, path: &Path, what: &str) -> Result<T>;
 }
 
-impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+impl<T, E: fmt::Display + 'static> Context<T> for std::result::Result<T, E> {
     fn context<C: fmt::Display>(self, context: C) -> Result<T> {
-        self.map_err(|e| Error::system(format!("{context}: {}", describe(&e))))
+        self.map_err(|e| caused_by(format!("{context}"), &e))
     }
 
     fn with_context<C: fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
-        self.map_err(|e| Error::system(format!("{}: {}", f(), describe(&e))))
+        self.map_err(|e| caused_by(format!("{}", f()), &e))
     }
+
+    fn context_at(self, path: &Path, what: &str) -> Result<T> {
+        self.map_err(|e| caused_by(what.to_string(), &e).at(path))
+    }
+}
+
+/// `<what>: <cause>` as a system error, with the cause's errno and path.
+fn caused_by<E: fmt::Display + 'static>(what: String, cause: &E) -> Error {
+    let any = cause as &dyn Any;
+    let inner = any.downcast_ref::<Error>();
+    let errno = if let Some(e) = any.downcast_ref::<std::io::Error>() {
+        e.raw_os_error().map(Errno::from_raw)
+    } else if let Some(e) = any.downcast_ref::<Errno>() {
+        Some(*e)
+    } else {
+        inner.and_then(Error::errno)
+    };
+    let mut error = Error::system(format!("{what}: {}", describe(cause)));
+    error.errno = errno;
+    error
 }
 
 /// Renders an error cause; nix errors print as `EPERM: Operation not permitted`
@@ -144,15 +216,6 @@ fn describe<E: fmt::Display>(e: &E) -> String {
         Some(pos) => s[..pos].to_string(),
         None => s,
     }
-}
-
-/// `e` with every mention of `from` (an internal path such as
-/// `/proc/self/fd/N`) replaced by `to` (the path the user gave).
-pub fn rename_path(e: Error, from: &std::path::Path, to: &std::path::Path) -> Error {
-    let message = e
-        .message()
-        .replace(&from.display().to_string(), &to.display().to_string());
-    Error::new(e.kind(), message)
 }
 
 #[cfg(test)]
@@ -175,6 +238,28 @@ mod tests {
     fn messages_are_single_line() {
         let e = Error::system("a\nb");
         assert_eq!(e.message(), "a b");
+    }
+
+    #[test]
+    fn the_path_leads_and_can_be_shown_under_the_users_name() {
+        let fd = Path::new("/proc/self/fd/7");
+        let e = Error::image("not a SIF image").at(fd);
+        assert_eq!(e.message(), "/proc/self/fd/7: not a SIF image");
+        let e = e.shown_as(fd, Path::new("app.sif"));
+        assert_eq!(e.to_string(), "app.sif: not a SIF image");
+        assert_eq!(e.path(), Some(Path::new("app.sif")));
+    }
+
+    #[test]
+    fn context_keeps_the_errno() {
+        let r: std::result::Result<(), Errno> = Err(Errno::ENOTCONN);
+        let e = r.context_at(Path::new("/x"), "reading").unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::ENOTCONN));
+        assert_eq!(e.path(), Some(Path::new("/x")));
+        let io: std::result::Result<(), std::io::Error> =
+            Err(std::io::Error::from_raw_os_error(libc::EACCES));
+        let outer = io.context("opening").context("setting up").unwrap_err();
+        assert_eq!(outer.errno(), Some(Errno::EACCES));
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             }),
             2,
         ),
-        Command::SlurmSetup(args) => exit_code(helper::run(&args.into())),
+        Command::SlurmSetup(args) => exit_code(helper::run(&args)),
         Command::Ecl(args) => match args.action {
             EclAction::Check {
                 config,

@@ -34,7 +34,7 @@ fn open(path: &Path, limits: &Limits) -> Result<luks2::Volume, Error> {
     let file = fs::File::open(path).unwrap();
     let len = file.metadata().unwrap().len();
     let src = luks2::Source::new(file, 0, len);
-    open_limited(src, PASSPHRASE, limits, "hostile.luks", |e| {
+    open_limited(src, PASSPHRASE, limits, Path::new("hostile.luks"), |e| {
         Error::image(format!("hostile.luks: {e}"))
     })
 }
@@ -67,7 +67,7 @@ fn within_the_limits_the_child_returns_a_working_key() {
         luks2::Source::new(wrong, 0, len),
         b"not it",
         &Limits::DEFAULT,
-        "hostile.luks",
+        Path::new("hostile.luks"),
         |e| Error::image(format!("hostile.luks: {e}")),
     )
     .unwrap_err();

@@ -472,6 +472,26 @@ fn missing_squashfuse_is_one_clear_line() {
     });
 }
 
+/// A FUSE server that dies before serving: the container's setup reads
+/// ENOTCONN from the aborted connection, and the error says what happened
+/// (recognised by its errno, not by the text of the message).
+#[test]
+fn a_server_that_dies_during_setup_is_named() {
+    checked(|host, fx| {
+        let server = fx.dir.path().join("dying-server");
+        fs::write(&server, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
+        let var = format!("SIFRUN_SQUASHFUSE={}", server.display());
+        let args = ["exec", fx.image.to_str().unwrap(), "true"];
+        let out = as_user(host, fx.dir.path(), &[var.as_str()], &args);
+        assert_one_line_error(
+            &out,
+            "the FUSE server serving the image exited during setup",
+        );
+        assert_eq!(out.status.code(), Some(255));
+    });
+}
+
 #[test]
 fn user_option_needs_root() {
     checked(|host, fx| {

@@ -38,15 +38,20 @@ const OFF_DATA_SIZE: usize = 120;
 /// [`crate::Image`] validates them against the file before exposing them.
 /// `raw_launch_script` and `raw_arch` keep the exact bytes and are what
 /// [`Header::encode`] writes; `launch_script` and `arch` are derived views.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialized (the `header` of [`crate::json::ImageView`]) without the raw
+/// fields, with `arch` as its Go name and `id` as a UUID string.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Header {
     /// Launch script with trailing NULs removed.
     pub launch_script: String,
     /// Version text with trailing NULs removed (always "01" after validation).
     pub version: String,
     /// Primary architecture (copied from the PrimSys partition by writers).
+    #[serde(serialize_with = "crate::json::display_string")]
     pub arch: Arch,
     /// Image UUID in RFC 4122 byte order; all zero in deterministic images.
+    #[serde(serialize_with = "crate::json::uuid")]
     pub id: [u8; 16],
     /// Creation time, Unix seconds.
     pub created: i64,
@@ -65,8 +70,10 @@ pub struct Header {
     /// Size of the data section in bytes.
     pub data_size: i64,
     /// The launch script field exactly as stored.
+    #[serde(skip)]
     pub raw_launch_script: [u8; 32],
     /// The architecture field exactly as stored.
+    #[serde(skip)]
     pub raw_arch: [u8; 3],
 }
 

@@ -65,7 +65,7 @@ pub struct ImageView {
     /// The path the image was opened from, as the caller names it.
     pub path: String,
     /// The global header.
-    pub header: HeaderView,
+    pub header: Header,
     /// Used descriptors in id order.
     pub objects: Vec<ObjectView>,
 }
@@ -75,59 +75,23 @@ impl ImageView {
     pub fn of<R: std::io::Read + std::io::Seek>(image: &crate::Image<R>, path: &str) -> Self {
         ImageView {
             path: path.to_string(),
-            header: HeaderView::of(image.header()),
+            header: image.header().clone(),
             objects: image.descriptors().iter().map(ObjectView::of).collect(),
         }
     }
 }
 
-/// The global header.
-#[derive(Debug, Clone, Serialize)]
-pub struct HeaderView {
-    /// Launch script (first line of the file).
-    pub launch_script: String,
-    /// Format version (`"01"`).
-    pub version: String,
-    /// Architecture (Go name: amd64, arm64, ...).
-    pub arch: String,
-    /// Image UUID (all zeros in deterministic images).
-    pub id: String,
-    /// Creation time, Unix seconds.
-    pub created: i64,
-    /// Modification time, Unix seconds.
-    pub modified: i64,
-    /// Free descriptor slots.
-    pub descriptors_free: i64,
-    /// Descriptor capacity.
-    pub descriptors_total: i64,
-    /// File offset of the descriptor table.
-    pub descriptors_offset: i64,
-    /// Size of the descriptor table.
-    pub descriptors_size: i64,
-    /// File offset of the data area.
-    pub data_offset: i64,
-    /// Size of the data area.
-    pub data_size: i64,
+/// Serializes a field through its `Display` text (`arch`: its Go name).
+pub(crate) fn display_string<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
-impl HeaderView {
-    /// The view of `h`.
-    pub fn of(h: &Header) -> Self {
-        HeaderView {
-            launch_script: h.launch_script.clone(),
-            version: h.version.clone(),
-            arch: h.arch.to_string(),
-            id: crate::uuid_string(&h.id),
-            created: h.created,
-            modified: h.modified,
-            descriptors_free: h.descriptors_free,
-            descriptors_total: h.descriptors_total,
-            descriptors_offset: h.descriptors_offset,
-            descriptors_size: h.descriptors_size,
-            data_offset: h.data_offset,
-            data_size: h.data_size,
-        }
-    }
+/// Serializes an image ID as its UUID string.
+pub(crate) fn uuid<S: serde::Serializer>(id: &[u8; 16], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::uuid_string(id))
 }
 
 /// One object.

@@ -21,6 +21,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why a step's container could not be built, as srun shows it (one line).
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// The configured helper is missing or could be replaced by a non-root user.
+    #[error("sifrun helper {}: {reason}", path.display())]
+    Untrusted { path: PathBuf, reason: String },
+    /// The helper could not be started.
+    #[error("cannot start {}: {source}", path.display())]
+    Start {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// No report within the configured time (the helper is killed).
+    #[error("container setup did not finish within {0} s")]
+    Timeout(u64),
+    /// The helper's own one-line error (the image, the ECL, a bind...).
+    #[error("{0}")]
+    Failed(String),
+    /// The report was unreadable or named something it may not.
+    #[error("reading helper report: {0}")]
+    Report(String),
+    /// The node cache entry the helper reported could not be held.
+    #[error("{0}")]
+    CacheLock(String),
+    /// The container's namespace could not be pinned.
+    #[error(transparent)]
+    Namespace(#[from] sifrun_runtime::Error),
+}
 /// How much longer than the plugin's own wait the helper may live.
 const HELPER_GRACE_SECS: u64 = 5;
 
@@ -105,7 +133,7 @@ pub fn build_container(
     user: &JobUser,
     config: &Config,
     log: &mut dyn FnMut(&str),
-) -> Result<Container, String> {
+) -> Result<Container, HelperError> {
     check_helper(&config.sifrun)?;
     let mut child = Command::new(&config.sifrun)
         .args(setup_request(req, user, config).to_args())
@@ -115,11 +143,14 @@ pub fn build_container(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", config.sifrun.display()))?;
+        .map_err(|source| HelperError::Start {
+            path: config.sifrun.clone(),
+            source,
+        })?;
 
     let result = wait_ready(&mut child, config.setup_timeout());
     let container = result.and_then(|report| {
-        let mount_ns = open_mount_namespace(child.id()).map_err(|e| e.to_string());
+        let mount_ns = open_mount_namespace(child.id());
         if let Some(dir) = report
             .staging
             .as_deref()
@@ -150,7 +181,7 @@ pub fn build_container(
 
 /// Takes our own shared lock on the cache entry while the helper still
 /// holds its lock, so the entry can never look unused in between.
-fn take_cache_lease(lock: &str, config: &Config) -> Result<Flock<File>, String> {
+fn take_cache_lease(lock: &str, config: &Config) -> Result<Flock<File>, HelperError> {
     let path = Path::new(lock);
     let cache_dir = config.state_dir.join("images");
     // Only a lock inside our own cache directory: the path comes from the
@@ -158,52 +189,57 @@ fn take_cache_lease(lock: &str, config: &Config) -> Result<Flock<File>, String> 
     let inside = path.parent().and_then(Path::parent) == Some(cache_dir.as_path())
         && path.file_name() == Some(std::ffi::OsStr::new("lock"));
     if !inside {
-        return Err(format!("helper reported an unexpected cache lock {lock}"));
+        return Err(HelperError::Report(format!("unexpected cache lock {lock}")));
     }
-    let file = File::open(path).map_err(|e| format!("cannot open {lock}: {e}"))?;
+    let file =
+        File::open(path).map_err(|e| HelperError::CacheLock(format!("cannot open {lock}: {e}")))?;
     Flock::lock(file, FlockArg::LockSharedNonblock)
-        .map_err(|(_, e)| format!("cannot lock {lock}: {e}"))
+        .map_err(|(_, e)| HelperError::CacheLock(format!("cannot lock {lock}: {e}")))
 }
 
 /// The helper runs as root: refuse one that someone else could have replaced.
-fn check_helper(path: &Path) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("sifrun helper {}: {e}", path.display()))?;
+fn check_helper(path: &Path) -> Result<(), HelperError> {
+    let untrusted = |reason: String| HelperError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| untrusted(e.to_string()))?;
     if !sifrun_runtime::node::trusted::root_owned_not_writable(&meta) {
-        return Err(format!(
-            "sifrun helper {} must be owned by root and not group/other writable",
-            path.display()
+        return Err(untrusted(
+            "must be owned by root and not group/other writable".into(),
         ));
     }
     Ok(())
 }
 
-fn wait_ready(child: &mut Child, timeout: Duration) -> Result<SetupReport, String> {
-    let stdout = child.stdout.take().ok_or("helper has no stdout")?;
+fn wait_ready(child: &mut Child, timeout: Duration) -> Result<SetupReport, HelperError> {
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| HelperError::Report("no stdout".into()))?;
     let deadline = Instant::now() + timeout;
     if !wait_readable(&stdout, deadline) {
         let _ = child.kill();
-        return Err(format!(
-            "container setup did not finish within {} s",
-            timeout.as_secs()
-        ));
+        return Err(HelperError::Timeout(timeout.as_secs()));
     }
     let mut line = String::new();
     // The report is one line; cap it so a broken helper cannot make us
     // buffer without bound.
     BufReader::new(stdout.take(MAX_REPORT_LINE))
         .read_line(&mut line)
-        .map_err(|e| format!("reading helper report: {e}"))?;
+        .map_err(|e| HelperError::Report(e.to_string()))?;
     if line.trim().is_empty() {
-        return Err("container setup failed".to_string());
+        return Err(HelperError::Failed("container setup failed".into()));
     }
-    let report = SetupReport::from_line(&line)?;
+    let report = SetupReport::from_line(&line).map_err(HelperError::Report)?;
     if report.ok {
         Ok(report)
     } else {
-        Err(report
-            .error
-            .unwrap_or_else(|| "container setup failed".to_string()))
+        Err(HelperError::Failed(
+            report
+                .error
+                .unwrap_or_else(|| "container setup failed".to_string()),
+        ))
     }
 }
 
@@ -291,6 +327,7 @@ mod tests {
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(check_helper(&helper)
             .unwrap_err()
+            .to_string()
             .contains("not group/other writable"));
         assert!(check_helper(Path::new("/nonexistent/sifrun")).is_err());
     }
@@ -353,7 +390,7 @@ mod tests {
         );
         let (req, user) = any_request();
         let err = build_container(&req, &user, &config, &mut |_| {}).unwrap_err();
-        assert_eq!(err, "/img/a.sif: permission denied");
+        assert_eq!(err.to_string(), "/img/a.sif: permission denied");
     }
 
     #[test]
@@ -366,7 +403,7 @@ mod tests {
         let (req, user) = any_request();
         let started = Instant::now();
         let err = build_container(&req, &user, &config, &mut |_| {}).unwrap_err();
-        assert!(err.contains("did not finish within 2 s"), "{err}");
+        assert!(matches!(err, HelperError::Timeout(2)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 

@@ -279,7 +279,8 @@ unsafe impl Plugin for SifrunPlugin {
                     request.image.display(),
                     started.elapsed().as_millis()
                 );
-                c
+                // Rendered here: this line is what srun shows.
+                c.map_err(|e| e.to_string())
             }),
             Some(Err(e)) => Err(format!("plugin configuration: {e}")),
             None => Err("plugin configuration missing".to_string()),

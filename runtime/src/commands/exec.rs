@@ -415,25 +415,20 @@ struct Launch<'a> {
 
 impl Launch<'_> {
     fn run_privileged(self, device: &Path) -> Result<Infallible> {
-        die_with_parent(self.parent)?;
-        container::create(self.spec, ImageSource::Device(device))?;
-        let argv = self.target.argv()?;
-        // Identity::drop_privileges keeps the parent-death signal across setuid.
-        let identity = &self.spec.identity;
-        Err(container::exec_command(
-            identity,
-            &self.workdir,
-            &argv,
-            self.env,
-        ))
+        self.run(ImageSource::Device(device))
     }
 
     fn run_unprivileged(self, server_socket: UnixStream) -> Result<Infallible> {
+        self.run(ImageSource::Fuse(server_socket))
+    }
+
+    fn run(self, image: ImageSource<'_>) -> Result<Infallible> {
         die_with_parent(self.parent)?;
-        container::create(self.spec, ImageSource::Fuse(server_socket))?;
+        container::create(self.spec, image)?;
         let argv = self.target.argv()?;
-        Err(container::exec_command_in_user_namespace(
-            &self.spec.identity,
+        // The privilege drop keeps the parent-death signal across setuid.
+        Err(container::exec_command(
+            self.spec,
             &self.workdir,
             &argv,
             self.env,

@@ -111,13 +111,10 @@ impl LoopAttachment {
     /// checks that the kernel honoured the size limit.
     pub fn attach(file: &Path, offset: u64, size: u64) -> Result<Self> {
         if size == 0 {
-            return Err(Error::image(format!(
-                "{}: partition is empty",
-                file.display()
-            )));
+            return Err(Error::image("partition is empty").at(file));
         }
         // Open the backing file ourselves (read-only) so loopdev does not need write access.
-        let backing = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let backing = File::open(file).context_at(file, "opening")?;
         let control = LoopControl::open().context("opening /dev/loop-control")?;
         let mut last_err: Option<io::Error> = None;
         for _ in 0..ATTACH_ATTEMPTS {
@@ -133,14 +130,11 @@ impl LoopAttachment {
                 }
                 // Lost a race for this device: try the next free one.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last_err = Some(e),
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("attaching {} to a loop device", file.display()))
-                }
+                Err(e) => return Err(e).context_at(file, "attaching to a loop device"),
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EBUSY)))
-            .with_context(|| format!("attaching {} to a loop device", file.display()))
+            .context_at(file, "attaching to a loop device")
     }
 
     /// The device node, e.g. `/dev/loop3`.

@@ -5,16 +5,18 @@
 //!    runs as root or, for [`ImageSource::Fuse`], enters a user namespace):
 //!    new mount namespace → the image → root filesystem → `pivot_root`.
 //! 2. [`exec_command`] (in the process that becomes the command): drop
-//!    privileges → chdir → resolve the command with the container PATH →
+//!    privileges (switch to the user, or shed the user namespace's
+//!    capabilities) → chdir → resolve the command with the container PATH →
 //!    `execve`. Under Slurm the tasks instead join the helper's namespace
 //!    (spank `task_init_privileged`) and Slurm itself drops privileges and
 //!    executes.
 //!
 //! ```text
 //! sifrun exec (root):     LoopAttachment::attach → fork → create(Device) → exec_command
-//! sifrun exec (user):     fork → create(Fuse) (parent serves squashfuse) → exec_command_in_user_namespace
-//! sifrun slurm-setup:     node cache mount → create(Mounted) → report; tasks setns
-//!                         (encrypted: decrypted loop device → create(Device))
+//! sifrun exec (user):     fork → create(Fuse) (parent serves squashfuse) → exec_command
+//! sifrun slurm-setup:     node cache mount → enter_namespaces → bind sources
+//!                         opened as the job user → build(Mounted) → report;
+//!                         tasks setns (encrypted: a decrypted loop device, Device)
 //! ```
 
 pub mod env;
@@ -57,23 +59,38 @@ pub enum ImageSource<'a> {
 }
 
 /// Builds the container described by `spec` over `image` and makes it the
-/// root of the calling process, in a new private mount namespace.
+/// root of the calling process, in a new private mount namespace:
+/// [`enter_namespaces`], then [`build`].
 ///
 /// On error the namespace may hold partial mounts; they disappear with the
 /// process (exit it rather than continuing).
 pub fn create(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<()> {
+    enter_namespaces(&image, &spec.identity)?;
+    build(spec, image)
+}
+
+/// The first half of [`create`]: a new private mount namespace (for
+/// [`ImageSource::Fuse`], inside a new user namespace mapping `identity`'s
+/// IDs). A caller that resolves paths to bind (the Slurm helper, as the
+/// job user) does so between the halves: the kernel refuses a bind whose
+/// source lies in another mount namespace.
+pub fn enter_namespaces(image: &ImageSource<'_>, identity: &Identity) -> Result<()> {
+    match image {
+        ImageSource::Device(_) | ImageSource::Mounted(_) => unshare_mount_namespace(),
+        ImageSource::Fuse(_) => crate::unprivileged::userns::enter(identity.uid, identity.gid),
+    }
+}
+
+/// The second half of [`create`], in the namespaces [`enter_namespaces`]
+/// made: the image, the root filesystem, `pivot_root`.
+pub fn build(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<()> {
     let image_dir = match image {
-        ImageSource::Device(device) => {
-            unshare_mount_namespace()?;
-            mount_image(spec, device)?
-        }
+        ImageSource::Device(device) => mount_image(spec, device)?,
         ImageSource::Mounted(dir) => {
-            unshare_mount_namespace()?;
             mount_staging(spec)?;
             dir.to_path_buf()
         }
         ImageSource::Fuse(server_socket) => {
-            crate::unprivileged::userns::enter(spec.identity.uid, spec.identity.gid)?;
             let device = mount::fuse::open_device()?;
             let image_dir = mount_image_fuse(spec, &device)?;
             crate::unprivileged::squashfuse::send_device(&server_socket, &device)?;
@@ -90,9 +107,7 @@ pub fn create(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<()> {
 
 /// A setup error caused by a dead FUSE server reads ENOTCONN; say so.
 fn server_gone(e: Error) -> Error {
-    if e.message().contains("Transport endpoint is not connected")
-        || e.message().contains("ENOTCONN")
-    {
+    if e.errno() == Some(nix::errno::Errno::ENOTCONN) {
         Error::system(format!(
             "the FUSE server serving the image exited during setup ({})",
             e.message()
@@ -111,42 +126,29 @@ pub struct Workdir {
     pub preferred: Option<PathBuf>,
 }
 
-/// Drops to `identity`, enters the working directory and executes
-/// `command` (resolved with `env`'s PATH *inside* the container). Only
+/// Drops privileges, enters the working directory and executes `command`
+/// (resolved with `env`'s PATH *inside* the container) as
+/// `spec.identity`. As root that is a switch to the identity; in an
+/// unprivileged user namespace (`spec.unprivileged`, already running as
+/// the identity) it drops the capabilities held over that namespace. Only
 /// returns on failure; a missing command gives
 /// [`ErrorKind::CommandNotFound`], a non-executable one
 /// [`ErrorKind::CommandNotExecutable`].
 pub fn exec_command(
-    identity: &Identity,
+    spec: &ContainerSpec,
     workdir: &Workdir,
     command: &[String],
     env: Environment,
 ) -> Error {
-    exec_after(
-        || identity.drop_privileges(),
-        identity,
-        workdir,
-        command,
-        env,
-    )
-}
-
-/// [`exec_command`] for a process in an unprivileged user namespace (from
-/// [`create`] with [`ImageSource::Fuse`]): it already runs as `identity`, so instead of
-/// switching users it drops its namespace capabilities.
-pub fn exec_command_in_user_namespace(
-    identity: &Identity,
-    workdir: &Workdir,
-    command: &[String],
-    env: Environment,
-) -> Error {
-    exec_after(
-        identity::drop_user_namespace_capabilities,
-        identity,
-        workdir,
-        command,
-        env,
-    )
+    let identity = &spec.identity;
+    let drop = || {
+        if spec.unprivileged {
+            identity::drop_user_namespace_capabilities()
+        } else {
+            identity.drop_privileges()
+        }
+    };
+    exec_after(drop, identity, workdir, command, env)
 }
 
 /// `drop` (the privilege step), then workdir, PATH resolution and exec.

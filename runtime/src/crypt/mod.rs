@@ -39,16 +39,15 @@ pub fn open_volume_limited(
     passphrase: &[u8],
     limits: &unlock::Limits,
 ) -> Result<luks2::Volume> {
-    let display = image.path.display().to_string();
-    let file =
-        File::open(&image.path).map_err(|e| Error::image(format!("cannot read {display}: {e}")))?;
+    let path = image.path.as_path();
+    let file = File::open(path).map_err(|e| Error::image(format!("cannot read: {e}")).at(path))?;
     let src = luks2::Source::new(file, image.partition_offset, image.partition_size);
     let describe = |e: luks2::Error| match e {
-        luks2::Error::Io(io) => Error::image(format!("cannot read {display}: {io}")),
-        luks2::Error::NotLuks => Error::image(format!(
-            "{display}: encrypted partition holds no LUKS2 container"
-        )),
-        other => Error::image(format!("{display}: {other}")),
+        luks2::Error::Io(io) => Error::image(format!("cannot read: {io}")).at(path),
+        luks2::Error::NotLuks => {
+            Error::image("encrypted partition holds no LUKS2 container").at(path)
+        }
+        other => Error::image(other.to_string()).at(path),
     };
-    unlock::open_limited(src, passphrase, limits, &display, describe)
+    unlock::open_limited(src, passphrase, limits, path, describe)
 }

@@ -23,6 +23,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -102,7 +103,7 @@ impl Reply {
 }
 
 /// Opens the LUKS2 container of `src` with `passphrase`, deriving the key
-/// in a child process under `limits`. `display` names the image in errors;
+/// in a child process under `limits`. `image` names the image in errors;
 /// `describe` turns a `luks2` error into the caller's one-line message.
 ///
 /// Forks: the child only computes and leaves with `_exit`; glibc keeps
@@ -112,10 +113,10 @@ pub fn open_limited(
     src: luks2::Source,
     passphrase: &[u8],
     limits: &Limits,
-    display: &str,
+    image: &Path,
     describe: impl Fn(luks2::Error) -> Error,
 ) -> Result<luks2::Volume> {
-    let key = find_key_in_child(&src, passphrase, limits, display, &describe)?;
+    let key = find_key_in_child(&src, passphrase, limits, image, &describe)?;
     luks2::Volume::with_key(src, &key).map_err(describe)
 }
 
@@ -123,20 +124,21 @@ fn find_key_in_child(
     src: &luks2::Source,
     passphrase: &[u8],
     limits: &Limits,
-    display: &str,
+    image: &Path,
     describe: &dyn Fn(luks2::Error) -> Error,
 ) -> Result<Zeroizing<Vec<u8>>> {
     let mapped = mapped_bytes();
     let parent = nix::unistd::getpid();
     let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::system(format!("unlocking {display}: pipe: {}", e.desc())))?;
+        .map_err(|e| Error::system(format!("unlocking: pipe: {}", e.desc())).at(image))?;
     // SAFETY: the child runs only `child_main`, which computes, writes to
     // the pipe and leaves with `_exit`, never returning into the caller.
     match unsafe { fork() } {
         Err(e) => Err(Error::system(format!(
-            "unlocking {display}: cannot start the key derivation: {}",
+            "unlocking: cannot start the key derivation: {}",
             e.desc()
-        ))),
+        ))
+        .at(image)),
         Ok(ForkResult::Child) => {
             drop(reader);
             let budget = mapped.saturating_add(limits.memory_bytes);
@@ -157,8 +159,8 @@ fn find_key_in_child(
             match (reply, outcome) {
                 (Ok(Some(Reply::Key(key))), _) => Ok(key),
                 (Ok(Some(Reply::Failed(why))), _) => Err(Error::image(why)),
-                (Err(TimedOut), _) => Err(too_slow(display, limits)),
-                (Ok(None), status) => Err(died(display, limits, status)),
+                (Err(TimedOut), _) => Err(too_slow(image, limits)),
+                (Ok(None), status) => Err(died(image, limits, status)),
             }
         }
     }
@@ -206,29 +208,31 @@ fn finish(child: Pid, answered: bool) -> Option<WaitStatus> {
     }
 }
 
-fn too_slow(display: &str, limits: &Limits) -> Error {
+fn too_slow(image: &Path, limits: &Limits) -> Error {
     Error::image(format!(
-        "{display}: unlocking took longer than {} s, the limit for LUKS2 key derivation (the header asks for too costly a key derivation)",
+        "unlocking took longer than {} s, the limit for LUKS2 key derivation (the header asks for too costly a key derivation)",
         limits.wall.as_secs()
     ))
+    .at(image)
 }
 
-fn died(display: &str, limits: &Limits, status: Option<WaitStatus>) -> Error {
-    match status {
+fn died(image: &Path, limits: &Limits, status: Option<WaitStatus>) -> Error {
+    let error = match status {
         Some(WaitStatus::Signaled(_, Signal::SIGXCPU | Signal::SIGKILL, _)) => Error::image(format!(
-            "{display}: unlocking used more than {} s of CPU, the limit for LUKS2 key derivation (the header asks for too costly a key derivation)",
+            "unlocking used more than {} s of CPU, the limit for LUKS2 key derivation (the header asks for too costly a key derivation)",
             limits.cpu_secs
         )),
         // Rust aborts when an allocation fails, which under RLIMIT_AS is
         // the derivation asking for more memory than the limit.
         Some(WaitStatus::Signaled(_, Signal::SIGABRT | Signal::SIGSEGV, _)) => Error::image(format!(
-            "{display}: unlocking needs more than {} MiB of memory, the limit for LUKS2 key derivation (the header asks for too costly a key derivation)",
+            "unlocking needs more than {} MiB of memory, the limit for LUKS2 key derivation (the header asks for too costly a key derivation)",
             limits.memory_bytes >> 20
         )),
         other => Error::system(format!(
-            "{display}: the key derivation process ended without an answer ({other:?})"
+            "the key derivation process ended without an answer ({other:?})"
         )),
-    }
+    };
+    error.at(image)
 }
 
 /// Virtual memory the process maps now (`VmSize`), which the child

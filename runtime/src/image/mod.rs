@@ -52,10 +52,10 @@ impl RunnableImage {
     pub fn open(path: &Path) -> Result<Self> {
         let image = Self::open_maybe_encrypted(path)?;
         if image.encryption.is_some() {
-            return Err(Error::image(format!(
-                "{}: the image is encrypted; this path cannot unlock it (use sifrun exec with --pem-path or --passphrase-file)",
-                path.display()
-            )));
+            return Err(Error::image(
+                "the image is encrypted; this path cannot unlock it (use sifrun exec with --pem-path or --passphrase-file)",
+            )
+            .at(path));
         }
         Ok(image)
     }
@@ -64,31 +64,27 @@ impl RunnableImage {
     /// partition (LUKS2), recording its key object if it has one.
     pub fn open_maybe_encrypted(path: &Path) -> Result<Self> {
         let mut image = open_sif(path)?;
-        let display = path.display();
+        let bad = |text: String| Error::image(text).at(path);
         let part = image
             .primary_partition()
-            .map_err(|e| Error::image(format!("{display}: {}", primary_error(&e))))?
+            .map_err(|e| bad(primary_error(&e)))?
             .clone();
-        let info = part
-            .partition()
-            .map_err(|e| Error::image(format!("{display}: {e}")))?;
+        let info = part.partition().map_err(|e| bad(e.to_string()))?;
         let encrypted = info.fs_type == sif::FsType::EncryptedSquashfs;
         if info.fs_type != sif::FsType::Squashfs && !encrypted {
-            return Err(Error::image(format!(
-                "{display}: unsupported filesystem type {} (only squashfs and encrypted squashfs can be run)",
+            return Err(bad(format!(
+                "unsupported filesystem type {} (only squashfs and encrypted squashfs can be run)",
                 info.fs_type.json_name()
             )));
         }
-        let file_len = std::fs::metadata(path)
-            .with_context(|| format!("reading {display}"))?
-            .len();
+        let file_len = std::fs::metadata(path).context_at(path, "reading")?.len();
         match part.offset.checked_add(part.size) {
             Some(end) if end <= file_len && part.size > 0 => {}
             _ => {
-                return Err(Error::image(format!(
-                    "{display}: primary partition (offset {}, size {}) lies outside the file ({file_len} bytes)",
-                    part.offset, part.size
-                )))
+                return Err(bad(format!(
+                "primary partition (offset {}, size {}) lies outside the file ({file_len} bytes)",
+                part.offset, part.size
+            )))
             }
         }
         let env_descriptors: Vec<sif::Descriptor> =
@@ -97,21 +93,22 @@ impl RunnableImage {
         for d in &env_descriptors {
             let data = image
                 .read_object(d, MAX_ENV_OBJECT)
-                .map_err(|e| Error::image(format!("{display}: reading environment object: {e}")))?;
+                .map_err(|e| bad(format!("reading environment object: {e}")))?;
             env.extend(parse_env_object(&data));
         }
         let deffile_descriptor = image.find_by_type(sif::DataType::Deffile).next().cloned();
-        let deffile =
-            match deffile_descriptor {
-                Some(d) => Some(image.read_object(&d, MAX_ENV_OBJECT).map_err(|e| {
-                    Error::image(format!("{display}: reading definition file: {e}"))
-                })?),
-                None => None,
-            };
+        let deffile = match deffile_descriptor {
+            Some(d) => Some(
+                image
+                    .read_object(&d, MAX_ENV_OBJECT)
+                    .map_err(|e| bad(format!("reading definition file: {e}")))?,
+            ),
+            None => None,
+        };
         let encryption = if encrypted {
             Some(Encryption {
                 wrapped_key: read_key_object(&mut image, part.id)
-                    .map_err(|e| Error::image(format!("{display}: reading key object: {e}")))?,
+                    .map_err(|e| bad(format!("reading key object: {e}")))?,
             })
         } else {
             None
@@ -151,20 +148,21 @@ fn read_key_object(
 
 fn open_sif(path: &Path) -> Result<sif::Image<File>> {
     if !path.exists() {
-        return Err(Error::image(format!("image not found: {}", path.display())));
+        return Err(Error::image("image not found").at(path));
     }
     if path.is_dir() {
-        return Err(Error::image(format!(
-            "{} is a directory, not a SIF image",
-            path.display()
-        )));
+        return Err(Error::image("a directory, not a SIF image").at(path));
     }
     sif::Image::open(path).map_err(|e| match e {
-        sif::Error::Io(io) => Error::image(format!("cannot read {}: {io}", path.display())),
-        other => Error::image(format!(
-            "{} is not a valid SIF image: {other}",
-            path.display()
-        )),
+        sif::Error::Io(io) => {
+            let errno = io.raw_os_error().map(nix::errno::Errno::from_raw);
+            let e = Error::image(format!("cannot read: {io}")).at(path);
+            match errno {
+                Some(errno) => e.with_errno(errno),
+                None => e,
+            }
+        }
+        other => Error::image(format!("not a valid SIF image: {other}")).at(path),
     })
 }
 

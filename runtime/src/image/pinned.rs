@@ -37,23 +37,21 @@ impl PinnedImage {
     /// other than the invoking one (or root) could change it.
     pub fn open(image: &Path, verify: bool, copy_base: &Path) -> Result<Self> {
         let file = crate::node::credentials::open_regular_file(image).map_err(|e| {
-            match (e.kind(), e.raw_os_error()) {
-                (std::io::ErrorKind::NotFound, _) => {
-                    Error::image(format!("image not found: {}", image.display()))
-                }
-                (_, Some(libc::EISDIR)) => Error::image(format!(
-                    "{} is a directory, not a SIF image",
-                    image.display()
-                )),
-                (_, Some(libc::ENXIO)) => {
-                    Error::image(format!("{}: not a regular file", image.display()))
-                }
-                _ => Error::image(format!("{}: {e}", image.display())),
+            let text = match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::NotFound, _) => "image not found".to_string(),
+                (_, Some(libc::EISDIR)) => "a directory, not a SIF image".to_string(),
+                (_, Some(libc::ENXIO)) => "not a regular file".to_string(),
+                _ => e.to_string(),
+            };
+            let error = Error::image(text).at(image);
+            match e.raw_os_error() {
+                Some(n) => error.with_errno(nix::errno::Errno::from_raw(n)),
+                None => error,
             }
         })?;
         let meta = file
             .metadata()
-            .map_err(|e| Error::image(format!("{}: {e}", image.display())))?;
+            .map_err(|e| Error::image(e.to_string()).at(image))?;
         let fd_path = PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
@@ -96,6 +94,6 @@ impl PinnedImage {
 
     /// `e` with [`Self::path`] replaced by the path the user gave.
     pub fn name_in(&self, e: Error) -> Error {
-        crate::error::rename_path(e, &self.path, &self.named)
+        e.shown_as(&self.path, &self.named)
     }
 }

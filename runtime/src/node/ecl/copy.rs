@@ -66,16 +66,12 @@ pub fn copy_image_objects(
     dest: &Path,
     limits: &CopyLimits,
 ) -> Result<u64> {
-    let named = named.display();
     let fail = |what: String| {
-        Error::system(format!(
-            "{named}: copying the image to {}: {what}",
-            dest.display()
-        ))
+        Error::system(format!("copying the image to {}: {what}", dest.display())).at(named)
     };
     let mut recorder = Recorder::new(src).map_err(|e| fail(e.to_string()))?;
     let image = sif::Image::from_reader(&mut recorder)
-        .map_err(|e| Error::image(format!("{named}: reading the image to copy it: {e}")))?;
+        .map_err(|e| Error::image(format!("reading the image to copy it: {e}")).at(named))?;
     let ranges: Vec<(u64, u64)> = image
         .descriptors()
         .iter()
@@ -85,7 +81,7 @@ pub fn copy_image_objects(
     drop(image);
     let needed: u64 = ranges.iter().map(|&(_, size)| size).sum::<u64>() + recorder.read_bytes;
     check_limits(needed, limits, dest.parent().unwrap_or(Path::new("/")))
-        .map_err(|e| Error::new(e.kind(), format!("{named}: {}", e.message())))?;
+        .map_err(|e| e.at(named))?;
 
     let tmp = dest.with_extension(format!("tmp.{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {

@@ -216,8 +216,7 @@ fn policy_digest(legacy: bool, keyrings: &[(PathBuf, Vec<u8>)]) -> String {
 
 /// Verifies the image at `path` and returns what an ECL needs to know.
 pub fn verify_image(path: &Path, opts: &VerifyOptions) -> Result<SignerFacts> {
-    let mut image =
-        sif::Image::open(path).map_err(|e| Error::image(format!("{}: {e}", path.display())))?;
+    let mut image = sif::Image::open(path).map_err(|e| Error::image(e.to_string()).at(path))?;
     Ok(facts_from_report(&integrity::verify(&mut image, opts)))
 }
 

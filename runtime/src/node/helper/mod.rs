@@ -49,81 +49,22 @@ use crate::container::mount::mount_squashfs;
 use crate::container::mount::rootfs::{BindMount, ContainerSpec};
 use crate::container::staging::StagingDir;
 use crate::crypt;
-use crate::error::{rename_path, Context};
+use crate::error::Context;
 use crate::error::{Error, Result};
 use crate::image::RunnableImage;
 use crate::node::credentials::{PathHandle, UserCredentials};
 use crate::node::ecl::copy::{copy_image_objects, CopyLimits, CopyRecord};
 use crate::node::ecl::enforce::{EclCheck, ImageSource};
 use crate::node::image_cache::{
-    record_owner, same_file_identity, CacheKey, CacheLimits, ImageCache, Lease, COPY_FILE,
-    COPY_RECORD,
+    record_owner, same_file_identity, CacheKey, ImageCache, Lease, COPY_FILE, COPY_RECORD,
 };
 
 pub mod protocol;
 
-use protocol::SetupReport;
-
-/// What the plugin asks for (all of it already validated by the plugin,
-/// checked again here because this is a root program), as the helper uses
-/// it; it arrives as [`protocol::SetupArgs`].
-#[derive(Debug, Clone, Default)]
-pub struct SetupOptions {
-    pub image: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    /// The job's working directory (bound at the same path).
-    pub cwd: Option<PathBuf>,
-    /// Binds named by the job user: resolved with the user's credentials.
-    pub binds: Vec<String>,
-    /// Binds from the admin's configuration: trusted.
-    pub admin_binds: Vec<String>,
-    /// Node directories the step needs (PMIx rendezvous), chosen by the
-    /// plugin from slurm.conf but bound for the job user's sake: resolved
-    /// with the user's credentials, so they show nothing the user could
-    /// not reach on the node.
-    pub step_binds: Vec<String>,
-    /// Must exist inside the container.
-    pub workdir: Option<PathBuf>,
-    pub mount_home: bool,
-    pub writable_tmpfs: bool,
-    /// Node-local state directory (admin config `state_dir`).
-    pub state_dir: PathBuf,
-    /// Seconds a cached image stays mounted once unused; 0 turns the cache
-    /// off (every step mounts its own copy) unless an ECL applies.
-    pub cache_idle_secs: u64,
-    /// Site ECL file (admin config `ecl_config`); with it, `job_id` and
-    /// `restart_count` name the job whose partition decides the list.
-    pub ecl_config: Option<PathBuf>,
-    pub job_id: Option<u32>,
-    pub restart_count: u32,
-    /// The step's GPUs on this node (Slurm's `SLURM_STEP_GPUS`).
-    pub gpus: Vec<u32>,
-    /// Bind the host GPU driver's libraries and tools with the GPUs.
-    pub gpu_driver: bool,
-    /// Admin's nvliblist.conf-style list (`None`: built-in list).
-    pub gpu_list: Option<PathBuf>,
-    /// Bind the node's InfiniBand/RDMA devices.
-    pub rdma: bool,
-    /// Key of an encrypted image (PEM private key or passphrase file),
-    /// named by the job user: opened with the user's credentials. Ignored
-    /// for images that are not encrypted.
-    pub key_file: Option<PathBuf>,
-    /// Under an ECL, the largest image copied for verification (MiB, 0:
-    /// free space only) and all copies one user may hold (MiB, 0: no share).
-    pub copy_limit_mib: u64,
-    pub copy_quota_mib: u64,
-    /// The helper's own deadline in seconds (0: none): it must not outlive
-    /// the plugin's wait, whatever it is blocked on.
-    pub timeout_secs: u64,
-    /// Images the node cache keeps mounted, in all and first mounted for
-    /// one user (0: no limit); see [`ImageCache::make_room`].
-    pub cache_limits: CacheLimits,
-}
+use protocol::{SetupArgs, SetupReport};
 
 /// Runs the whole sequence and returns the process exit status.
-pub fn run(opts: &SetupOptions) -> i32 {
+pub fn run(opts: &SetupArgs) -> i32 {
     let mut stdout = std::io::stdout().lock();
     match become_root_only(opts.timeout_secs).and_then(|()| setup(opts)) {
         Ok(ready) => {
@@ -208,7 +149,7 @@ struct Built {
 }
 
 /// The setup proper; [`run`] has made this process root-only first.
-fn setup(opts: &SetupOptions) -> Result<Ready> {
+fn setup(opts: &SetupArgs) -> Result<Ready> {
     let user = UserCredentials {
         uid: opts.uid,
         gid: opts.gid,
@@ -221,7 +162,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
         std::os::fd::AsRawFd::as_raw_fd(&image_file)
     ));
     let image = RunnableImage::open_maybe_encrypted(&image_fd_path)
-        .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+        .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
 
     let mut identity = Identity::lookup(&opts.uid.to_string())?;
     identity.gid = opts.gid;
@@ -253,7 +194,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
     if ecl.is_none() && opts.cache_idle_secs == 0 {
         let device =
             LoopAttachment::attach(&image_fd_path, image.partition_offset, image.partition_size)
-                .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+                .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
         return setup_uncached(opts, &user, identity, image, device);
     }
     setup_cached(opts, &user, identity, &image_file, image, ecl)
@@ -264,7 +205,7 @@ fn setup(opts: &SetupOptions) -> Result<Ready> {
 /// anything of it is mounted, and bound as the lower layer of the step's
 /// root.
 fn setup_cached(
-    opts: &SetupOptions,
+    opts: &SetupArgs,
     user: &UserCredentials,
     identity: Identity,
     image_file: &std::fs::File,
@@ -336,7 +277,7 @@ fn setup_cached(
             let result = (|| {
                 // Before any work: one user cannot pin the node's memory
                 // with thousands of mounted images.
-                cache.make_room(opts.uid, &opts.cache_limits)?;
+                cache.make_room(opts.uid, &opts.cache_limits())?;
                 if source == ImageSource::Copy {
                     copy_for_verification(opts, &cache, image_file, entry)?;
                 }
@@ -349,7 +290,7 @@ fn setup_cached(
                     ImageSource::File => (image.partition_offset, image.partition_size),
                     ImageSource::Copy => {
                         let copy = RunnableImage::open(&backing(entry))
-                            .map_err(|e| rename_path(e, &backing(entry), &opts.image))?;
+                            .map_err(|e| e.shown_as(&backing(entry), &opts.image))?;
                         (copy.partition_offset, copy.partition_size)
                     }
                 };
@@ -367,7 +308,7 @@ fn setup_cached(
             }
             result
         })
-        .map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+        .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     if lease.mounted_now {
         // This step's list already decided, inside the mount function.
         start_keeper(opts);
@@ -375,14 +316,14 @@ fn setup_cached(
         // Already mounted (by another step, maybe under another
         // partition's list or none): this step's list decides too, from
         // the node's record of the verified bytes when there is one.
-        enforce(lease.entry_dir()).map_err(|e| rename_path(e, &image_fd_path, &opts.image))?;
+        enforce(lease.entry_dir()).map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     }
     // The image's environment from the same bytes as what runs.
     let env = match source {
         ImageSource::File => image.env,
         ImageSource::Copy => {
             RunnableImage::open(&backing(lease.entry_dir()))
-                .map_err(|e| rename_path(e, &backing(lease.entry_dir()), &opts.image))?
+                .map_err(|e| e.shown_as(&backing(lease.entry_dir()), &opts.image))?
                 .env
         }
     };
@@ -404,7 +345,7 @@ fn setup_cached(
 /// cache `entry` (root-only), within the node's limits, and refuses a copy
 /// of a file that changed while it was read.
 fn copy_for_verification(
-    opts: &SetupOptions,
+    opts: &SetupArgs,
     cache: &ImageCache,
     image_file: &std::fs::File,
     entry: &Path,
@@ -433,7 +374,7 @@ fn copy_for_verification(
 
 /// The key of an encrypted image, opened and read as the job user.
 fn unlock_encrypted(
-    opts: &SetupOptions,
+    opts: &SetupArgs,
     user: &UserCredentials,
     image: &RunnableImage,
     image_fd_path: &Path,
@@ -459,7 +400,7 @@ fn unlock_encrypted(
     drop(key_file);
     // The key is checked here, in user space, before anything is mounted.
     let volume = crypt::open_volume(image, &passphrase)
-        .map_err(|e| rename_path(e, image_fd_path, &opts.image))?;
+        .map_err(|e| e.shown_as(image_fd_path, &opts.image))?;
     drop(passphrase);
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -483,7 +424,7 @@ fn unlock_encrypted(
 /// The cache is off, or the image is encrypted: this step mounts its own
 /// `device`, which lives and dies with its namespace.
 fn setup_uncached(
-    opts: &SetupOptions,
+    opts: &SetupArgs,
     user: &UserCredentials,
     identity: Identity,
     image: RunnableImage,
@@ -522,7 +463,7 @@ fn setup_uncached(
 /// already running). It must start here, before we leave the node's mount
 /// namespace, because it unmounts entries there. A failure only means the
 /// image stays mounted until the next keeper runs, so it is not fatal.
-fn start_keeper(opts: &SetupOptions) {
+fn start_keeper(opts: &SetupArgs) {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -541,12 +482,12 @@ fn start_keeper(opts: &SetupOptions) {
     }
 }
 
-/// Everything after the image is available: resolve the user's paths with
-/// the job user's permissions, then build the container over `image`
-/// ([`container::create`]) and pivot into it. Returns the host staging
+/// Everything after the image is available: a new mount namespace, the
+/// user's paths resolved in it with the job user's permissions, then the
+/// container over `image` ([`container::build`]). Returns the host staging
 /// directory.
 fn build_in_new_namespace(
-    opts: &SetupOptions,
+    opts: &SetupArgs,
     user: &UserCredentials,
     identity: Identity,
     image: container::ImageSource,
@@ -555,6 +496,7 @@ fn build_in_new_namespace(
         return Err(Error::usage("--state-dir must be an absolute path"));
     }
     let staging = StagingDir::create_in(&opts.state_dir)?;
+    container::enter_namespaces(&image, &identity)?;
 
     // Handles must stay open until the binds are made (they are the sources).
     let mut handles: Vec<PathHandle> = Vec::new();
@@ -583,7 +525,7 @@ fn build_in_new_namespace(
     let env_append = gpu.env_append();
     spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
     spec.host_files = gpu.files;
-    spec.mount_home = opts.mount_home;
+    spec.mount_home = !opts.no_home;
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
     if let Some(cwd) = &opts.cwd {
@@ -596,7 +538,7 @@ fn build_in_new_namespace(
         }
     }
 
-    container::create(&spec, image)?;
+    container::build(&spec, image)?;
     drop(handles);
 
     if let Some(dir) = &opts.workdir {
@@ -626,9 +568,9 @@ fn build_in_new_namespace(
 
 /// The GPU (and RDMA) passthrough for this step: Slurm's allocation,
 /// the admin's driver list (read only for a step that has GPUs).
-fn gpu_plan(opts: &SetupOptions) -> Result<GpuPlan> {
+fn gpu_plan(opts: &SetupArgs) -> Result<GpuPlan> {
     let list = match &opts.gpu_list {
-        _ if opts.gpus.is_empty() || !opts.gpu_driver => None,
+        _ if opts.gpus.is_empty() || opts.no_gpu_driver => None,
         Some(path) => {
             crate::node::trusted::check_config_file(path)
                 .map_err(|reason| Error::usage(format!("GPU list {}: {reason}", path.display())))?;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::SetupOptions;
+use crate::node::image_cache::CacheLimits;
 
 /// Defaults of `--cache-idle-secs` and the cache limits, as clap applies
 /// them, [`SetupArgs::new`] starts from and the plugin's configuration
@@ -210,37 +210,12 @@ impl SetupArgs {
     }
 }
 
-impl From<SetupArgs> for SetupOptions {
-    fn from(a: SetupArgs) -> Self {
-        Self {
-            image: a.image,
-            uid: a.uid,
-            gid: a.gid,
-            groups: a.groups,
-            cwd: a.cwd,
-            binds: a.binds,
-            admin_binds: a.admin_binds,
-            step_binds: a.step_binds,
-            workdir: a.workdir,
-            mount_home: !a.no_home,
-            writable_tmpfs: a.writable_tmpfs,
-            state_dir: a.state_dir,
-            cache_idle_secs: a.cache_idle_secs,
-            ecl_config: a.ecl_config,
-            job_id: a.job_id,
-            restart_count: a.restart_count,
-            gpus: a.gpus,
-            gpu_driver: !a.no_gpu_driver,
-            gpu_list: a.gpu_list,
-            rdma: a.rdma,
-            key_file: a.key_file,
-            copy_limit_mib: a.copy_limit_mib,
-            copy_quota_mib: a.copy_quota_mib,
-            timeout_secs: a.timeout_secs,
-            cache_limits: crate::node::image_cache::CacheLimits {
-                per_node: a.cache_max_images,
-                per_user: a.cache_max_images_per_user,
-            },
+impl SetupArgs {
+    /// The node cache's limits on mounted images.
+    pub fn cache_limits(&self) -> CacheLimits {
+        CacheLimits {
+            per_node: self.cache_max_images,
+            per_user: self.cache_max_images_per_user,
         }
     }
 }
