@@ -85,6 +85,64 @@ pub fn task_env_changes(
     changes
 }
 
+/// Apptainer's requests, applied after [`task_env_changes`]: the job's
+/// `APPTAINERENV_X` (or `SINGULARITYENV_X`) sets `X` in each task, its
+/// `..._PREPEND_PATH`, `..._APPEND_PATH` and `..._PATH` edit PATH (as it
+/// stands after the image's), `APPTAINER_CONTAINER` and `APPTAINER_NAME`
+/// (and the `SINGULARITY_` pair) name the image, and Apptainer's own
+/// variables (`APPTAINER_*`, `SINGULARITY_*`, the requests themselves) do
+/// not reach the task. What the host owns per task stays the host's.
+pub fn apptainer_changes(
+    job_vars: &[(String, String)],
+    image: &std::path::Path,
+    path_now: &str,
+) -> Vec<EnvChange> {
+    use sifrun_runtime::container::env::{is_dropped, EnvPlan};
+    let host_owned = |name: &str| {
+        HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p)) || HOST_OWNED_NAMES.contains(&name)
+    };
+    let mut changes: Vec<EnvChange> = job_vars
+        .iter()
+        .filter(|(name, _)| {
+            !name.starts_with("LD_") && name != "PATH" && is_dropped(std::ffi::OsStr::new(name))
+        })
+        .map(|(name, _)| EnvChange::Unset(name.clone()))
+        .collect();
+    let pairs = job_vars.iter().map(|(n, v)| (n.into(), v.into()));
+    let plan = EnvPlan::new(pairs, &[], &[]);
+    for (name, value) in plan.requested {
+        if !host_owned(&name) {
+            changes.push(EnvChange::Set(name, value));
+        }
+    }
+    let request = &plan.path;
+    if request.replace.is_some() || request.prepend.is_some() || request.append.is_some() {
+        let mut path = path_now.to_string();
+        if let Some(p) = &request.prepend {
+            path = format!("{p}:{path}");
+        }
+        if let Some(a) = &request.append {
+            path = format!("{path}:{a}");
+        }
+        if let Some(r) = &request.replace {
+            path.clone_from(r);
+        }
+        changes.push(EnvChange::Set("PATH".into(), path));
+    }
+    let name = image.file_name().unwrap_or(image.as_os_str());
+    for prefix in ["APPTAINER_", "SINGULARITY_"] {
+        changes.push(EnvChange::Set(
+            format!("{prefix}CONTAINER"),
+            image.display().to_string(),
+        ));
+        changes.push(EnvChange::Set(
+            format!("{prefix}NAME"),
+            name.to_string_lossy().into_owned(),
+        ));
+    }
+    changes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +213,30 @@ mod tests {
         assert!(changes.contains(&EnvChange::Set("PATH".into(), DEFAULT_PATH.into())));
         let changes = task_env_changes(&[], &["PATH".into(), "LD_LIBRARY_PATH".into()], &job);
         assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn apptainer_requests_name_and_hide() {
+        let job = pairs(&[
+            ("APPTAINERENV_GREETING", "hi"),
+            ("SINGULARITYENV_SLURM_PROCID", "9"),
+            ("APPTAINERENV_PREPEND_PATH", "/pre"),
+            ("APPTAINER_BIND", "/x"),
+            ("LANG", "C"),
+        ]);
+        let changes = apptainer_changes(&job, std::path::Path::new("/imgs/a.sif"), "/opt/bin");
+        assert!(changes.contains(&EnvChange::Unset("APPTAINERENV_GREETING".into())));
+        assert!(changes.contains(&EnvChange::Unset("APPTAINER_BIND".into())));
+        assert!(!changes.contains(&EnvChange::Unset("LANG".into())));
+        assert!(changes.contains(&EnvChange::Set("GREETING".into(), "hi".into())));
+        assert!(!changes
+            .iter()
+            .any(|c| matches!(c, EnvChange::Set(k, _) if k == "SLURM_PROCID")));
+        assert!(changes.contains(&EnvChange::Set("PATH".into(), "/pre:/opt/bin".into())));
+        assert!(changes.contains(&EnvChange::Set("APPTAINER_NAME".into(), "a.sif".into())));
+        assert!(changes.contains(&EnvChange::Set(
+            "SINGULARITY_CONTAINER".into(),
+            "/imgs/a.sif".into()
+        )));
     }
 }

@@ -20,9 +20,10 @@ use nix::sys::signal::Signal;
 use nix::unistd::{getpid, getppid, Pid};
 
 use crate::commands::target::{deffile_runscript, Target};
-use sifrun_runtime::container::env::{container_environment, parse_assignment, Environment};
+use sifrun_runtime::container::env::{parse_assignment, EnvPlan};
 use sifrun_runtime::container::gpu::{self, DriverList, GpuSelection};
 use sifrun_runtime::container::identity::Identity;
+use sifrun_runtime::container::image_env;
 use sifrun_runtime::container::loop_device::LoopAttachment;
 use sifrun_runtime::container::mount::rootfs::{BindMount, ContainerSpec};
 use sifrun_runtime::container::staging::{StagingDir, STAGING_BASE};
@@ -189,11 +190,10 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         .iter()
         .map(|e| parse_assignment(e))
         .collect::<Result<Vec<_>>>()?;
-    let mut env = container_environment(std::env::vars_os(), &image.env, &identity, &overrides);
+    let mut env = EnvPlan::new(std::env::vars_os(), &image.env, &overrides);
+    env.container = Some(std::path::absolute(pinned.named()).unwrap_or(pinned.named().into()));
     let gpu = gpu::passthrough(&opts.gpus, Some(&DriverList::default()), true);
-    for (name, dir) in gpu.env_append() {
-        env.append_path(&name, &dir);
-    }
+    env.append = gpu.env_append();
     let cwd = std::env::current_dir().ok();
     let target = with_deffile_runscript(&opts.target, &image);
 
@@ -408,7 +408,8 @@ fn run_unprivileged(
 struct Launch<'a> {
     spec: &'a ContainerSpec,
     target: Target,
-    env: Environment,
+    /// Completed in the container, with what the image's scripts export.
+    env: EnvPlan,
     workdir: Workdir,
     parent: Pid,
 }
@@ -425,13 +426,18 @@ impl Launch<'_> {
     fn run(self, image: ImageSource<'_>) -> Result<Infallible> {
         die_with_parent(self.parent)?;
         container::create(self.spec, image)?;
+        let mut env = self.env;
+        if image_env::has_scripts() {
+            env.image.extend(image_env::evaluate(self.spec)?);
+        }
+        let env = env.build(&self.spec.identity);
         let argv = self.target.argv()?;
         // The privilege drop keeps the parent-death signal across setuid.
         Err(container::exec_command(
             self.spec,
             &self.workdir,
             &argv,
-            self.env,
+            env,
         ))
     }
 }

@@ -1,9 +1,21 @@
-//! The container command's environment.
+//! The container command's environment, as Apptainer composes it.
 //!
-//! Precedence, lowest first: the host environment (minus loader variables
-//! and PATH), the image's own environment object, the target user's
-//! HOME/USER/LOGNAME, then `--env` options. PATH falls back to
-//! [`DEFAULT_PATH`] when neither the image nor `--env` sets it.
+//! Precedence, lowest first ([`EnvPlan::build`]):
+//! 1. the host environment, without loader variables, PATH, and
+//!    Apptainer's own `APPTAINER_*`/`SINGULARITY_*` and
+//!    `APPTAINERENV_*`/`SINGULARITYENV_*` variables;
+//! 2. the image's: its SIF environment object, then what its
+//!    `/.singularity.d/env` scripts export ([`super::image_env`]);
+//! 3. the target user's HOME, USER and LOGNAME;
+//! 4. `APPTAINERENV_X` (or `SINGULARITYENV_X`) from the host sets `X`;
+//!    `..._PREPEND_PATH`, `..._APPEND_PATH` and `..._PATH` edit PATH;
+//! 5. `APPTAINER_CONTAINER`, `APPTAINER_NAME` (and the `SINGULARITY_`
+//!    pair) name the image;
+//! 6. `--env` options;
+//! 7. directories the run adds to search paths (the GPU driver's
+//!    libraries on LD_LIBRARY_PATH).
+//!
+//! PATH falls back to [`DEFAULT_PATH`] when nothing sets it.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -90,38 +102,158 @@ impl Environment {
     }
 }
 
+/// Prefixes of Apptainer's own variables: its settings (never passed in)
+/// and requests to set a variable in the container.
+const APPTAINER_PREFIXES: &[&str] = &["APPTAINER_", "SINGULARITY_"];
+/// `APPTAINERENV_X=v` sets `X=v` in the container; the first prefix wins
+/// when both name the same variable.
+const REQUEST_PREFIXES: &[&str] = &["APPTAINERENV_", "SINGULARITYENV_"];
+
 /// True for host variables that must not reach the container.
 pub fn is_dropped(name: &OsStr) -> bool {
     let bytes = name.as_bytes();
-    bytes.starts_with(b"LD_") || DROPPED.iter().any(|d| d.as_bytes() == bytes)
+    bytes.starts_with(b"LD_")
+        || DROPPED.iter().any(|d| d.as_bytes() == bytes)
+        || APPTAINER_PREFIXES
+            .iter()
+            .chain(REQUEST_PREFIXES)
+            .any(|p| bytes.starts_with(p.as_bytes()))
 }
 
-/// Builds the container environment, see the module docs for the precedence.
+/// The layers of the command's environment, kept apart until
+/// [`EnvPlan::build`] so that the image's scripts, evaluated inside the
+/// container only, can be put in their place.
+#[derive(Debug, Clone, Default)]
+pub struct EnvPlan {
+    /// Host variables that may pass ([`is_dropped`] ones removed).
+    pub host: Vec<(OsString, OsString)>,
+    /// The image's variables, lowest first.
+    pub image: Vec<(String, String)>,
+    /// `APPTAINERENV_X` requests, as `X` and its value.
+    pub requested: Vec<(String, String)>,
+    /// `APPTAINERENV_PATH`, `..._PREPEND_PATH`, `..._APPEND_PATH`.
+    pub path: PathRequest,
+    /// The image's path, for `APPTAINER_CONTAINER` and `APPTAINER_NAME`.
+    pub container: Option<std::path::PathBuf>,
+    /// `--env` values.
+    pub overrides: Vec<(String, String)>,
+    /// `(NAME, DIR)`: DIR appended to the search path NAME, last.
+    pub append: Vec<(String, String)>,
+}
+
+/// What the caller asked of PATH through `APPTAINERENV_*PATH`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathRequest {
+    /// Replaces PATH (after the image's scripts).
+    pub replace: Option<String>,
+    /// Put before PATH.
+    pub prepend: Option<String>,
+    /// Put after PATH.
+    pub append: Option<String>,
+}
+
+impl EnvPlan {
+    /// The plan for `host` (the caller's environment), the image's own
+    /// variables and the `--env` values.
+    pub fn new(
+        host: impl IntoIterator<Item = (OsString, OsString)>,
+        image_env: &[(String, String)],
+        overrides: &[(String, String)],
+    ) -> Self {
+        let host: Vec<(OsString, OsString)> = host.into_iter().collect();
+        let mut plan = EnvPlan {
+            image: image_env.to_vec(),
+            overrides: overrides.to_vec(),
+            ..EnvPlan::default()
+        };
+        for prefix in REQUEST_PREFIXES {
+            for (name, value) in &host {
+                let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+                    continue;
+                };
+                let Some(key) = name.strip_prefix(prefix) else {
+                    continue;
+                };
+                let slot = match key {
+                    "PATH" => &mut plan.path.replace,
+                    "PREPEND_PATH" => &mut plan.path.prepend,
+                    "APPEND_PATH" => &mut plan.path.append,
+                    // Apptainer refuses these too: HOME is the user's.
+                    "HOME" | "" => continue,
+                    key if !is_valid_name(key) => continue,
+                    key => {
+                        if !plan.requested.iter().any(|(k, _)| k == key) {
+                            plan.requested.push((key.to_string(), value.to_string()));
+                        }
+                        continue;
+                    }
+                };
+                slot.get_or_insert_with(|| value.to_string());
+            }
+        }
+        plan.host = host.into_iter().filter(|(n, _)| !is_dropped(n)).collect();
+        plan
+    }
+
+    /// The environment for `user`, layer over layer (module docs).
+    pub fn build(&self, user: &Identity) -> Environment {
+        let mut env = Environment::default();
+        for (name, value) in &self.host {
+            env.set(name.clone(), value.clone());
+        }
+        for (name, value) in &self.image {
+            env.set(name, value);
+        }
+        env.set("HOME", user.home.as_os_str());
+        env.set("USER", &user.name);
+        env.set("LOGNAME", &user.name);
+        for (name, value) in &self.requested {
+            env.set(name, value);
+        }
+        if env.get("PATH").is_none() {
+            env.set("PATH", DEFAULT_PATH);
+        }
+        let mut path = env.get("PATH").unwrap_or_default().to_os_string();
+        if let Some(p) = &self.path.prepend {
+            let mut joined = OsString::from(p);
+            joined.push(":");
+            joined.push(&path);
+            path = joined;
+        }
+        if let Some(a) = &self.path.append {
+            path.push(":");
+            path.push(a);
+        }
+        if let Some(r) = &self.path.replace {
+            path = r.into();
+        }
+        env.set("PATH", path);
+        if let Some(image) = &self.container {
+            let name = image.file_name().unwrap_or(image.as_os_str());
+            for prefix in APPTAINER_PREFIXES {
+                env.set(format!("{prefix}CONTAINER"), image.as_os_str());
+                env.set(format!("{prefix}NAME"), name);
+            }
+        }
+        for (name, value) in &self.overrides {
+            env.set(name, value);
+        }
+        for (name, dir) in &self.append {
+            env.append_path(name, dir);
+        }
+        env
+    }
+}
+
+/// Builds the container environment without the image's scripts and
+/// without naming the image ([`EnvPlan`] for the whole).
 pub fn container_environment(
     host: impl IntoIterator<Item = (OsString, OsString)>,
     image_env: &[(String, String)],
     user: &Identity,
     overrides: &[(String, String)],
 ) -> Environment {
-    let mut env = Environment::default();
-    for (name, value) in host {
-        if !is_dropped(&name) {
-            env.set(name, value);
-        }
-    }
-    for (name, value) in image_env {
-        env.set(name, value);
-    }
-    env.set("HOME", user.home.as_os_str());
-    env.set("USER", &user.name);
-    env.set("LOGNAME", &user.name);
-    for (name, value) in overrides {
-        env.set(name, value);
-    }
-    if env.get("PATH").is_none() {
-        env.set("PATH", DEFAULT_PATH);
-    }
-    env
+    EnvPlan::new(host, image_env, overrides).build(user)
 }
 
 /// Parses a `NAME=VALUE` option value.
@@ -204,6 +336,60 @@ mod tests {
         assert_eq!(env.get("BAR").unwrap(), "cli");
         assert_eq!(env.get("HOME").unwrap(), "/home/u");
         assert_eq!(env.get("USER").unwrap(), "u");
+    }
+
+    fn host(v: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        v.iter().map(|(a, b)| (a.into(), b.into())).collect()
+    }
+
+    #[test]
+    fn apptainer_requests_and_names() {
+        let host = host(&[
+            ("APPTAINERENV_FOO", "requested"),
+            ("SINGULARITYENV_FOO", "legacy loses"),
+            ("SINGULARITYENV_BAR", "legacy"),
+            ("APPTAINERENV_PREPEND_PATH", "/pre"),
+            ("APPTAINERENV_APPEND_PATH", "/post"),
+            ("APPTAINERENV_HOME", "/nope"),
+            ("APPTAINER_BIND", "/x"),
+            ("SINGULARITY_CACHEDIR", "/y"),
+            ("KEEP", "host"),
+        ]);
+        let image = vec![
+            ("FOO".to_string(), "image".to_string()),
+            ("PATH".to_string(), "/opt/bin:/usr/bin".to_string()),
+        ];
+        let over = vec![("BAR".to_string(), "cli".to_string())];
+        let mut plan = EnvPlan::new(host, &image, &over);
+        plan.container = Some("/imgs/app.sif".into());
+        plan.append = vec![("LD_LIBRARY_PATH".into(), "/.sifrun/gpu/lib".into())];
+        let env = plan.build(&user());
+        assert_eq!(env.get("FOO").unwrap(), "requested");
+        assert_eq!(env.get("BAR").unwrap(), "cli");
+        assert_eq!(env.get("PATH").unwrap(), "/pre:/opt/bin:/usr/bin:/post");
+        assert_eq!(env.get("HOME").unwrap(), "/home/u");
+        assert_eq!(env.get("KEEP").unwrap(), "host");
+        assert_eq!(env.get("APPTAINER_CONTAINER").unwrap(), "/imgs/app.sif");
+        assert_eq!(env.get("SINGULARITY_NAME").unwrap(), "app.sif");
+        assert_eq!(env.get("LD_LIBRARY_PATH").unwrap(), "/.sifrun/gpu/lib");
+        for gone in [
+            "APPTAINER_BIND",
+            "SINGULARITY_CACHEDIR",
+            "APPTAINERENV_FOO",
+            "SINGULARITYENV_BAR",
+        ] {
+            assert_eq!(env.get(gone), None, "{gone}");
+        }
+        let mut replace = EnvPlan::new(host_path_request(), &image, &[]);
+        replace.container = None;
+        assert_eq!(replace.build(&user()).get("PATH").unwrap(), "/only");
+    }
+
+    fn host_path_request() -> Vec<(OsString, OsString)> {
+        host(&[
+            ("SINGULARITYENV_PATH", "/only"),
+            ("APPTAINERENV_PREPEND_PATH", "/pre"),
+        ])
     }
 
     #[test]

@@ -22,6 +22,7 @@
 pub mod env;
 pub mod gpu;
 pub mod identity;
+pub mod image_env;
 pub mod loop_device;
 pub mod mount;
 pub mod namespaces;

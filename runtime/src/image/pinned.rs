@@ -92,6 +92,11 @@ impl PinnedImage {
         &self.path
     }
 
+    /// The path the user gave.
+    pub fn named(&self) -> &Path {
+        &self.named
+    }
+
     /// `e` with [`Self::path`] replaced by the path the user gave.
     pub fn name_in(&self, e: Error) -> Error {
         e.shown_as(&self.path, &self.named)

@@ -129,6 +129,9 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// The host files that make names resolve inside the container.
+pub const HOST_NETWORK_FILES: &[&str] = &["/etc/hosts", "/etc/resolv.conf"];
+
 /// Everything needed to assemble a container root, independent of how the
 /// image got mounted and of the process that will run in it.
 #[derive(Debug, Clone)]
@@ -141,8 +144,12 @@ pub struct ContainerSpec {
     pub identity: Identity,
     /// Bind the user's home directory (if it exists on the host).
     pub mount_home: bool,
-    /// Bind the host's /tmp.
+    /// Bind the host's /tmp and /var/tmp.
     pub mount_tmp: bool,
+    /// Bind the host's name resolution files ([`HOST_NETWORK_FILES`])
+    /// read-only, as Apptainer does: images built from Docker layers ship
+    /// them empty.
+    pub host_network_files: bool,
     /// Host directory to bind at the same path (normally the cwd); skipped
     /// for `/` and top-level system directories.
     pub cwd: Option<PathBuf>,
@@ -180,6 +187,7 @@ impl ContainerSpec {
             identity,
             mount_home: true,
             mount_tmp: true,
+            host_network_files: true,
             cwd: None,
             cwd_source: None,
             binds: Vec::new(),
@@ -276,6 +284,14 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
         };
         bind_host_dir(&root, source, dest, flags, &mut host)?;
     }
+    for file in network_files(spec) {
+        // Best effort, like Apptainer: an image whose file cannot take the
+        // bind (a symlink into a host directory) keeps its own.
+        if let Ok(target) = create_mount_point(&root, file, file, &host) {
+            bind(file, &target, false, MsFlags::MS_RDONLY | nosuid_nodev)?;
+            host.record(&target)?;
+        }
+    }
     for b in &spec.binds {
         let target = create_mount_point(&root, &b.destination, &b.source, &host)?;
         let mut flags = nosuid_nodev;
@@ -302,12 +318,29 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
     Ok(Rootfs { root })
 }
 
-/// The host directories bound at the same path: /tmp, home, cwd (in that
-/// order), as (source, container path).
+/// The host files of [`HOST_NETWORK_FILES`] this spec binds (those the
+/// host has).
+fn network_files(spec: &ContainerSpec) -> Vec<&'static Path> {
+    if !spec.host_network_files {
+        return Vec::new();
+    }
+    HOST_NETWORK_FILES
+        .iter()
+        .map(Path::new)
+        .filter(|f| f.is_file())
+        .collect()
+}
+
+/// The host directories bound at the same path: /tmp, /var/tmp, home, cwd
+/// (in that order), as (source, container path).
 fn host_dir_binds(spec: &ContainerSpec) -> Vec<(&Path, &Path)> {
     let mut binds = Vec::new();
     if spec.mount_tmp {
-        binds.push((Path::new("/tmp"), Path::new("/tmp")));
+        for dir in ["/tmp", "/var/tmp"] {
+            if Path::new(dir).is_dir() {
+                binds.push((Path::new(dir), Path::new(dir)));
+            }
+        }
     }
     if spec.mount_home && spec.identity.home.is_dir() && spec.identity.home != Path::new("/") {
         binds.push((spec.identity.home.as_path(), spec.identity.home.as_path()));
@@ -332,6 +365,9 @@ fn needed_paths(spec: &ContainerSpec) -> Vec<Needed> {
         if source.is_dir() {
             needed.push(Needed::Dir(dest.to_path_buf()));
         }
+    }
+    for file in network_files(spec) {
+        needed.push(Needed::File(file.to_path_buf()));
     }
     for b in &spec.binds {
         needed.push(if b.source.is_dir() {

@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use crate::container;
 use crate::container::gpu::{self, DriverList, GpuPlan, GpuSelection};
 use crate::container::identity::{group_entry, Identity};
+use crate::container::image_env;
 use crate::container::loop_device::LoopAttachment;
 use crate::container::mount::mount_squashfs;
 use crate::container::mount::rootfs::{BindMount, ContainerSpec};
@@ -146,6 +147,8 @@ struct Built {
     staging: PathBuf,
     /// Environment additions for the GPU driver files bound.
     env_append: Vec<(String, String)>,
+    /// What the image's `/.singularity.d/env` scripts export.
+    script_env: Vec<(String, String)>,
 }
 
 /// The setup proper; [`run`] has made this process root-only first.
@@ -334,7 +337,7 @@ fn setup_cached(
         container::ImageSource::Mounted(&lease.mount_dir()),
     )?;
     Ok(Ready {
-        env,
+        env: [env, built.script_env].concat(),
         env_append: built.env_append,
         staging: built.staging,
         lease: Some(lease),
@@ -446,7 +449,7 @@ fn setup_uncached(
             // the namespace.
             drop(device);
             Ok(Ready {
-                env: image.env,
+                env: [image.env, built.script_env].concat(),
                 env_append: built.env_append,
                 staging: built.staging,
                 lease: None,
@@ -555,6 +558,23 @@ fn build_in_new_namespace(
         }
     }
 
+    // Apptainer images keep their environment in scripts: evaluated once
+    // for the step, here, as the job user (every task gets the result).
+    let script_env = if image_env::has_scripts() {
+        let started = std::time::Instant::now();
+        let vars = image_env::evaluate(&spec)?;
+        // To the slurmd log (the plugin logs the helper's stderr).
+        eprintln!(
+            "image environment: {} variables from {} in {:.1} ms",
+            vars.len(),
+            image_env::ENV_DIR,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        vars
+    } else {
+        Vec::new()
+    };
+
     let staging_path = staging.path().to_path_buf();
     // The staging directory lives in the host's namespace; we are no longer
     // there, so the plugin removes it (dropping here would look for it in
@@ -563,6 +583,7 @@ fn build_in_new_namespace(
     Ok(Built {
         staging: staging_path,
         env_append,
+        script_env,
     })
 }
 

@@ -1,0 +1,399 @@
+//! The environment an Apptainer or SingularityCE image defines for itself.
+//!
+//! Those tools never write the SIF environment object; an image keeps its
+//! environment as shell scripts inside its root, `/.singularity.d/env/*.sh`
+//! (`10-docker2singularity.sh`: the Docker `ENV` lines; `90-environment.sh`:
+//! the definition file's `%environment`; `99-base.sh`: LD_LIBRARY_PATH...),
+//! sourced in name order at run time, where they may use `$PATH`,
+//! `${VAR:-default}` and conditionals. So they are evaluated, not read:
+//! [`evaluate`] runs the image's own `/bin/sh` over them, as the user who
+//! will run the command, inside the finished container, bounded in time,
+//! and returns every variable they leave exported.
+//!
+//! Apptainer clears the host environment before sourcing (only `HOME` and
+//! `PWD` survive), so the result does not depend on the caller's
+//! environment: under Slurm one evaluation per node serves every task.
+//! What sifrun does with the result, and where it differs from Apptainer:
+//! docs/apptainer.md.
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::container::env::{is_valid_name, DEFAULT_PATH};
+use crate::container::identity;
+use crate::container::mount::rootfs::ContainerSpec;
+use crate::error::{Error, Result};
+
+/// Where the scripts live in an image.
+pub const ENV_DIR: &str = "/.singularity.d/env";
+
+/// How long the scripts may take before the run fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most output (`export -p`) read back: an image environment is a few
+/// KiB; a script printing without end must not make us buffer it.
+const MAX_OUTPUT: usize = 1 << 20;
+
+/// Sources the scripts the way Apptainer's action script does (name
+/// order; after the Docker file, the default PATH entries it lacks are
+/// appended), with the scripts' own output sent to stderr, then prints the
+/// exported variables on the original stdout.
+const SCRIPT: &str = r#"exec 3>&1 1>&2
+__sifrun_fixpath() {
+    for __d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+        case ":$PATH:" in *":$__d:"*) ;; *) PATH="${PATH:+$PATH:}$__d" ;; esac
+    done
+    export PATH
+}
+for __f in /.singularity.d/env/*.sh; do
+    [ -f "$__f" ] || continue
+    case "$__f" in
+    */90-environment.sh) [ -n "${PATH+x}" ] || __sifrun_fixpath; . "$__f" ;;
+    */10-docker2singularity.sh|*/10-docker.sh) . "$__f"; __sifrun_fixpath ;;
+    *) . "$__f" ;;
+    esac
+done
+unset __f __d
+export -p >&3
+"#;
+
+/// Variables that belong to the shell or the run, never to the image.
+const SHELL_OWNED: &[&str] = &[
+    "PWD", "OLDPWD", "SHLVL", "_", "HOME", "UID", "EUID", "GID", "PPID", "IFS", "OPTIND",
+];
+
+/// True when the container (the calling process's root) has Apptainer
+/// environment scripts. Called inside the container.
+pub fn has_scripts() -> bool {
+    Path::new(ENV_DIR).is_dir()
+}
+
+/// Evaluates the image's environment scripts and returns the variables
+/// they export, in the order the shell lists them.
+///
+/// Must be called inside the finished container (after `pivot_root`),
+/// from a single-threaded process. The scripts run in a child that first
+/// drops to `spec.identity` exactly as the command will (`no_new_privs`,
+/// no capabilities), so image code never runs with more rights than the
+/// command; they start from an environment holding only `PATH` (the
+/// default), `HOME`, `USER` and `LOGNAME`, and must finish within
+/// [`TIMEOUT`]. A failing script is one error line.
+pub fn evaluate(spec: &ContainerSpec) -> Result<Vec<(String, String)>> {
+    evaluate_with(spec, TIMEOUT)
+}
+
+fn evaluate_with(spec: &ContainerSpec, timeout: Duration) -> Result<Vec<(String, String)>> {
+    let identity = spec.identity.clone();
+    let unprivileged = spec.unprivileged;
+    let mut command = Command::new("/bin/sh");
+    command
+        .args(["-c", SCRIPT])
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &identity.home)
+        .env("USER", &identity.name)
+        .env("LOGNAME", &identity.name)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the caller is single-threaded (documented above), so the
+    // allocations of the privilege drop cannot deadlock in the child.
+    unsafe {
+        command.pre_exec(move || {
+            // Its own process group, so that whatever the scripts start
+            // goes with it (a process left in the container would keep
+            // the container, its mounts and loop device alive).
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+            let dropped = if unprivileged {
+                identity::drop_user_namespace_capabilities()
+            } else {
+                identity.drop_privileges()
+            };
+            dropped.map_err(|e| std::io::Error::other(e.message()))
+        });
+    }
+    let mut child = command.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::image(format!(
+                "the image has environment scripts ({ENV_DIR}) but no /bin/sh to evaluate them"
+            ))
+        } else {
+            Error::system(format!(
+                "evaluating the image's environment ({ENV_DIR}): {e}"
+            ))
+        }
+    })?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::system(
+            "evaluating the image's environment: no pipes",
+        ));
+    };
+    let read = read_until_closed(stdout, stderr, Instant::now() + timeout);
+    // Done or out of time: nothing the scripts started may stay.
+    let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    let status = child.wait();
+    let (out, err) = read?;
+    let status = status.map_err(|e| Error::system(format!("waiting for the shell: {e}")))?;
+    if !status.success() {
+        let last = String::from_utf8_lossy(&err)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        return Err(Error::image(format!(
+            "the image's environment scripts ({ENV_DIR}) failed ({status}){last}"
+        )));
+    }
+    Ok(parse_export_p(&String::from_utf8_lossy(&out))
+        .into_iter()
+        .filter(|(name, _)| !SHELL_OWNED.contains(&name.as_str()) && !name.starts_with("__"))
+        .collect())
+}
+
+/// Reads both pipes to their end by `deadline`; stdout whole (up to
+/// [`MAX_OUTPUT`]), stderr's last 4 KiB (for the error line).
+fn read_until_closed(
+    mut stdout: impl Read + AsFd,
+    mut stderr: impl Read + AsFd,
+    deadline: Instant,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out_open, mut err_open) = (true, true);
+    let mut chunk = [0u8; 8192];
+    while out_open || err_open {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::image(format!(
+                "the image's environment scripts ({ENV_DIR}) did not finish within {} s",
+                TIMEOUT.as_secs()
+            )));
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = Vec::new();
+        if out_open {
+            fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLIN));
+        }
+        if err_open {
+            fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::system(format!("reading the shell's output: {e}"))),
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        let mut i = 0;
+        if out_open {
+            if ready[i] {
+                match stdout.read(&mut chunk) {
+                    Ok(0) | Err(_) => out_open = false,
+                    Ok(n) if out.len() + n > MAX_OUTPUT => {
+                        return Err(Error::image(format!(
+                            "the image's environment scripts ({ENV_DIR}) export more than {} KiB",
+                            MAX_OUTPUT >> 10
+                        )))
+                    }
+                    Ok(n) => out.extend_from_slice(&chunk[..n]),
+                }
+            }
+            i += 1;
+        }
+        if err_open && ready[i] {
+            match stderr.read(&mut chunk) {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => {
+                    err.extend_from_slice(&chunk[..n]);
+                    if err.len() > 4096 {
+                        err.drain(..err.len() - 4096);
+                    }
+                }
+            }
+        }
+    }
+    Ok((out, err))
+}
+
+/// Parses what a POSIX shell's `export -p` prints: one `export NAME=WORD`
+/// (dash, busybox: `'single-quoted'`; bash in POSIX mode: `"double-quoted"`;
+/// bash otherwise: `declare -x NAME="..."`) per variable, a value may span
+/// lines inside its quotes. Variables exported without a value are left out.
+pub fn parse_export_p(text: &str) -> Vec<(String, String)> {
+    let mut vars = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', '\n']);
+        if rest.is_empty() {
+            break;
+        }
+        let line_start = rest;
+        rest = rest
+            .strip_prefix("export ")
+            .or_else(|| rest.strip_prefix("declare -x "))
+            .or_else(|| rest.strip_prefix("declare -rx "))
+            .unwrap_or(rest);
+        let name_end = rest
+            .find(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
+            .unwrap_or(rest.len());
+        let name = &rest[..name_end];
+        rest = &rest[name_end..];
+        let Some(after_eq) = rest.strip_prefix('=') else {
+            // No value (`export NAME`), or a line we do not understand:
+            // skip to the next line.
+            rest = skip_line(rest);
+            if rest.len() == line_start.len() {
+                rest = skip_line(&rest[1.min(rest.len())..]);
+            }
+            continue;
+        };
+        let (value, after) = shell_word(after_eq);
+        rest = after;
+        if is_valid_name(name) {
+            vars.push((name.to_string(), value));
+        }
+    }
+    vars
+}
+
+fn skip_line(s: &str) -> &str {
+    match s.find('\n') {
+        Some(i) => &s[i + 1..],
+        None => "",
+    }
+}
+
+/// One shell word (quotes removed) up to an unquoted blank or newline.
+fn shell_word(s: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => return (value, &s[i..]),
+            '\'' => {
+                for (_, c) in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                    value.push(c);
+                }
+            }
+            '"' => {
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => match chars.peek() {
+                            Some(&(_, n @ ('$' | '`' | '"' | '\\' | '\n'))) => {
+                                chars.next();
+                                if n != '\n' {
+                                    value.push(n);
+                                }
+                            }
+                            _ => value.push('\\'),
+                        },
+                        c => value.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                if let Some((_, n)) = chars.next() {
+                    value.push(n);
+                }
+            }
+            '$' if s[i..].starts_with("$'") => {
+                // bash's ANSI-C quoting ($'a\nb'): the common escapes.
+                chars.next();
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '\'' => break,
+                        '\\' => match chars.next().map(|(_, n)| n) {
+                            Some('n') => value.push('\n'),
+                            Some('t') => value.push('\t'),
+                            Some('r') => value.push('\r'),
+                            Some(n) => value.push(n),
+                            None => {}
+                        },
+                        c => value.push(c),
+                    }
+                }
+            }
+            c => value.push(c),
+        }
+    }
+    (value, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn dash_and_busybox_single_quotes() {
+        let text = "export A='plain'\nexport B='it'\"'\"'s'\nexport C='two\nlines'\nexport D\nexport E=''\n";
+        assert_eq!(
+            parse_export_p(text),
+            vars(&[
+                ("A", "plain"),
+                ("B", "it's"),
+                ("C", "two\nlines"),
+                ("E", "")
+            ])
+        );
+        assert_eq!(
+            parse_export_p("export B='it'\\''s'\n"),
+            vars(&[("B", "it's")])
+        );
+    }
+
+    #[test]
+    fn bash_double_quotes_and_declare() {
+        let text = "declare -x A=\"a \\\"q\\\" \\$x \\\\ b\"\nexport B=\"/opt/bin:/usr/bin\"\ndeclare -x C\ndeclare -x D=$'x\\ny'\n";
+        assert_eq!(
+            parse_export_p(text),
+            vars(&[
+                ("A", "a \"q\" $x \\ b"),
+                ("B", "/opt/bin:/usr/bin"),
+                ("D", "x\ny")
+            ])
+        );
+    }
+
+    #[test]
+    fn hostile_output_gives_no_panic_and_no_bad_names() {
+        for text in [
+            "export",
+            "export =x\n",
+            "export 1A=x\nexport B=ok\n",
+            "garbage line\nexport B=ok\n",
+            "export A='unterminated",
+            "export A=\"unterminated\\",
+            "\u{0}\u{1}export",
+        ] {
+            for (name, _) in parse_export_p(text) {
+                assert!(is_valid_name(&name), "{text:?} gave {name:?}");
+            }
+        }
+        assert_eq!(
+            parse_export_p("garbage line\nexport B=ok\n"),
+            vars(&[("B", "ok")])
+        );
+    }
+}

@@ -1,0 +1,41 @@
+# shellcheck shell=bash
+# Cluster tests, area "apptainer" (run: tests/cluster/run apptainer).
+# Images built by the real Apptainer (ci/build-apptainer-images) under
+# srun: their environment lives in /.singularity.d/env scripts, evaluated
+# once per node as the job user and applied to every task.
+
+APP_SRC=${SIFRUN_APPTAINER_IMAGES:-$REPO/target/apptainer-images}
+if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif ]]; then
+    APPT=$WORK/apptainer; mkdir -p "$APPT"; chmod 755 "$APPT"
+    cp "$APP_SRC/docker.sif" "$APP_SRC/def.sif" "$APPT/"; chmod 644 "$APPT"/*.sif
+
+    run srun -N2 -n4 --container="$APPT/docker.sif" myprog rank
+    check "an Apptainer image's program is found on its PATH, with its LD_LIBRARY_PATH, on every rank" \
+        test "$(grep -c '^myprog: MYVAR=docker-value LD=/opt/app/lib:/.singularity.d/libs args=rank$' <<<"$LAST")" -eq 4
+
+    run srun -N2 -n4 --container="$APPT/def.sif" sh -c 'echo "$SLURM_PROCID $GREETING|$DEF_DEFAULT|${PATH%%:*}"'
+    check "a definition file's %environment reaches every task, SLURM_PROCID stays per rank" \
+        test "$(sort <<<"$LAST" | tr '\n' ' ')" = "0 hello from %environment|unset-before|/opt/def/bin 1 hello from %environment|unset-before|/opt/def/bin 2 hello from %environment|unset-before|/opt/def/bin 3 hello from %environment|unset-before|/opt/def/bin "
+
+    LAST=$(as_user env APPTAINERENV_REQUESTED=yes APPTAINERENV_PREPEND_PATH=/pre APPTAINER_BIND=/x MYVAR=host \
+        timeout 60 srun -N1 --container="$APPT/docker.sif" \
+        sh -c 'echo "$REQUESTED ${PATH%%:*} $MYVAR $APPTAINER_NAME ${APPTAINER_BIND-unset} ${APPTAINERENV_REQUESTED-unset}"' 2>&1)
+    check "APPTAINERENV_X from the job sets X over the image; Apptainer's own variables stay out" \
+        test "$LAST" = "yes /pre docker-value docker.sif unset unset"
+
+    # A hostile image: its environment script hangs. The step fails with
+    # one line after the evaluation's time limit, nothing is left behind.
+    mkdir -p "$APPT/hang-root"; cp -a "$WORK/rootfs/." "$APPT/hang-root/"
+    mkdir -p "$APPT/hang-root/.singularity.d/env"
+    echo 'sleep 600' > "$APPT/hang-root/.singularity.d/env/50-hang.sh"
+    "$SIFRUN" build --force "$APPT/hang-root" -o "$APPT/hang.sif" >/dev/null 2>&1; chmod 644 "$APPT/hang.sif"
+    started=$SECONDS
+    run srun -N1 -w node1 --container="$APPT/hang.sif" sh -c 'echo RAN'
+    LAST+=" (after $((SECONDS - started)) s)"
+    check "attack: an image whose environment script hangs fails the step in one line, within its limit" \
+        bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"did not finish within 10 s"* ]] && ! grep -q "^RAN" <<<"$1"' _ "$LAST"
+    check "... and leaves no script process behind" gone_within 5 -u "$TEST_USER" -f 'sleep 600'
+    check "no loop device or mount left after the Apptainer images" settled
+else
+    fail "Apptainer image tests" "no images in $APP_SRC (run ci/build-apptainer-images)"
+fi
