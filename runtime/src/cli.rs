@@ -284,9 +284,51 @@ impl From<BuildArgs> for BuildOptions {
 pub struct InspectArgs {
     /// SIF image.
     pub image: PathBuf,
-    /// Print JSON (stable keys, see runtime/README.md) instead of a table.
+    /// Print JSON (stable keys, see runtime/README.md) instead of a table;
+    /// with the metadata flags, the `apptainer inspect --json` document.
     #[arg(long)]
     pub json: bool,
+    /// Show the image's labels (as `apptainer inspect --labels`).
+    #[arg(short = 'l', long)]
+    pub labels: bool,
+    /// Show the definition file the image was built from.
+    #[arg(short = 'd', long)]
+    pub deffile: bool,
+    /// Show the runscript.
+    #[arg(short = 'r', long)]
+    pub runscript: bool,
+    /// Show the start script.
+    #[arg(short = 's', long)]
+    pub startscript: bool,
+    /// Show the environment scripts.
+    #[arg(short = 'e', long)]
+    pub environment: bool,
+    /// Show the help (`%help`).
+    #[arg(short = 'H', long)]
+    pub helpfile: bool,
+    /// Show all of the above.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl InspectArgs {
+    /// The metadata asked for, in a fixed order; empty for the header and
+    /// object table.
+    pub fn attributes(&self) -> Vec<sifrun_runtime::image::metadata::Attribute> {
+        use sifrun_runtime::image::metadata::Attribute::*;
+        [
+            (self.labels, Labels),
+            (self.deffile, Deffile),
+            (self.runscript, Runscript),
+            (self.startscript, Startscript),
+            (self.environment, Environment),
+            (self.helpfile, Helpfile),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on || self.all)
+        .map(|(_, a)| a)
+        .collect()
+    }
 }
 
 /// Options shared by `exec`, `shell` and `run`.

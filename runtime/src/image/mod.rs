@@ -2,6 +2,7 @@
 //! running, writing a freshly built image, and summarising one for
 //! `inspect`. Keeping all of it here keeps adjustments to the sif API local.
 
+pub mod metadata;
 pub mod pinned;
 pub mod signatures;
 
