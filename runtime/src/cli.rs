@@ -335,18 +335,56 @@ impl InspectArgs {
 #[derive(Debug, Args)]
 pub struct ContainerArgs {
     /// Run as this user (name or UID; root only). Default: the invoking user.
-    #[arg(short, long, value_name = "NAME|UID")]
+    #[arg(long, value_name = "NAME|UID")]
     pub user: Option<String>,
     /// Bind a host path into the container (repeatable); DST defaults to SRC.
-    #[arg(short, long = "bind", value_name = "SRC[:DST[:ro]]")]
+    #[arg(
+        short = 'B',
+        short_alias = 'b',
+        long = "bind",
+        value_name = "SRC[:DST[:ro]]"
+    )]
     pub binds: Vec<String>,
     /// Set an environment variable (repeatable); wins over the host and image environment.
-    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+    /// Set the variables of a file of NAME=VALUE lines (repeatable; `#`
+    /// comments and `export ` allowed), below --env.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Pass no host variable but TERM and the proxy settings (LANG=C).
+    #[arg(short = 'e', long)]
+    pub cleanenv: bool,
     /// Working directory inside the container. Default: the current
     /// directory if it exists there, else the home directory, else /.
-    #[arg(short = 'w', long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
+    pub pwd: Option<PathBuf>,
+    /// Host directory holding the container's /tmp and /var/tmp (as
+    /// DIR/tmp and DIR/var_tmp, created if missing).
+    #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Bind no host /tmp, /var/tmp, home or current directory: empty private
+    /// /tmp and /var/tmp instead.
+    #[arg(short = 'c', long)]
+    pub contain: bool,
+    /// --contain and --cleanenv.
+    #[arg(short = 'C', long)]
+    pub containall: bool,
+    /// Home directory: bind SRC at DST (default: SRC) and make it $HOME.
+    #[arg(short = 'H', long, value_name = "SRC[:DST]")]
+    pub home: Option<String>,
+    /// Do not bind the home directory.
+    #[arg(long)]
+    pub no_home: bool,
+    /// Pass all GPUs (same as --gpus all).
+    #[arg(long)]
+    pub nv: bool,
+    /// Refused: SIF images are read-only (use --writable-tmpfs).
+    #[arg(short = 'w', long, hide = true)]
+    pub writable: bool,
+    /// Refused: SCIF apps are not supported yet.
+    #[arg(long, value_name = "NAME", hide = true)]
+    pub app: Option<String>,
     /// Make the root filesystem writable; changes go to a tmpfs and are discarded.
     #[arg(long)]
     pub writable_tmpfs: bool,
@@ -376,16 +414,29 @@ fn parse_gpus(text: &str) -> Result<GpuSelection, String> {
 
 impl ContainerArgs {
     fn into_options(self, image: PathBuf, target: Target) -> ExecOptions {
+        let contain = self.contain || self.containall;
         ExecOptions {
             image,
             target,
             user: self.user,
             binds: self.binds,
             env: self.env,
-            workdir: self.workdir,
+            env_files: self.env_files,
+            cleanenv: self.cleanenv || self.containall,
+            workdir: self.pwd,
+            tmp_dir: self.workdir,
+            contain,
+            home: self.home,
+            no_home: self.no_home || contain,
+            writable: self.writable,
+            app: self.app,
             writable_tmpfs: self.writable_tmpfs,
             verify: VerifyPolicy::from_args_and_env(self.verify, self.keyrings, self.pem_keys),
-            gpus: self.gpus,
+            gpus: if self.nv {
+                GpuSelection::All
+            } else {
+                self.gpus
+            },
             key: self.key.source(),
         }
     }

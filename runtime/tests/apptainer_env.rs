@@ -212,3 +212,92 @@ fn host_name_resolution_files_and_var_tmp_are_bound() {
     let hosts = fs::read_to_string("/etc/hosts").unwrap();
     assert_eq!(stdout(&out), format!("{hosts}x"));
 }
+
+#[test]
+fn apptainer_flags_mean_what_they_mean_in_apptainer() {
+    if skip_unless_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = fx.snapshot();
+    let image = apptainer_image(&fx, "app", &[]);
+    let env_file = fx.path("vars.env");
+    fs::write(&env_file, "# comment\nexport FROM_FILE=file\nBOTH=file\n").unwrap();
+    let data = fx.path("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), "bound").unwrap();
+    let home = fx.path("home");
+    fs::create_dir_all(&home).unwrap();
+
+    // -e/--cleanenv: no host variable but TERM and the proxies; LANG=C.
+    let out = Command::new(sifrun())
+        .args(["exec", "-e", &image, "env"])
+        .env("KEEP_OUT", "host")
+        .env("TERM", "xterm")
+        .env("http_proxy", "http://proxy:3128")
+        .output()
+        .unwrap();
+    let env = stdout(&out);
+    assert_eq!(value(&env, "KEEP_OUT"), None, "{env}");
+    assert_eq!(value(&env, "TERM"), Some("xterm"));
+    assert_eq!(value(&env, "http_proxy"), Some("http://proxy:3128"));
+    assert_eq!(value(&env, "LANG"), Some("C"));
+    assert_eq!(
+        value(&env, "MYVAR"),
+        Some("docker value"),
+        "the image's still apply"
+    );
+
+    // --env-file below --env; -B binds; --pwd; -H.
+    let b = format!("{}:/data", data.display());
+    let h = format!("{}:/home/me", home.display());
+    let out = run_sifrun(&[
+        "exec",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "--env",
+        "BOTH=cli",
+        "-B",
+        &b,
+        "--pwd",
+        "/data",
+        "-H",
+        &h,
+        &image,
+        "sh",
+        "-c",
+        "echo $FROM_FILE $BOTH $(cat f) $(pwd) $HOME; grep -c ' /home/me ' /proc/self/mountinfo",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "file cli bound /data /home/me\n1\n");
+
+    // -c/--contain: empty private /tmp and /var/tmp, no home, no cwd.
+    let marker = fx.path("marker");
+    fs::write(&marker, "x").unwrap();
+    let out = Command::new(sifrun())
+        .args([
+            "exec",
+            "-c",
+            &image,
+            "sh",
+            "-c",
+            "ls -A /tmp /var/tmp | wc -w; touch /tmp/w && echo writable; pwd",
+        ])
+        .current_dir(fx.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "2\nwritable\n/\n",
+        "only the two headers, no host files"
+    );
+
+    // What a SIF image cannot do here is one clear line.
+    assert_one_line_error(&run_sifrun(&["exec", "-w", &image, "true"]), "--writable");
+    assert_one_line_error(
+        &run_sifrun(&["exec", "--app", "x", &image, "true"]),
+        "SCIF apps",
+    );
+    fx.assert_no_leaks(&before);
+}

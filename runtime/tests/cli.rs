@@ -18,7 +18,21 @@ fn help_on_every_subcommand() {
         assert!(text.contains("Usage:"), "{sub:?}: {text}");
     }
     let exec_help = stdout(&run_sifrun(&["exec", "--help"]));
-    for flag in ["--user", "--bind", "--env", "--workdir", "--writable-tmpfs"] {
+    for flag in [
+        "--user",
+        "--bind",
+        "--env",
+        "--env-file",
+        "--cleanenv",
+        "--pwd",
+        "--workdir",
+        "--contain",
+        "--containall",
+        "--home",
+        "--no-home",
+        "--nv",
+        "--writable-tmpfs",
+    ] {
         assert!(exec_help.contains(flag), "{flag} missing from exec help");
     }
     let build_help = stdout(&run_sifrun(&["build", "--help"]));

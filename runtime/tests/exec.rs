@@ -394,9 +394,9 @@ fn workdir_option_and_default() {
         return;
     }
     leak_checked(|fx| {
-        let out = fx.exec(&["--workdir", "/opt"], &["pwd"]);
+        let out = fx.exec(&["--pwd", "/opt"], &["pwd"]);
         assert_eq!(stdout(&out), "/opt\n");
-        let out = fx.exec(&["--workdir", "/does/not/exist"], &["pwd"]);
+        let out = fx.exec(&["--pwd", "/does/not/exist"], &["pwd"]);
         assert_one_line_error(&out, "cannot enter workdir /does/not/exist");
         // Default: the current directory (bound from the host).
         let out = Command::new(sifrun())

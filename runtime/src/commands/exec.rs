@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{getpid, getppid, Pid};
 
 use crate::commands::target::{deffile_runscript, Target};
-use sifrun_runtime::container::env::{parse_assignment, EnvPlan};
+use sifrun_runtime::container::env::{parse_assignment, parse_env_object, EnvPlan};
 use sifrun_runtime::container::gpu::{self, DriverList, GpuSelection};
 use sifrun_runtime::container::identity::Identity;
 use sifrun_runtime::container::image_env;
@@ -57,8 +57,24 @@ pub struct ExecOptions {
     pub binds: Vec<String>,
     /// `NAME=VALUE` environment overrides.
     pub env: Vec<String>,
+    /// Files of `NAME=VALUE` lines, below `env`.
+    pub env_files: Vec<PathBuf>,
+    /// Pass no host variable but TERM and the proxy settings.
+    pub cleanenv: bool,
     /// Working directory inside the container.
     pub workdir: Option<PathBuf>,
+    /// Host directory for the container's /tmp and /var/tmp.
+    pub tmp_dir: Option<PathBuf>,
+    /// Bind nothing from the host by default; private /tmp and /var/tmp.
+    pub contain: bool,
+    /// `SRC[:DST]`: the home directory to bind, and $HOME.
+    pub home: Option<String>,
+    /// Do not bind the home directory.
+    pub no_home: bool,
+    /// Asked for a writable image (refused).
+    pub writable: bool,
+    /// A SCIF app (refused for now).
+    pub app: Option<String>,
     /// Keep the root filesystem writable (on a throw-away tmpfs).
     pub writable_tmpfs: bool,
     /// Signature check before running.
@@ -149,6 +165,16 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
             return Err(Error::usage("no command given"));
         }
     }
+    if opts.writable {
+        return Err(Error::usage(
+            "--writable: SIF images are read-only here (writable overlay partitions are not supported yet); use --writable-tmpfs for a throw-away writable root",
+        ));
+    }
+    if let Some(app) = &opts.app {
+        return Err(Error::usage(format!(
+            "--app {app}: SCIF apps are not supported yet"
+        )));
+    }
     // Cheap host checks first, so a host without FUSE says so at once.
     let server = if unprivileged {
         container::mount::fuse::check_device()?;
@@ -179,22 +205,37 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         .map_err(|e| pinned.name_in(e))?;
     // Unlock before anything is set up: a wrong key leaves nothing behind.
     let unlocked = unlock(&image, opts.key.as_ref()).map_err(|e| pinned.name_in(e))?;
-    let identity = resolve_identity(opts.user.as_deref(), unprivileged)?;
-    let binds = opts
+    let mut identity = resolve_identity(opts.user.as_deref(), unprivileged)?;
+    let mut binds = opts
         .binds
         .iter()
         .map(|b| BindMount::parse(b))
         .collect::<Result<Vec<_>>>()?;
-    let overrides = opts
-        .env
-        .iter()
-        .map(|e| parse_assignment(e))
-        .collect::<Result<Vec<_>>>()?;
+    if let Some(home) = &opts.home {
+        let bind = home_bind(home)?;
+        identity.home.clone_from(&bind.destination);
+        binds.insert(0, bind);
+    }
+    if let Some(dir) = &opts.tmp_dir {
+        binds.splice(0..0, tmp_dir_binds(dir)?);
+    }
+    let mut overrides = Vec::new();
+    for file in &opts.env_files {
+        let text = fs::read(file)
+            .map_err(|e| Error::usage(format!("--env-file {}: {e}", file.display())))?;
+        overrides.extend(parse_env_object(&text));
+    }
+    for e in &opts.env {
+        overrides.push(parse_assignment(e)?);
+    }
     let mut env = EnvPlan::new(std::env::vars_os(), &image.env, &overrides);
+    if opts.cleanenv {
+        env.keep_only_always_passed();
+    }
     env.container = Some(std::path::absolute(pinned.named()).unwrap_or(pinned.named().into()));
     let gpu = gpu::passthrough(&opts.gpus, Some(&DriverList::default()), true);
     env.append = gpu.env_append();
-    let cwd = std::env::current_dir().ok();
+    let cwd = std::env::current_dir().ok().filter(|_| !opts.contain);
     let target = with_deffile_runscript(&opts.target, &image);
 
     let staging = if unprivileged {
@@ -206,6 +247,8 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     spec.cwd.clone_from(&cwd);
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
+    spec.mount_home = !opts.no_home && opts.home.is_none();
+    spec.mount_tmp = !opts.contain;
     spec.unprivileged = unprivileged;
     spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
     spec.host_files = gpu.files;
@@ -440,6 +483,31 @@ impl Launch<'_> {
             env,
         ))
     }
+}
+
+/// `--home SRC[:DST]`: SRC bound at DST (default SRC), both absolute.
+fn home_bind(spec: &str) -> Result<BindMount> {
+    let (source, dest) = spec.split_once(':').unwrap_or((spec, spec));
+    BindMount::parse(&format!("{source}:{dest}"))
+        .map_err(|e| Error::usage(format!("--home {spec}: {}", e.message())))
+}
+
+/// `--workdir DIR`: DIR/tmp and DIR/var_tmp (created, as the caller) bound
+/// at /tmp and /var/tmp.
+fn tmp_dir_binds(dir: &Path) -> Result<Vec<BindMount>> {
+    let dir = std::path::absolute(dir)
+        .map_err(|e| Error::usage(format!("--workdir {}: {e}", dir.display())))?;
+    let mut binds = Vec::new();
+    for (sub, dest) in [("tmp", "/tmp"), ("var_tmp", "/var/tmp")] {
+        let source = dir.join(sub);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o1777)
+            .create(&source)
+            .map_err(|e| Error::usage(format!("--workdir: creating {}: {e}", source.display())))?;
+        binds.push(BindMount::parse(&format!("{}:{dest}", source.display()))?);
+    }
+    Ok(binds)
 }
 
 /// If sifrun dies (even by SIGKILL) the container command goes with it, so

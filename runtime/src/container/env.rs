@@ -102,6 +102,21 @@ impl Environment {
     }
 }
 
+/// What `--cleanenv` still passes (as Apptainer).
+const ALWAYS_PASSED: &[&str] = &[
+    "TERM",
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "ftp_proxy",
+    "FTP_PROXY",
+];
+
 /// Prefixes of Apptainer's own variables: its settings (never passed in)
 /// and requests to set a variable in the container.
 const APPTAINER_PREFIXES: &[&str] = &["APPTAINER_", "SINGULARITY_"];
@@ -193,6 +208,14 @@ impl EnvPlan {
         }
         plan.host = host.into_iter().filter(|(n, _)| !is_dropped(n)).collect();
         plan
+    }
+
+    /// `--cleanenv`: no host variable but those Apptainer always passes
+    /// (TERM and the proxy settings), and `LANG=C`.
+    pub fn keep_only_always_passed(&mut self) {
+        self.host
+            .retain(|(name, _)| name.to_str().is_some_and(|n| ALWAYS_PASSED.contains(&n)));
+        self.host.push(("LANG".into(), "C".into()));
     }
 
     /// The environment for `user`, layer over layer (module docs).

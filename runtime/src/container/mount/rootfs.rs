@@ -129,6 +129,9 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// What gets an empty tmpfs when the host's are not bound.
+const PRIVATE_TMP_DIRS: &[&str] = &["/tmp", "/var/tmp"];
+
 /// The host files that make names resolve inside the container.
 pub const HOST_NETWORK_FILES: &[&str] = &["/etc/hosts", "/etc/resolv.conf"];
 
@@ -144,7 +147,8 @@ pub struct ContainerSpec {
     pub identity: Identity,
     /// Bind the user's home directory (if it exists on the host).
     pub mount_home: bool,
-    /// Bind the host's /tmp and /var/tmp.
+    /// Bind the host's /tmp and /var/tmp; when false, each gets an empty
+    /// private tmpfs instead (`--contain`).
     pub mount_tmp: bool,
     /// Bind the host's name resolution files ([`HOST_NETWORK_FILES`])
     /// read-only, as Apptainer does: images built from Docker layers ship
@@ -284,6 +288,13 @@ pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
         };
         bind_host_dir(&root, source, dest, flags, &mut host)?;
     }
+    if !spec.mount_tmp {
+        for dir in PRIVATE_TMP_DIRS {
+            let target = create_mount_point(&root, Path::new(dir), Path::new("/"), &host)?;
+            let size = format!("size={}m,mode=1777", spec.tmpfs_size_mib);
+            mount_fs("tmpfs", &target, "tmpfs", nosuid_nodev, Some(&size))?;
+        }
+    }
     for file in network_files(spec) {
         // Best effort, like Apptainer: an image whose file cannot take the
         // bind (a symlink into a host directory) keeps its own.
@@ -364,6 +375,11 @@ fn needed_paths(spec: &ContainerSpec) -> Vec<Needed> {
     for (source, dest) in host_dir_binds(spec) {
         if source.is_dir() {
             needed.push(Needed::Dir(dest.to_path_buf()));
+        }
+    }
+    if !spec.mount_tmp {
+        for dir in PRIVATE_TMP_DIRS {
+            needed.push(Needed::Dir(dir.into()));
         }
     }
     for file in network_files(spec) {
