@@ -18,6 +18,8 @@ use sifrun_runtime::error::{Context, Error, Result};
 use sifrun_runtime::image::{self, EncryptedPartition, ImageMetadata};
 use sifrun_runtime::process;
 
+use crate::commands::singularity_d::Layout;
+
 /// Default SquashFS compressor.
 pub const DEFAULT_COMPRESSOR: &str = "zstd";
 
@@ -79,7 +81,11 @@ pub fn run(opts: &BuildOptions) -> Result<BuildSummary> {
             opts.output.display()
         )));
     }
-    let meta = collect_metadata(opts)?;
+    let mut meta = collect_metadata(opts)?;
+    let layout = Layout::for_build(&meta)?;
+    if !layout.is_empty() {
+        meta.inspect_metadata = Some(layout.inspect_metadata(&meta)?);
+    }
     // Ask for (or load) the key before the slow part, so a typo or an
     // unreadable key fails at once.
     let key = opts.encrypt.as_ref().map(|k| k.for_build()).transpose()?;
@@ -94,7 +100,12 @@ pub fn run(opts: &BuildOptions) -> Result<BuildSummary> {
         .tempdir_in(&out_dir)
         .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
     let squashfs = work.path().join("rootfs.squashfs");
-    make_squashfs(opts, &source_kind, &squashfs)?;
+    let pseudo = if layout.is_empty() {
+        Vec::new()
+    } else {
+        layout.pseudo_args(work.path())?
+    };
+    make_squashfs(opts, &source_kind, &squashfs, &pseudo)?;
     let squashfs_size = fs::metadata(&squashfs)
         .context("reading SquashFS size")?
         .len();
@@ -197,6 +208,7 @@ fn collect_metadata(opts: &BuildOptions) -> Result<ImageMetadata> {
         deffile,
         labels,
         env,
+        inspect_metadata: None,
     })
 }
 
@@ -266,7 +278,12 @@ fn reason(e: &std::io::Error) -> String {
 
 /// Runs mksquashfs. For tar input the (decompressed) archive is streamed to
 /// `mksquashfs -tar` on stdin, so nothing is extracted to disk.
-fn make_squashfs(opts: &BuildOptions, kind: &SourceKind, dest: &Path) -> Result<()> {
+fn make_squashfs(
+    opts: &BuildOptions,
+    kind: &SourceKind,
+    dest: &Path,
+    pseudo: &[String],
+) -> Result<()> {
     let mut cmd = Command::new("mksquashfs");
     let mut decompress: Option<std::process::Child> = None;
     match kind {
@@ -297,6 +314,8 @@ fn make_squashfs(opts: &BuildOptions, kind: &SourceKind, dest: &Path) -> Result<
         }
     }
     cmd.args(["-noappend", "-comp", &opts.compressor]);
+    // Apptainer's /.singularity.d files (what the source has wins).
+    cmd.args(pseudo);
     // mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times.
     cmd.env_remove("SOURCE_DATE_EPOCH");
     if opts.deterministic {

@@ -8,5 +8,6 @@ pub mod ecl;
 pub mod exec;
 pub mod inspect;
 pub mod sign;
+pub mod singularity_d;
 pub mod target;
 pub mod verify;

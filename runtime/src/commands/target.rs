@@ -95,6 +95,13 @@ fn is_executable(path: &Path) -> bool {
 /// The body of the `%runscript` section of a definition file, if it has a
 /// non-empty one. A section runs until the next line starting with `%`.
 pub fn deffile_runscript(deffile: &[u8]) -> Option<String> {
+    deffile_section(deffile, "%runscript")
+}
+
+/// The body of section `name` (`%runscript`, `%environment`, `%help`...)
+/// of a definition file, up to the next section; `None` when absent or
+/// empty.
+pub fn deffile_section(deffile: &[u8], name: &str) -> Option<String> {
     let text = String::from_utf8_lossy(deffile);
     let mut body: Option<Vec<&str>> = None;
     for line in text.lines() {
@@ -103,8 +110,7 @@ pub fn deffile_runscript(deffile: &[u8]) -> Option<String> {
             if body.is_some() {
                 break;
             }
-            let name = header.split_whitespace().next().unwrap_or("");
-            if name == "%runscript" {
+            if header.split_whitespace().next() == Some(name) {
                 body = Some(Vec::new());
             }
             continue;

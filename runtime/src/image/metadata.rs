@@ -156,29 +156,34 @@ impl Attributes {
     /// attribute the image lacks is an empty line, as in Apptainer.
     pub fn to_text(&self, wanted: &[Attribute]) -> String {
         let mut out = String::new();
-        let mut line = |text: &str| {
-            out.push_str(text.trim_end());
-            out.push('\n');
+        // Each attribute's text ends with one newline; environment scripts
+        // are printed as stored, then a blank line (as Apptainer does).
+        let mut put = |text: &str, as_stored: bool| {
+            if as_stored {
+                out.push_str(text);
+            } else {
+                out.push_str(text.trim_end());
+                out.push('\n');
+            }
         };
         let or = |t: &Option<String>, missing: &'static str| t.clone().unwrap_or(missing.into());
         for a in wanted {
             match a {
                 Attribute::Labels => {
                     for (k, v) in &self.labels {
-                        line(&format!("{k}: {v}"));
+                        put(&format!("{k}: {v}"), false);
                     }
                 }
-                Attribute::Deffile => line(&or(&self.deffile, "")),
-                Attribute::Runscript => line(&or(&self.runscript, "")),
-                Attribute::Startscript => line(&or(&self.startscript, "")),
-                Attribute::Helpfile => line(&or(&self.helpfile, "")),
+                Attribute::Deffile => put(&or(&self.deffile, ""), false),
+                Attribute::Runscript => put(&or(&self.runscript, ""), false),
+                Attribute::Startscript => put(&or(&self.startscript, ""), false),
+                Attribute::Helpfile => put(&or(&self.helpfile, ""), false),
                 Attribute::Environment => {
                     if self.environment.is_empty() {
-                        line("");
+                        put("", false);
                     }
                     for (file, body) in &self.environment {
-                        line(&format!("=== {file} ===\n{body}"));
-                        line("");
+                        put(&format!("=== {file} ===\n{body}\n\n"), true);
                     }
                 }
             }

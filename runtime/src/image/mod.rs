@@ -183,6 +183,8 @@ pub struct ImageMetadata {
     pub labels: BTreeMap<String, String>,
     /// The image's own environment (object 0x4002, `NAME=VALUE` lines).
     pub env: Vec<(String, String)>,
+    /// Apptainer's `inspect-metadata.json` object (see [`metadata`]).
+    pub inspect_metadata: Option<Vec<u8>>,
 }
 
 /// Writes a SIF at `dest` holding `squashfs` as the primary partition
@@ -229,6 +231,12 @@ pub fn write_image_with(
             sif::DataType::EnvVar,
             render_env_object(&meta.env),
         ));
+    }
+    if let Some(json) = &meta.inspect_metadata {
+        objects.push(
+            sif::ObjectInput::new(sif::DataType::GenericJson, json.clone())
+                .name(metadata::METADATA_OBJECT),
+        );
     }
     let fs_type = if encrypted.is_some() {
         sif::FsType::EncryptedSquashfs
