@@ -116,18 +116,18 @@ pub fn spawn_with(
             };
             if let Err(e) = installed {
                 let _ = signal::kill(child, Signal::SIGKILL);
-                let _ = wait_for(child);
+                let _ = wait_child(child);
                 return Err(e);
             }
             match report {
                 Ok(bytes) if bytes.is_empty() => Ok(Child { pid: child }),
                 Ok(bytes) => {
-                    let _ = wait_for(child);
+                    let _ = wait_child(child);
                     Err(Error::decode(&bytes))
                 }
                 Err(e) => {
                     let _ = signal::kill(child, Signal::SIGKILL);
-                    let _ = wait_for(child);
+                    let _ = wait_child(child);
                     Err(e)
                 }
             }
@@ -223,13 +223,15 @@ impl Child {
     /// Waits for the command and returns the exit status to propagate:
     /// its exit code, or 128+N when it was killed by signal N.
     pub fn wait(self) -> Result<i32> {
-        let status = wait_for(self.pid);
+        let status = wait_child(self.pid);
         FORWARD_TO.store(0, Ordering::SeqCst);
         status
     }
 }
 
-fn wait_for(pid: Pid) -> Result<i32> {
+/// Waits for child `pid` and returns its exit code, or 128+N when signal N
+/// killed it.
+pub fn wait_child(pid: Pid) -> Result<i32> {
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),

@@ -16,11 +16,11 @@
 //! What sifrun does with the result, and where it differs from Apptainer:
 //! docs/apptainer.md.
 
-use std::io::Read;
+use std::ffi::CString;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -29,6 +29,8 @@ use crate::container::env::{is_valid_name, DEFAULT_PATH};
 use crate::container::identity;
 use crate::container::mount::rootfs::ContainerSpec;
 use crate::error::{Error, Result};
+
+mod subset;
 
 /// Where the scripts live in an image.
 pub const ENV_DIR: &str = "/.singularity.d/env";
@@ -89,62 +91,38 @@ pub fn evaluate(spec: &ContainerSpec) -> Result<Vec<(String, String)>> {
 }
 
 fn evaluate_with(spec: &ContainerSpec, timeout: Duration) -> Result<Vec<(String, String)>> {
-    let identity = spec.identity.clone();
-    let unprivileged = spec.unprivileged;
-    let mut command = Command::new("/bin/sh");
-    command
-        .args(["-c", SCRIPT])
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", &identity.home)
-        .env("USER", &identity.name)
-        .env("LOGNAME", &identity.name)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the caller is single-threaded (documented above), so the
-    // allocations of the privilege drop cannot deadlock in the child.
-    unsafe {
-        command.pre_exec(move || {
-            // Its own process group, so that whatever the scripts start
-            // goes with it (a process left in the container would keep
-            // the container, its mounts and loop device alive).
-            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
-            let dropped = if unprivileged {
-                identity::drop_user_namespace_capabilities()
-            } else {
-                identity.drop_privileges()
-            };
-            dropped.map_err(|e| std::io::Error::other(e.message()))
-        });
-    }
-    let mut child = command.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::image(format!(
-                "the image has environment scripts ({ENV_DIR}) but no /bin/sh to evaluate them"
-            ))
-        } else {
-            Error::system(format!(
-                "evaluating the image's environment ({ENV_DIR}): {e}"
-            ))
-        }
-    })?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(Error::system(
-            "evaluating the image's environment: no pipes",
-        ));
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::system(format!("evaluating the image's environment: pipe: {e}")))
     };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    // SAFETY: the caller is single-threaded (documented above); the child
+    // runs `child_main`, which execs or leaves with `_exit`.
+    let child = match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            return Err(Error::system(format!(
+                "evaluating the image's environment: fork: {e}"
+            )))
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(out_r);
+            drop(err_r);
+            child_main(spec, out_w, err_w)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+    };
+    drop(out_w);
+    drop(err_w);
+    let (stdout, stderr) = (std::fs::File::from(out_r), std::fs::File::from(err_r));
     let read = read_until_closed(stdout, stderr, Instant::now() + timeout);
     // Done or out of time: nothing the scripts started may stay.
-    let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let group = nix::unistd::Pid::from_raw(-child.as_raw());
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-    let status = child.wait();
+    let status = crate::process::wait_child(child);
     let (out, err) = read?;
-    let status = status.map_err(|e| Error::system(format!("waiting for the shell: {e}")))?;
-    if !status.success() {
+    let status = status?;
+    if status != 0 {
         let last = String::from_utf8_lossy(&err)
             .lines()
             .rev()
@@ -152,13 +130,81 @@ fn evaluate_with(spec: &ContainerSpec, timeout: Duration) -> Result<Vec<(String,
             .map(|l| format!(": {}", l.trim()))
             .unwrap_or_default();
         return Err(Error::image(format!(
-            "the image's environment scripts ({ENV_DIR}) failed ({status}){last}"
+            "the image's environment scripts ({ENV_DIR}) failed (exit status {status}){last}"
         )));
     }
     Ok(parse_export_p(&String::from_utf8_lossy(&out))
         .into_iter()
         .filter(|(name, _)| !SHELL_OWNED.contains(&name.as_str()) && !name.starts_with("__"))
         .collect())
+}
+
+/// The evaluating child: its own process group, standard streams on the
+/// pipes, the privilege drop, then the image's `/bin/sh` over the scripts
+/// or, in an image without one, [`subset`]. Never returns.
+fn child_main(spec: &ContainerSpec, out: OwnedFd, err: OwnedFd) -> ! {
+    let fail = |what: &str| -> ! {
+        eprintln!("{what}");
+        // SAFETY: leaves the forked child at once, running nothing of the
+        // parent's (atexit handlers, destructors).
+        unsafe { libc::_exit(126) }
+    };
+    let zero = nix::unistd::Pid::from_raw(0);
+    if nix::unistd::setpgid(zero, zero).is_err() {
+        fail("cannot start a process group");
+    }
+    let null = std::fs::File::open("/dev/null").map(OwnedFd::from);
+    let streams = null
+        .map_err(drop)
+        .and_then(|null| nix::unistd::dup2(null.as_raw_fd(), 0).map_err(drop))
+        .and_then(|_| nix::unistd::dup2(out.as_raw_fd(), 1).map_err(drop))
+        .and_then(|_| nix::unistd::dup2(err.as_raw_fd(), 2).map_err(drop));
+    if streams.is_err() || nix::unistd::chdir("/").is_err() {
+        fail("cannot set up the evaluation's streams");
+    }
+    let dropped = if spec.unprivileged {
+        identity::drop_user_namespace_capabilities()
+    } else {
+        spec.identity.drop_privileges()
+    };
+    if let Err(e) = dropped {
+        fail(&e.message());
+    }
+    let base = [
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        ("HOME".to_string(), spec.identity.home.display().to_string()),
+        ("USER".to_string(), spec.identity.name.clone()),
+        ("LOGNAME".to_string(), spec.identity.name.clone()),
+    ];
+    if Path::new("/bin/sh").exists() {
+        let envp: Vec<CString> = base
+            .iter()
+            .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+            .collect();
+        let argv = [
+            c"sh".to_owned(),
+            c"-c".to_owned(),
+            CString::new(SCRIPT).unwrap_or_default(),
+        ];
+        let e = nix::unistd::execve(c"/bin/sh", &argv, &envp).unwrap_err();
+        fail(&format!("executing /bin/sh: {}", e.desc()));
+    }
+    match subset::evaluate_dir(Path::new(ENV_DIR), &base) {
+        Ok(vars) => {
+            let mut text = String::new();
+            for (name, value) in vars {
+                text.push_str(&format!(
+                    "export {name}='{}'\n",
+                    value.replace('\'', "'\\''")
+                ));
+            }
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            let _ = std::io::stdout().flush();
+            // SAFETY: as in `fail`.
+            unsafe { libc::_exit(0) }
+        }
+        Err(why) => fail(&format!("the image has no /bin/sh and {why}")),
+    }
 }
 
 /// Reads both pipes to their end by `deadline`; stdout whole (up to
