@@ -301,3 +301,51 @@ fn apptainer_flags_mean_what_they_mean_in_apptainer() {
     );
     fx.assert_no_leaks(&before);
 }
+
+/// An image without `/bin/sh` (distroless): only a static busybox as
+/// `/opt/app/bin/env`, and the scripts Apptainer writes for it.
+fn shell_less_image(fx: &Fixture, name: &str, environment: &str) -> String {
+    let root = fx.path(&format!("{name}-root"));
+    fs::create_dir_all(root.join("opt/app/bin")).unwrap();
+    fs::create_dir_all(root.join(".singularity.d/env")).unwrap();
+    fs::copy("/bin/busybox", root.join("opt/app/bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("opt/app/bin/env")).unwrap();
+    let env = root.join(".singularity.d/env");
+    fs::write(
+        env.join("10-docker2singularity.sh"),
+        "#!/bin/sh\nexport PATH=\"/opt/app/bin\"\nexport GREETING=\"${GREETING:-\"hello \\\\\\\"static\\\\\\\" world\"}\"\n",
+    )
+    .unwrap();
+    fs::write(env.join("90-environment.sh"), environment).unwrap();
+    fs::write(env.join("99-base.sh"), BASE_ENV).unwrap();
+    let image = fx.path(&format!("{name}.sif"));
+    let out = run_sifrun(&["build", root.to_str().unwrap(), "-o", image.to_str().unwrap()]);
+    assert!(out.status.success(), "build: {}", stderr(&out));
+    image.to_str().unwrap().to_string()
+}
+
+#[test]
+fn an_image_without_a_shell_still_gets_its_environment() {
+    if skip_unless_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = fx.snapshot();
+    let image = shell_less_image(&fx, "nosh", "#!/bin/sh\n# %environment\nexport MODE=static\n");
+    let out = run_sifrun(&["exec", &image, "env"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env = stdout(&out);
+    assert_eq!(
+        value(&env, "PATH"),
+        Some("/opt/app/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    );
+    assert_eq!(value(&env, "GREETING"), Some("hello \\\"static\\\" world"));
+    assert_eq!(value(&env, "MODE"), Some("static"));
+    assert_eq!(value(&env, "LD_LIBRARY_PATH"), Some("/.singularity.d/libs"));
+
+    // What needs a shell is named, not guessed.
+    let image = shell_less_image(&fx, "nosh-if", "if [ -n \"$X\" ]; then export A=1; fi\n");
+    let out = run_sifrun(&["exec", &image, "env"]);
+    assert_one_line_error(&out, "90-environment.sh needs one (line 1");
+    fx.assert_no_leaks(&before);
+}
