@@ -319,7 +319,12 @@ fn shell_less_image(fx: &Fixture, name: &str, environment: &str) -> String {
     fs::write(env.join("90-environment.sh"), environment).unwrap();
     fs::write(env.join("99-base.sh"), BASE_ENV).unwrap();
     let image = fx.path(&format!("{name}.sif"));
-    let out = run_sifrun(&["build", root.to_str().unwrap(), "-o", image.to_str().unwrap()]);
+    let out = run_sifrun(&[
+        "build",
+        root.to_str().unwrap(),
+        "-o",
+        image.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "build: {}", stderr(&out));
     image.to_str().unwrap().to_string()
 }
@@ -331,7 +336,11 @@ fn an_image_without_a_shell_still_gets_its_environment() {
     }
     let fx = Fixture::new();
     let before = fx.snapshot();
-    let image = shell_less_image(&fx, "nosh", "#!/bin/sh\n# %environment\nexport MODE=static\n");
+    let image = shell_less_image(
+        &fx,
+        "nosh",
+        "#!/bin/sh\n# %environment\nexport MODE=static\n",
+    );
     let out = run_sifrun(&["exec", &image, "env"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let env = stdout(&out);
