@@ -18,8 +18,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -87,10 +86,6 @@ pub fn has_scripts() -> bool {
 /// default), `HOME`, `USER` and `LOGNAME`, and must finish within
 /// [`TIMEOUT`]. A failing script is one error line.
 pub fn evaluate(spec: &ContainerSpec) -> Result<Vec<(String, String)>> {
-    evaluate_with(spec, TIMEOUT)
-}
-
-fn evaluate_with(spec: &ContainerSpec, timeout: Duration) -> Result<Vec<(String, String)>> {
     let pipe = || {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::system(format!("evaluating the image's environment: pipe: {e}")))
@@ -112,10 +107,12 @@ fn evaluate_with(spec: &ContainerSpec, timeout: Duration) -> Result<Vec<(String,
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => child,
     };
+    // Also from this side, so the group exists whichever runs first.
+    let _ = nix::unistd::setpgid(child, child);
     drop(out_w);
     drop(err_w);
     let (stdout, stderr) = (std::fs::File::from(out_r), std::fs::File::from(err_r));
-    let read = read_until_closed(stdout, stderr, Instant::now() + timeout);
+    let read = read_until_closed(stdout, stderr, Instant::now() + TIMEOUT);
     // Done or out of time: nothing the scripts started may stay.
     let group = nix::unistd::Pid::from_raw(-child.as_raw());
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
@@ -152,6 +149,10 @@ fn child_main(spec: &ContainerSpec, out: OwnedFd, err: OwnedFd) -> ! {
     let zero = nix::unistd::Pid::from_raw(0);
     if nix::unistd::setpgid(zero, zero).is_err() {
         fail("cannot start a process group");
+    }
+    // Ends with whoever waits for it (kept across the privilege drop).
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err() {
+        fail("cannot set the parent-death signal");
     }
     let null = std::fs::File::open("/dev/null").map(OwnedFd::from);
     let streams = null
