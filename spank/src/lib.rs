@@ -324,17 +324,6 @@ unsafe impl Plugin for SifrunPlugin {
             Some(Ok(container)) => {
                 let host_wins = self.request.as_ref().map_or(&[][..], |r| &r.host_env);
                 let job_env = |name: &str| spank.getenv(name).ok().flatten();
-                let mut changes =
-                    task_env::task_env_changes(&container.image_env, host_wins, &job_env);
-                let path_now = changes
-                    .iter()
-                    .rev()
-                    .find_map(|c| match c {
-                        EnvChange::Set(k, v) if k == "PATH" => Some(v.clone()),
-                        _ => None,
-                    })
-                    .or_else(|| job_env("PATH"))
-                    .unwrap_or_else(|| task_env::DEFAULT_PATH.to_string());
                 let job_vars: Vec<(String, String)> = spank
                     .job_env()
                     .unwrap_or_default()
@@ -342,13 +331,14 @@ unsafe impl Plugin for SifrunPlugin {
                     .filter_map(|kv| kv.split_once('='))
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
-                if let Some(request) = &self.request {
-                    changes.extend(task_env::apptainer_changes(
-                        &job_vars,
-                        &request.image,
-                        &path_now,
-                    ));
-                }
+                let image = self.request.as_ref().map(|r| r.image.as_path());
+                let changes = task_env::task_changes(
+                    &container.image_env,
+                    host_wins,
+                    &job_env,
+                    &job_vars,
+                    image,
+                );
                 for change in changes {
                     match change {
                         EnvChange::Set(k, v) => spank.setenv(k, v, true)?,

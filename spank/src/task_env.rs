@@ -85,6 +85,33 @@ pub fn task_env_changes(
     changes
 }
 
+/// Every change to a task's environment: the image's
+/// ([`task_env_changes`]), then Apptainer's requests from the job
+/// ([`apptainer_changes`], with `image` the image's path when known).
+pub fn task_changes(
+    image_env: &[(String, String)],
+    host_wins: &[String],
+    job_env: &dyn Fn(&str) -> Option<String>,
+    job_vars: &[(String, String)],
+    image: Option<&std::path::Path>,
+) -> Vec<EnvChange> {
+    let mut changes = task_env_changes(image_env, host_wins, job_env);
+    if let Some(image) = image {
+        // PATH as the image's layer left it, for the PATH edits.
+        let path_now = changes
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                EnvChange::Set(k, v) if k == "PATH" => Some(v.clone()),
+                _ => None,
+            })
+            .or_else(|| job_env("PATH"))
+            .unwrap_or_else(|| DEFAULT_PATH.to_string());
+        changes.extend(apptainer_changes(job_vars, image, &path_now));
+    }
+    changes
+}
+
 /// Apptainer's requests, applied after [`task_env_changes`]: the job's
 /// `APPTAINERENV_X` (or `SINGULARITYENV_X`) sets `X` in each task, its
 /// `..._PREPEND_PATH`, `..._APPEND_PATH` and `..._PATH` edit PATH (as it
