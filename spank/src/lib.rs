@@ -29,12 +29,11 @@ use slurm_spank::{
 use std::error::Error;
 use task_env::EnvChange;
 
-/// Slurm major.minor this plugin is built for (0xMMmm00). slurmstepd only
-/// loads SPANK plugins whose major and minor match its own; the test
-/// `built_for_installed_slurm` checks this against `slurm_version.h`.
-pub const BUILT_FOR_SLURM: u32 = 0x160500;
-
-SPANK_PLUGIN!(b"sifrun", 0x160500, SifrunPlugin);
+// slurmstepd only loads SPANK plugins whose major and minor match its own:
+// `BUILT_FOR_SLURM` and the `SPANK_PLUGIN!` declaration come from the
+// `slurm_version.h` of the headers the plugin is built against (build.rs);
+// the test `built_for_installed_slurm` checks them against it.
+include!(concat!(env!("OUT_DIR"), "/plugin_version.rs"));
 
 /// State kept in slurmstepd (and inherited by each forked task).
 #[derive(Default)]
