@@ -34,6 +34,12 @@ const HOST_LOADER_VARS: &[&str] = &["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"]
 /// the same as `sifrun exec`'s.
 pub use sifrun_runtime::container::env::DEFAULT_PATH;
 
+/// Slurm's, the process managers' and the GPU selection's variables: the
+/// host's value always wins.
+fn host_owned(name: &str) -> bool {
+    HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p)) || HOST_OWNED_NAMES.contains(&name)
+}
+
 /// One change to a task's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnvChange {
@@ -48,9 +54,6 @@ pub fn task_env_changes(
     host_wins: &[String],
     job_env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<EnvChange> {
-    let host_owned = |name: &str| {
-        HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p)) || HOST_OWNED_NAMES.contains(&name)
-    };
     let keep_host = |name: &str| {
         host_wins.iter().any(|n| n == name)
             || host_owned(name)
@@ -124,10 +127,7 @@ pub fn apptainer_changes(
     image: &std::path::Path,
     path_now: &str,
 ) -> Vec<EnvChange> {
-    use sifrun_runtime::container::env::{is_dropped, EnvPlan};
-    let host_owned = |name: &str| {
-        HOST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p)) || HOST_OWNED_NAMES.contains(&name)
-    };
+    use sifrun_runtime::container::env::{container_names, is_dropped, EnvPlan};
     let mut changes: Vec<EnvChange> = job_vars
         .iter()
         .filter(|(name, _)| {
@@ -142,30 +142,11 @@ pub fn apptainer_changes(
             changes.push(EnvChange::Set(name, value));
         }
     }
-    let request = &plan.path;
-    if request.replace.is_some() || request.prepend.is_some() || request.append.is_some() {
-        let mut path = path_now.to_string();
-        if let Some(p) = &request.prepend {
-            path = format!("{p}:{path}");
-        }
-        if let Some(a) = &request.append {
-            path = format!("{path}:{a}");
-        }
-        if let Some(r) = &request.replace {
-            path.clone_from(r);
-        }
-        changes.push(EnvChange::Set("PATH".into(), path));
+    if !plan.path.is_empty() {
+        changes.push(EnvChange::Set("PATH".into(), plan.path.apply(path_now)));
     }
-    let name = image.file_name().unwrap_or(image.as_os_str());
-    for prefix in ["APPTAINER_", "SINGULARITY_"] {
-        changes.push(EnvChange::Set(
-            format!("{prefix}CONTAINER"),
-            image.display().to_string(),
-        ));
-        changes.push(EnvChange::Set(
-            format!("{prefix}NAME"),
-            name.to_string_lossy().into_owned(),
-        ));
+    for (name, value) in container_names(image) {
+        changes.push(EnvChange::Set(name, value.to_string_lossy().into_owned()));
     }
     changes
 }

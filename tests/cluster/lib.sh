@@ -152,6 +152,26 @@ race_images() {
     GOOD_MD5=$(md5sum < "$RACE/good/marker" | cut -d' ' -f1); EVIL_MD5=$(md5sum < "$RACE/evil/marker" | cut -d' ' -f1)
     read -r part_off part_size < <(partition_of "$RACE/good.sif")
 }
+# race_against WRITER_PID WRITER_PATTERN ARGS...: 20 steps `secure ARGS...`
+# (each printing the md5 of /marker) while the caller's writer, running as
+# the test user and matching WRITER_PATTERN, rewrites the image; then the
+# writer is stopped. The steps' output is in RACE_OUT, and LAST counts the
+# runs that saw the good bytes, were refused, saw the evil bytes.
+race_against() {
+    local writer=$1 pattern=$2 _
+    shift 2
+    RACE_OUT=""
+    for _ in $(seq 20); do
+        secure "$@"
+        RACE_OUT+="$LAST"$'\n'
+    done
+    pkill -u "$TEST_USER" -f "$pattern" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$writer" 2>/dev/null || break; sleep 0.1; done
+    LAST="runs: $(grep -c "$GOOD_MD5" <<<"$RACE_OUT") good, $(grep -c 'sifrun: error' <<<"$RACE_OUT") refused, $(grep -c "$EVIL_MD5" <<<"$RACE_OUT") evil"
+}
+# never_evil: no run of the last race saw the evil bytes, one at least the good ones.
+never_evil() { ! grep -q "$EVIL_MD5" <<<"$RACE_OUT" && [[ $(grep -c "$GOOD_MD5" <<<"$RACE_OUT") -ge 1 ]]; }
+
 # partition_of IMAGE: "offset size" of its primary partition.
 partition_of() {
     "$SIFRUN" inspect --json "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); p=[o for o in d["objects"] if o["type"]=="partition"][0]; print(p["offset"], p["size"])'

@@ -91,10 +91,8 @@ pub struct ExecOptions {
 pub struct VerifyPolicy {
     /// Verify (`--verify`, or `SIFRUN_VERIFY=1`).
     pub enabled: bool,
-    /// OpenPGP keyrings.
-    pub keyrings: Vec<PathBuf>,
-    /// PEM public keys (DSSE signatures).
-    pub pem_keys: Vec<PathBuf>,
+    /// The keys (OpenPGP keyrings, PEM public keys).
+    pub keys: Keys,
 }
 
 impl VerifyPolicy {
@@ -122,8 +120,7 @@ impl VerifyPolicy {
         }
         VerifyPolicy {
             enabled: flag || env_on,
-            keyrings,
-            pem_keys,
+            keys: Keys { keyrings, pem_keys },
         }
     }
 
@@ -133,16 +130,12 @@ impl VerifyPolicy {
         if !self.enabled {
             return Ok(());
         }
-        if self.keyrings.is_empty() && self.pem_keys.is_empty() {
+        if self.keys.is_empty() {
             return Err(Error::usage(format!(
                 "--verify needs keys: --keyring / --key-pem, or {KEYRING_ENV} / {KEY_PEM_ENV}"
             )));
         }
-        let keys = Keys {
-            keyrings: self.keyrings.clone(),
-            pem_keys: self.pem_keys.clone(),
-        };
-        let report = signatures::verify(image, &keys.load(false)?)?;
+        let report = signatures::verify(image, &self.keys.load(false)?)?;
         if report.verdict.is_ok() {
             Ok(())
         } else {
@@ -537,7 +530,7 @@ mod tests {
         let p = VerifyPolicy::from_args_and_vars(false, vec!["/c.asc".into()], vec![], vars);
         assert!(p.enabled);
         assert_eq!(
-            p.keyrings,
+            p.keys.keyrings,
             vec![
                 PathBuf::from("/c.asc"),
                 PathBuf::from("/a.asc"),

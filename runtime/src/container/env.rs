@@ -167,6 +167,46 @@ pub struct PathRequest {
     pub append: Option<String>,
 }
 
+impl PathRequest {
+    /// True when nothing was asked.
+    pub fn is_empty(&self) -> bool {
+        self.replace.is_none() && self.prepend.is_none() && self.append.is_none()
+    }
+
+    /// `path` (as the image left it) with the request applied.
+    pub fn apply(&self, path: &str) -> String {
+        if let Some(r) = &self.replace {
+            return r.clone();
+        }
+        let mut path = path.to_string();
+        if let Some(p) = &self.prepend {
+            path = format!("{p}:{path}");
+        }
+        if let Some(a) = &self.append {
+            path = format!("{path}:{a}");
+        }
+        path
+    }
+}
+
+/// `APPTAINER_CONTAINER` and `APPTAINER_NAME` (and the `SINGULARITY_` pair)
+/// for the image at `image`: its path and its file name.
+pub fn container_names(image: &std::path::Path) -> Vec<(String, OsString)> {
+    let name = image.file_name().unwrap_or(image.as_os_str());
+    APPTAINER_PREFIXES
+        .iter()
+        .flat_map(|prefix| {
+            [
+                (
+                    format!("{prefix}CONTAINER"),
+                    image.as_os_str().to_os_string(),
+                ),
+                (format!("{prefix}NAME"), name.to_os_string()),
+            ]
+        })
+        .collect()
+}
+
 impl EnvPlan {
     /// The plan for `host` (the caller's environment), the image's own
     /// variables and the `--env` values.
@@ -236,26 +276,14 @@ impl EnvPlan {
         if env.get("PATH").is_none() {
             env.set("PATH", DEFAULT_PATH);
         }
-        let mut path = env.get("PATH").unwrap_or_default().to_os_string();
-        if let Some(p) = &self.path.prepend {
-            let mut joined = OsString::from(p);
-            joined.push(":");
-            joined.push(&path);
-            path = joined;
-        }
-        if let Some(a) = &self.path.append {
-            path.push(":");
-            path.push(a);
-        }
-        if let Some(r) = &self.path.replace {
-            path = r.into();
-        }
+        // PATH is the image's, a request's or the default here (the
+        // host's never passes): text.
+        let path = env.get("PATH").unwrap_or_default().to_string_lossy();
+        let path = self.path.apply(&path);
         env.set("PATH", path);
         if let Some(image) = &self.container {
-            let name = image.file_name().unwrap_or(image.as_os_str());
-            for prefix in APPTAINER_PREFIXES {
-                env.set(format!("{prefix}CONTAINER"), image.as_os_str());
-                env.set(format!("{prefix}NAME"), name);
+            for (name, value) in container_names(image) {
+                env.set(name, value);
             }
         }
         for (name, value) in &self.overrides {

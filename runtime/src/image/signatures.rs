@@ -10,7 +10,7 @@ use sif::integrity::{self, Keyring, PemPublicKey, Report, VerifyOptions};
 use crate::error::{Error, Result};
 
 /// The keys to verify against.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Keys {
     /// OpenPGP public keyrings (armored or binary).
     pub keyrings: Vec<PathBuf>,

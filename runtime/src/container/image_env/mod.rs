@@ -292,9 +292,7 @@ pub fn parse_export_p(text: &str) -> Vec<(String, String)> {
             .or_else(|| rest.strip_prefix("declare -x "))
             .or_else(|| rest.strip_prefix("declare -rx "))
             .unwrap_or(rest);
-        let name_end = rest
-            .find(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
-            .unwrap_or(rest.len());
+        let name_end = name_len(rest);
         let name = &rest[..name_end];
         rest = &rest[name_end..];
         let Some(after_eq) = rest.strip_prefix('=') else {
@@ -313,6 +311,13 @@ pub fn parse_export_p(text: &str) -> Vec<(String, String)> {
         }
     }
     vars
+}
+
+/// Length of the variable-name characters (`_`, letters, digits) that
+/// start `s`.
+fn name_len(s: &str) -> usize {
+    s.find(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
+        .unwrap_or(s.len())
 }
 
 fn skip_line(s: &str) -> &str {

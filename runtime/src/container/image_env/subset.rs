@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 /// The variables, in the order they were first set, and which are exported.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Vars {
     values: BTreeMap<String, String>,
     order: Vec<String>,
@@ -104,8 +104,18 @@ pub fn evaluate_dir(
 
 /// Applies one script (its file name decides the known special cases).
 pub fn source(vars: &mut Vars, file_name: &str, text: &str) -> Result<(), String> {
+    // On a copy: a script is applied whole or, when it needs a shell,
+    // not at all.
+    let mut sourced = vars.clone();
+    let why = match run_lines(&mut sourced, text) {
+        Ok(()) => {
+            *vars = sourced;
+            return Ok(());
+        }
+        Err(why) => why,
+    };
     match file_name {
-        "99-base.sh" if run_lines(&mut vars.clone_for_trial(), text).is_err() => {
+        "99-base.sh" => {
             let ld = match vars.get("LD_LIBRARY_PATH") {
                 Some(v) if !v.is_empty() => format!("{v}:/.singularity.d/libs"),
                 _ => "/.singularity.d/libs".to_string(),
@@ -118,12 +128,8 @@ pub fn source(vars: &mut Vars, file_name: &str, text: &str) -> Result<(), String
             vars.export("PS1");
             Ok(())
         }
-        "99-runtimevars.sh" | "94-appsbase.sh" | "95-apps.sh"
-            if run_lines(&mut vars.clone_for_trial(), text).is_err() =>
-        {
-            Ok(())
-        }
-        _ => run_lines(vars, text),
+        "99-runtimevars.sh" | "94-appsbase.sh" | "95-apps.sh" => Ok(()),
+        _ => Err(why),
     }
 }
 
@@ -141,14 +147,6 @@ impl Vars {
         }
         self.set("PATH", path);
         self.export("PATH");
-    }
-
-    fn clone_for_trial(&self) -> Vars {
-        Vars {
-            values: self.values.clone(),
-            order: self.order.clone(),
-            exported: self.exported.clone(),
-        }
     }
 }
 
@@ -195,9 +193,7 @@ fn run_line(vars: &mut Vars, line: &str) -> Result<(), String> {
     let mut rest = rest;
     let mut any = false;
     while !rest.is_empty() {
-        let name_len = rest
-            .find(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
-            .unwrap_or(rest.len());
+        let name_len = super::name_len(rest);
         let name = &rest[..name_len];
         if !crate::container::env::is_valid_name(name) {
             return Err(format!("not understood without a shell: {line}"));
@@ -313,9 +309,7 @@ fn expansion(vars: &Vars, s: &str) -> Result<(String, usize), String> {
     if let Some(inner) = rest.strip_prefix('{') {
         let close = matching_brace(inner).ok_or("unterminated ${")?;
         let body = &inner[..close];
-        let name_len = body
-            .find(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
-            .unwrap_or(body.len());
+        let name_len = super::name_len(body);
         let (name, op) = body.split_at(name_len);
         if !crate::container::env::is_valid_name(name) {
             return Err(format!("${{{body}}}"));
@@ -344,9 +338,7 @@ fn expansion(vars: &Vars, s: &str) -> Result<(String, usize), String> {
         };
         Ok((result, 2 + close + 1))
     } else {
-        let len = rest
-            .find(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
-            .unwrap_or(rest.len());
+        let len = super::name_len(rest);
         if len == 0 {
             return Ok(("$".into(), 1));
         }
