@@ -34,7 +34,7 @@ pub enum Command {
 
     /// Show the header and objects of a SIF image.
     #[command(
-        after_help = "Examples:\n  sifrun inspect app.sif\n  sifrun inspect --json app.sif | jq '.objects[] | select(.type == \"partition\")'"
+        after_help = "Examples:\n  sifrun inspect app.sif\n  sifrun inspect --json app.sif | jq '.objects[] | select(.type == \"partition\")'\n  sifrun inspect --labels --runscript app.sif\n  sifrun inspect --list-apps app.sif\n  sifrun inspect --app hello --runscript --json app.sif"
     )]
     Inspect(InspectArgs),
 
@@ -309,12 +309,28 @@ pub struct InspectArgs {
     /// Show all of the above.
     #[arg(long)]
     pub all: bool,
+    /// List the image's SCIF apps (with --json: all their attributes).
+    #[arg(long)]
+    pub list_apps: bool,
+    /// Show the attributes of SCIF app NAME instead of the image's (its
+    /// labels unless other flags are given).
+    #[arg(long, value_name = "NAME")]
+    pub app: Option<String>,
 }
 
 impl InspectArgs {
+    /// What to show of the image's metadata.
+    pub fn selection(&self) -> crate::commands::inspect::Selection {
+        crate::commands::inspect::Selection {
+            attributes: self.attributes(),
+            list_apps: self.list_apps,
+            app: self.app.clone(),
+        }
+    }
+
     /// The metadata asked for, in a fixed order; empty for the header and
     /// object table.
-    pub fn attributes(&self) -> Vec<sifrun_runtime::image::metadata::Attribute> {
+    fn attributes(&self) -> Vec<sifrun_runtime::image::metadata::Attribute> {
         use sifrun_runtime::image::metadata::Attribute::*;
         [
             (self.labels, Labels),
@@ -382,8 +398,9 @@ pub struct ContainerArgs {
     /// Refused: SIF images are read-only (use --writable-tmpfs).
     #[arg(short = 'w', long, hide = true)]
     pub writable: bool,
-    /// Refused: SCIF apps are not supported yet.
-    #[arg(long, value_name = "NAME", hide = true)]
+    /// Run SCIF app NAME: its environment (PATH, LD_LIBRARY_PATH, its
+    /// variables) and, for `run`, its runscript.
+    #[arg(long, value_name = "NAME")]
     pub app: Option<String>,
     /// Make the root filesystem writable; changes go to a tmpfs and are discarded.
     #[arg(long)]

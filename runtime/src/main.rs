@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             1,
         ),
         Command::Inspect(args) => finish(
-            inspect::run(&args.image, args.json, &args.attributes()).map(|text| {
+            inspect::run(&args.image, args.json, &args.selection()).map(|text| {
                 let mut out = std::io::stdout().lock();
                 // A closed pipe (`| head`) is not an error worth reporting.
                 let _ = out.write_all(text.as_bytes());

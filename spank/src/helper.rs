@@ -121,6 +121,7 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     args.rdma = config.rdma;
     // A path only: the helper opens it as the job user.
     args.key_file = req.key_file.clone();
+    args.app = req.app.clone();
     args
 }
 
@@ -284,6 +285,7 @@ mod tests {
             writable: true,
             mount_home: Some(false),
             key_file: None,
+            app: Some("hello".into()),
         };
         let user = JobUser {
             uid: 1001,
@@ -315,6 +317,7 @@ mod tests {
         expected.timeout_secs = 125;
         expected.gpus = vec![0, 1];
         expected.rdma = true;
+        expected.app = Some("hello".into());
         assert_eq!(setup_request(&req, &user, &config), expected);
     }
 
@@ -364,6 +367,7 @@ mod tests {
                 writable: false,
                 mount_home: None,
                 key_file: None,
+                app: None,
             },
             JobUser {
                 uid: 0,

@@ -82,6 +82,9 @@ fn options() -> Vec<SpankOption> {
         SpankOption::new(OPT_KEY_FILE)
             .takes_value("FILE")
             .usage("[sifrun] key of an encrypted image: PEM private key or passphrase file"),
+        SpankOption::new(OPT_APP)
+            .takes_value("NAME")
+            .usage("[sifrun] give the tasks the environment of the image's SCIF app NAME"),
     ]
 }
 
@@ -321,7 +324,6 @@ unsafe impl Plugin for SifrunPlugin {
             None => Ok(()),
             Some(Err(msg)) => fail_task(msg),
             Some(Ok(container)) => {
-                let host_wins = self.request.as_ref().map_or(&[][..], |r| &r.host_env);
                 let job_env = |name: &str| spank.getenv(name).ok().flatten();
                 let job_vars: Vec<(String, String)> = spank
                     .job_env()
@@ -330,13 +332,11 @@ unsafe impl Plugin for SifrunPlugin {
                     .filter_map(|kv| kv.split_once('='))
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
-                let image = self.request.as_ref().map(|r| r.image.as_path());
                 let changes = task_env::task_changes(
                     &container.image_env,
-                    host_wins,
+                    self.request.as_ref(),
                     &job_env,
                     &job_vars,
-                    image,
                 );
                 for change in changes {
                     match change {

@@ -5,6 +5,7 @@
 //! user's credentials, by the `sifrun` helper that builds the container.
 
 use sifrun_runtime::container::env::is_valid_name;
+use sifrun_runtime::container::image_env::scif::AppName;
 use sifrun_runtime::container::mount::rootfs::BindMount;
 use std::path::{Component, Path, PathBuf};
 
@@ -20,6 +21,8 @@ pub const OPT_MOUNT_HOME: &str = "container-mount-home";
 pub const OPT_NO_MOUNT_HOME: &str = "no-container-mount-home";
 /// Key of an encrypted image: a PEM RSA private key or a passphrase file.
 pub const OPT_KEY_FILE: &str = "container-key-file";
+/// SCIF app of an Apptainer image (`apptainer exec --app NAME`).
+pub const OPT_APP: &str = "container-app";
 
 /// Environment variable that carries Slurm's built-in `--container` value.
 pub const SLURM_CONTAINER_ENV: &str = "SLURM_CONTAINER";
@@ -70,6 +73,8 @@ pub struct ContainerRequest {
     /// Key file of an encrypted image (absolute; opened by the helper with
     /// the job user's credentials, never read by the plugin).
     pub key_file: Option<PathBuf>,
+    /// SCIF app whose environment the tasks get.
+    pub app: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -207,6 +212,19 @@ impl ContainerRequest {
             .transpose()?
             .unwrap_or_default();
 
+        let app = src
+            .option_or_env(OPT_APP)
+            .map(|name| {
+                if AppName::is_valid(&name) {
+                    Ok(name)
+                } else {
+                    Err(RequestError::BadValue {
+                        option: OPT_APP,
+                        why: format!("{name:?} is not an app name ({})", AppName::ALLOWED),
+                    })
+                }
+            })
+            .transpose()?;
         let writable = parse_flag(src, OPT_WRITABLE)?.unwrap_or(false);
         let mount_home = match (
             src.option(OPT_MOUNT_HOME).is_some(),
@@ -226,6 +244,7 @@ impl ContainerRequest {
             writable,
             mount_home,
             key_file: None,
+            app,
         })
     }
 }
@@ -392,6 +411,26 @@ mod tests {
         let src = with_env(&[("SLURM_CONTAINER", "/a.sif")]);
         let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
         assert_eq!(req.key_file, None);
+    }
+
+    #[test]
+    fn app_is_one_name_from_the_option_or_its_env_default() {
+        let mut src = with_env(&[("SLURM_CONTAINER", "/a.sif")]);
+        src.options.insert(OPT_APP, "hello");
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.app.as_deref(), Some("hello"));
+        let src = with_env(&[
+            ("SLURM_CONTAINER", "/a.sif"),
+            ("SIFRUN_CONTAINER_APP", "other"),
+        ]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.app.as_deref(), Some("other"));
+        for bad in ["../etc", "a/b", ".x"] {
+            let mut src = with_env(&[("SLURM_CONTAINER", "/a.sif")]);
+            src.options.insert(OPT_APP, bad);
+            let e = ContainerRequest::from_source(&src, true).unwrap_err();
+            assert!(e.to_string().starts_with("--container-app: "), "{e}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! too, and the interconnect libraries' settings (`UCX_*`, `FI_*`) from the
 //! host win over the image's when the host sets them.
 
+use crate::request::ContainerRequest;
+
 /// Prefixes whose host value always wins.
 const HOST_OWNED_PREFIXES: &[&str] = &["SLURM_", "SLURMD_", "PMIX_", "PMI_", "SIFRUN_"];
 
@@ -89,17 +91,18 @@ pub fn task_env_changes(
 }
 
 /// Every change to a task's environment: the image's
-/// ([`task_env_changes`]), then Apptainer's requests from the job
-/// ([`apptainer_changes`], with `image` the image's path when known).
+/// ([`task_env_changes`], with the variables the request keeps from the
+/// host), then Apptainer's requests from the job ([`apptainer_changes`],
+/// naming the request's image and SCIF app).
 pub fn task_changes(
     image_env: &[(String, String)],
-    host_wins: &[String],
+    request: Option<&ContainerRequest>,
     job_env: &dyn Fn(&str) -> Option<String>,
     job_vars: &[(String, String)],
-    image: Option<&std::path::Path>,
 ) -> Vec<EnvChange> {
+    let host_wins = request.map_or(&[][..], |r| &r.host_env);
     let mut changes = task_env_changes(image_env, host_wins, job_env);
-    if let Some(image) = image {
+    if let Some(request) = request {
         // PATH as the image's layer left it, for the PATH edits.
         let path_now = changes
             .iter()
@@ -110,7 +113,12 @@ pub fn task_changes(
             })
             .or_else(|| job_env("PATH"))
             .unwrap_or_else(|| DEFAULT_PATH.to_string());
-        changes.extend(apptainer_changes(job_vars, image, &path_now));
+        changes.extend(apptainer_changes(
+            job_vars,
+            &request.image,
+            request.app.as_deref(),
+            &path_now,
+        ));
     }
     changes
 }
@@ -119,12 +127,14 @@ pub fn task_changes(
 /// `APPTAINERENV_X` (or `SINGULARITYENV_X`) sets `X` in each task, its
 /// `..._PREPEND_PATH`, `..._APPEND_PATH` and `..._PATH` edit PATH (as it
 /// stands after the image's), `APPTAINER_CONTAINER` and `APPTAINER_NAME`
-/// (and the `SINGULARITY_` pair) name the image, and Apptainer's own
+/// (and the `SINGULARITY_` pair) name the image, `APPTAINER_APPNAME` the
+/// SCIF app, and Apptainer's own
 /// variables (`APPTAINER_*`, `SINGULARITY_*`, the requests themselves) do
 /// not reach the task. What the host owns per task stays the host's.
 pub fn apptainer_changes(
     job_vars: &[(String, String)],
     image: &std::path::Path,
+    app: Option<&str>,
     path_now: &str,
 ) -> Vec<EnvChange> {
     use sifrun_runtime::container::env::{container_names, is_dropped, EnvPlan};
@@ -145,7 +155,7 @@ pub fn apptainer_changes(
     if !plan.path.is_empty() {
         changes.push(EnvChange::Set("PATH".into(), plan.path.apply(path_now)));
     }
-    for (name, value) in container_names(image) {
+    for (name, value) in container_names(image, app) {
         changes.push(EnvChange::Set(name, value.to_string_lossy().into_owned()));
     }
     changes
@@ -232,7 +242,12 @@ mod tests {
             ("APPTAINER_BIND", "/x"),
             ("LANG", "C"),
         ]);
-        let changes = apptainer_changes(&job, std::path::Path::new("/imgs/a.sif"), "/opt/bin");
+        let changes = apptainer_changes(
+            &job,
+            std::path::Path::new("/imgs/a.sif"),
+            Some("hello"),
+            "/opt/bin",
+        );
         assert!(changes.contains(&EnvChange::Unset("APPTAINERENV_GREETING".into())));
         assert!(changes.contains(&EnvChange::Unset("APPTAINER_BIND".into())));
         assert!(!changes.contains(&EnvChange::Unset("LANG".into())));
@@ -246,5 +261,6 @@ mod tests {
             "SINGULARITY_CONTAINER".into(),
             "/imgs/a.sif".into()
         )));
+        assert!(changes.contains(&EnvChange::Set("APPTAINER_APPNAME".into(), "hello".into())));
     }
 }

@@ -5,9 +5,9 @@
 # once per node as the job user and applied to every task.
 
 APP_SRC=${SIFRUN_APPTAINER_IMAGES:-$REPO/target/apptainer-images}
-if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif ]]; then
+if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif && -f $APP_SRC/apps.sif ]]; then
     APPT=$WORK/apptainer; mkdir -p "$APPT"; chmod 755 "$APPT"
-    cp "$APP_SRC/docker.sif" "$APP_SRC/def.sif" "$APPT/"; chmod 644 "$APPT"/*.sif
+    cp "$APP_SRC/docker.sif" "$APP_SRC/def.sif" "$APP_SRC/apps.sif" "$APPT/"; chmod 644 "$APPT"/*.sif
 
     run srun -N2 -n4 --container="$APPT/docker.sif" myprog rank
     check "an Apptainer image's program is found on its PATH, with its LD_LIBRARY_PATH, on every rank" \
@@ -22,6 +22,15 @@ if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif ]]; then
         sh -c 'echo "$REQUESTED ${PATH%%:*} $MYVAR $APPTAINER_NAME ${APPTAINER_BIND-unset} ${APPTAINERENV_REQUESTED-unset}"' 2>&1)
     check "APPTAINERENV_X from the job sets X over the image; Apptainer's own variables stay out" \
         test "$LAST" = "yes /pre docker-value docker.sif unset unset"
+
+    # SCIF apps: --container-app gives every task the app's environment.
+    run srun -N2 -n4 --container="$APPT/apps.sif" --container-app=hello \
+        sh -c 'echo "$SLURM_PROCID $(hello-helper) $HELLO_VAR $APPTAINER_APPNAME"'
+    check "--container-app: the app's program and lib/ on every rank, with its %appenv" \
+        test "$(sort <<<"$LAST" | tr '\n' ' ')" = "$(for r in 0 1 2 3; do printf '%s hello-helper: LD=/scif/apps/hello/lib:/opt/app/lib:/.singularity.d/libs from %%appenv hello ' $r; done)"
+    run srun -N1 --container="$APPT/apps.sif" --container-app=nope true
+    check "--container-app naming no app fails in one line that lists the apps" \
+        bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"no such app (its apps: hello, tools)"* ]]' _ "$LAST"
 
     # A hostile image: its environment script hangs. The step fails with
     # one line after the evaluation's time limit, nothing is left behind.

@@ -24,6 +24,7 @@ use sifrun_runtime::container::env::{parse_assignment, parse_env_object, EnvPlan
 use sifrun_runtime::container::gpu::{self, DriverList, GpuSelection};
 use sifrun_runtime::container::identity::Identity;
 use sifrun_runtime::container::image_env;
+use sifrun_runtime::container::image_env::scif::AppName;
 use sifrun_runtime::container::loop_device::LoopAttachment;
 use sifrun_runtime::container::mount::rootfs::{BindMount, ContainerSpec};
 use sifrun_runtime::container::staging::{StagingDir, STAGING_BASE};
@@ -73,7 +74,7 @@ pub struct ExecOptions {
     pub no_home: bool,
     /// Asked for a writable image (refused).
     pub writable: bool,
-    /// A SCIF app (refused for now).
+    /// A SCIF app: its environment, and its runscript for `run`.
     pub app: Option<String>,
     /// Keep the root filesystem writable (on a throw-away tmpfs).
     pub writable_tmpfs: bool,
@@ -163,11 +164,11 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
             "--writable: SIF images are read-only here (writable overlay partitions are not supported yet); use --writable-tmpfs for a throw-away writable root",
         ));
     }
-    if let Some(app) = &opts.app {
-        return Err(Error::usage(format!(
-            "--app {app}: SCIF apps are not supported yet"
-        )));
-    }
+    let app = opts
+        .app
+        .as_deref()
+        .map(|a| AppName::parse(a, "--app"))
+        .transpose()?;
     // Cheap host checks first, so a host without FUSE says so at once.
     let server = if unprivileged {
         container::mount::fuse::check_device()?;
@@ -226,6 +227,7 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         env.keep_only_always_passed();
     }
     env.container = Some(std::path::absolute(pinned.named()).unwrap_or(pinned.named().into()));
+    env.app = app.as_ref().map(|a| a.to_string());
     let gpu = gpu::passthrough(&opts.gpus, Some(&DriverList::default()), true);
     env.append = gpu.env_append();
     let cwd = std::env::current_dir().ok().filter(|_| !opts.contain);
@@ -249,6 +251,7 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     let launch = Launch {
         spec: &spec,
         target,
+        app,
         env,
         workdir: Workdir {
             explicit: opts.workdir.clone(),
@@ -444,6 +447,7 @@ fn run_unprivileged(
 struct Launch<'a> {
     spec: &'a ContainerSpec,
     target: Target,
+    app: Option<AppName>,
     /// Completed in the container, with what the image's scripts export.
     env: EnvPlan,
     workdir: Workdir,
@@ -463,11 +467,12 @@ impl Launch<'_> {
         die_with_parent(self.parent)?;
         container::create(self.spec, image)?;
         let mut env = self.env;
-        if image_env::has_scripts() {
-            env.image.extend(image_env::evaluate(self.spec)?);
+        if image_env::has_scripts() || self.app.is_some() {
+            env.image
+                .extend(image_env::evaluate(self.spec, self.app.as_ref())?);
         }
         let env = env.build(&self.spec.identity);
-        let argv = self.target.argv()?;
+        let argv = self.target.argv(self.app.as_ref())?;
         // The privilege drop keeps the parent-death signal across setuid.
         Err(container::exec_command(
             self.spec,

@@ -131,6 +131,7 @@ impl Layout {
             startscript: None,
             environment,
             helpfile: file(HELP),
+            apps: BTreeMap::new(),
         };
         serde_json::to_vec(&attributes.to_json()).context("encoding inspect metadata")
     }

@@ -8,6 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use sifrun_runtime::container::image_env::scif::AppName;
 use sifrun_runtime::error::{Error, ErrorKind, Result};
 
 /// Where Apptainer and Singularity images keep their runscript (written at
@@ -46,7 +47,11 @@ impl Default for Target {
 
 impl Target {
     /// The argument vector to execute. Must run inside the container root.
-    pub fn argv(&self) -> Result<Vec<String>> {
+    /// With a SCIF `app`, a runscript target is the app's runscript.
+    pub fn argv(&self, app: Option<&AppName>) -> Result<Vec<String>> {
+        if let (Target::Runscript { args, .. }, Some(app)) = (self, app) {
+            return app_runscript(app, args);
+        }
         match self {
             Target::Command(cmd) if cmd.is_empty() => Err(Error::usage("no command given")),
             Target::Command(cmd) => Ok(cmd.clone()),
@@ -84,6 +89,21 @@ impl Target {
             }
         }
     }
+}
+
+/// `run --app NAME ARGS`: the app's runscript with ARGS (Apptainer's
+/// `run` action does the same).
+fn app_runscript(app: &AppName, args: &[String]) -> Result<Vec<String>> {
+    let runscript = app.runscript();
+    if !is_executable(&runscript) {
+        return Err(Error::usage(format!(
+            "--app {app}: the app has no runscript ({}); use sifrun exec --app {app} IMAGE COMMAND",
+            runscript.display()
+        )));
+    }
+    let mut argv = vec![runscript.display().to_string()];
+    argv.extend(args.iter().cloned());
+    Ok(argv)
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -145,7 +165,10 @@ mod tests {
     #[test]
     fn empty_command_is_a_usage_error() {
         assert_eq!(
-            Target::Command(Vec::new()).argv().unwrap_err().message(),
+            Target::Command(Vec::new())
+                .argv(None)
+                .unwrap_err()
+                .message(),
             "no command given"
         );
     }
@@ -155,6 +178,6 @@ mod tests {
         let t = Target::Shell {
             preferred: Some("/no/such/shell".into()),
         };
-        assert_eq!(t.argv().unwrap(), vec![DEFAULT_SHELL.to_string()]);
+        assert_eq!(t.argv(None).unwrap(), vec![DEFAULT_SHELL.to_string()]);
     }
 }

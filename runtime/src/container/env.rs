@@ -10,7 +10,7 @@
 //! 4. `APPTAINERENV_X` (or `SINGULARITYENV_X`) from the host sets `X`;
 //!    `..._PREPEND_PATH`, `..._APPEND_PATH` and `..._PATH` edit PATH;
 //! 5. `APPTAINER_CONTAINER`, `APPTAINER_NAME` (and the `SINGULARITY_`
-//!    pair) name the image;
+//!    pair) name the image, `APPTAINER_APPNAME` the SCIF app;
 //! 6. `--env` options;
 //! 7. directories the run adds to search paths (the GPU driver's
 //!    libraries on LD_LIBRARY_PATH).
@@ -150,6 +150,8 @@ pub struct EnvPlan {
     pub path: PathRequest,
     /// The image's path, for `APPTAINER_CONTAINER` and `APPTAINER_NAME`.
     pub container: Option<std::path::PathBuf>,
+    /// The SCIF app run, for `APPTAINER_APPNAME`.
+    pub app: Option<String>,
     /// `--env` values.
     pub overrides: Vec<(String, String)>,
     /// `(NAME, DIR)`: DIR appended to the search path NAME, last.
@@ -190,10 +192,12 @@ impl PathRequest {
 }
 
 /// `APPTAINER_CONTAINER` and `APPTAINER_NAME` (and the `SINGULARITY_` pair)
-/// for the image at `image`: its path and its file name.
-pub fn container_names(image: &std::path::Path) -> Vec<(String, OsString)> {
+/// for the image at `image`: its path and its file name; and
+/// `APPTAINER_APPNAME`, the SCIF app run (empty without one, as Apptainer
+/// sets it), with `SINGULARITY_APPNAME` when there is one.
+pub fn container_names(image: &std::path::Path, app: Option<&str>) -> Vec<(String, OsString)> {
     let name = image.file_name().unwrap_or(image.as_os_str());
-    APPTAINER_PREFIXES
+    let mut names: Vec<(String, OsString)> = APPTAINER_PREFIXES
         .iter()
         .flat_map(|prefix| {
             [
@@ -204,7 +208,12 @@ pub fn container_names(image: &std::path::Path) -> Vec<(String, OsString)> {
                 (format!("{prefix}NAME"), name.to_os_string()),
             ]
         })
-        .collect()
+        .collect();
+    names.push(("APPTAINER_APPNAME".into(), app.unwrap_or_default().into()));
+    if let Some(app) = app {
+        names.push(("SINGULARITY_APPNAME".into(), app.into()));
+    }
+    names
 }
 
 impl EnvPlan {
@@ -282,7 +291,7 @@ impl EnvPlan {
         let path = self.path.apply(&path);
         env.set("PATH", path);
         if let Some(image) = &self.container {
-            for (name, value) in container_names(image) {
+            for (name, value) in container_names(image, self.app.as_deref()) {
                 env.set(name, value);
             }
         }
@@ -422,7 +431,13 @@ mod tests {
         assert_eq!(env.get("KEEP").unwrap(), "host");
         assert_eq!(env.get("APPTAINER_CONTAINER").unwrap(), "/imgs/app.sif");
         assert_eq!(env.get("SINGULARITY_NAME").unwrap(), "app.sif");
+        assert_eq!(env.get("APPTAINER_APPNAME").unwrap(), "");
+        assert_eq!(env.get("SINGULARITY_APPNAME"), None);
         assert_eq!(env.get("LD_LIBRARY_PATH").unwrap(), "/.sifrun/gpu/lib");
+        plan.app = Some("hello".into());
+        let env = plan.build(&user());
+        assert_eq!(env.get("APPTAINER_APPNAME").unwrap(), "hello");
+        assert_eq!(env.get("SINGULARITY_APPNAME").unwrap(), "hello");
         for gone in [
             "APPTAINER_BIND",
             "SINGULARITY_CACHEDIR",

@@ -42,6 +42,10 @@ pub struct Attributes {
     /// `%help`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helpfile: Option<String>,
+    /// The SCIF apps (`%app*` sections), by name: each with its labels,
+    /// runscript, environment and help.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apps: BTreeMap<String, Attributes>,
 }
 
 #[derive(Deserialize)]
@@ -142,7 +146,29 @@ impl Attributes {
                 BTreeMap::new()
             },
             helpfile: self.helpfile.clone().filter(|_| has(Attribute::Helpfile)),
+            apps: BTreeMap::new(),
         }
+    }
+
+    /// The attributes of app `name`, or a usage error naming the apps the
+    /// image has.
+    pub fn app(&self, name: &str) -> Result<&Attributes> {
+        self.apps.get(name).ok_or_else(|| {
+            let apps: Vec<&str> = self.apps.keys().map(String::as_str).collect();
+            Error::usage(if apps.is_empty() {
+                format!("SCIF app {name}: the image has no SCIF apps")
+            } else {
+                format!(
+                    "SCIF app {name}: the image has no such app (its apps: {})",
+                    apps.join(", ")
+                )
+            })
+        })
+    }
+
+    /// `--list-apps` as text: one app name per line.
+    pub fn app_list(&self) -> String {
+        self.apps.keys().map(|name| format!("{name}\n")).collect()
     }
 
     /// The `apptainer inspect --json` document.
@@ -189,5 +215,39 @@ impl Attributes {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape Apptainer 1.4 writes for an image with one app.
+    const APPTAINER_DOCUMENT: &str = r##"{"data":{"attributes":{"apps":{"hello":{
+        "environment":{"/scif/apps/hello/scif/env/90-environment.sh":"export HELLO_VAR=x"},
+        "labels":{"SCIF_APP_NAME":"hello"},"runscript":"#!/bin/sh\necho hi","helpfile":"Says hello."}},
+        "labels":{"org.example.version":"1.2"},"runscript":"#!/bin/sh\nexec myprog"}},"type":"container"}"##;
+
+    #[test]
+    fn apps_are_read_listed_and_selected() {
+        let all = serde_json::from_str::<Document>(APPTAINER_DOCUMENT)
+            .unwrap()
+            .data
+            .attributes;
+        assert_eq!(all.app_list(), "hello\n");
+        let app = all.app("hello").unwrap();
+        assert_eq!(app.to_text(&[Attribute::Labels]), "SCIF_APP_NAME: hello\n");
+        assert_eq!(app.to_text(&[Attribute::Helpfile]), "Says hello.\n");
+        let runscript_only = app.only(&[Attribute::Runscript]);
+        assert_eq!(
+            runscript_only.runscript.as_deref(),
+            Some("#!/bin/sh\necho hi")
+        );
+        assert!(runscript_only.labels.is_empty() && runscript_only.environment.is_empty());
+        assert_eq!(
+            all.app("nope").unwrap_err().message(),
+            "SCIF app nope: the image has no such app (its apps: hello)"
+        );
+        assert!(all.only(&[Attribute::Labels]).apps.is_empty());
     }
 }

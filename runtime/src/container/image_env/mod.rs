@@ -29,7 +29,10 @@ use crate::container::identity;
 use crate::container::mount::rootfs::ContainerSpec;
 use crate::error::{Error, Result};
 
+pub mod scif;
 mod subset;
+
+use scif::AppName;
 
 /// Where the scripts live in an image.
 pub const ENV_DIR: &str = "/.singularity.d/env";
@@ -64,6 +67,11 @@ unset __f __d
 export -p >&3
 "#;
 
+/// Exit status of the evaluating child when the app asked for cannot be
+/// used (not in the image, or no shell to source it with); its last
+/// stderr line then says why, starting with `SCIF app `.
+const APP_REFUSED: i32 = 3;
+
 /// Variables that belong to the shell or the run, never to the image.
 const SHELL_OWNED: &[&str] = &[
     "PWD", "OLDPWD", "SHLVL", "_", "HOME", "UID", "EUID", "GID", "PPID", "IFS", "OPTIND",
@@ -85,7 +93,12 @@ pub fn has_scripts() -> bool {
 /// command; they start from an environment holding only `PATH` (the
 /// default), `HOME`, `USER` and `LOGNAME`, and must finish within
 /// [`TIMEOUT`]. A failing script is one error line.
-pub fn evaluate(spec: &ContainerSpec) -> Result<Vec<(String, String)>> {
+///
+/// With `app`, the scripts see `SINGULARITY_APPNAME` (and
+/// `APPTAINER_APPNAME`) naming it, as under Apptainer, so the image's
+/// `95-apps.sh` adds the app's environment; an app the image lacks is a
+/// usage error naming the apps it has.
+pub fn evaluate(spec: &ContainerSpec, app: Option<&AppName>) -> Result<Vec<(String, String)>> {
     let pipe = || {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::system(format!("evaluating the image's environment: pipe: {e}")))
@@ -103,7 +116,7 @@ pub fn evaluate(spec: &ContainerSpec) -> Result<Vec<(String, String)>> {
         Ok(nix::unistd::ForkResult::Child) => {
             drop(out_r);
             drop(err_r);
-            child_main(spec, out_w, err_w)
+            child_main(spec, app, out_w, err_w)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => child,
     };
@@ -120,12 +133,17 @@ pub fn evaluate(spec: &ContainerSpec) -> Result<Vec<(String, String)>> {
     let (out, err) = read?;
     let status = status?;
     if status != 0 {
-        let last = String::from_utf8_lossy(&err)
+        let last_line = String::from_utf8_lossy(&err)
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
-            .map(|l| format!(": {}", l.trim()))
-            .unwrap_or_default();
+            .map(|l| l.trim().to_string());
+        if status == APP_REFUSED && app.is_some() {
+            if let Some(line) = last_line.as_ref().filter(|l| l.starts_with("SCIF app ")) {
+                return Err(Error::usage(line.clone()));
+            }
+        }
+        let last = last_line.map(|l| format!(": {l}")).unwrap_or_default();
         return Err(Error::image(format!(
             "the image's environment scripts ({ENV_DIR}) failed (exit status {status}){last}"
         )));
@@ -139,13 +157,14 @@ pub fn evaluate(spec: &ContainerSpec) -> Result<Vec<(String, String)>> {
 /// The evaluating child: its own process group, standard streams on the
 /// pipes, the privilege drop, then the image's `/bin/sh` over the scripts
 /// or, in an image without one, [`subset`]. Never returns.
-fn child_main(spec: &ContainerSpec, out: OwnedFd, err: OwnedFd) -> ! {
-    let fail = |what: &str| -> ! {
+fn child_main(spec: &ContainerSpec, app: Option<&AppName>, out: OwnedFd, err: OwnedFd) -> ! {
+    let exit_with = |status: i32, what: &str| -> ! {
         eprintln!("{what}");
         // SAFETY: leaves the forked child at once, running nothing of the
         // parent's (atexit handlers, destructors).
-        unsafe { libc::_exit(126) }
+        unsafe { libc::_exit(status) }
     };
+    let fail = |what: &str| -> ! { exit_with(126, what) };
     let zero = nix::unistd::Pid::from_raw(0);
     if nix::unistd::setpgid(zero, zero).is_err() {
         fail("cannot start a process group");
@@ -171,13 +190,31 @@ fn child_main(spec: &ContainerSpec, out: OwnedFd, err: OwnedFd) -> ! {
     if let Err(e) = dropped {
         fail(&e.message());
     }
-    let base = [
+    // Looked up as the user, like everything the scripts see.
+    if let Some(app) = app {
+        if !app.root().is_dir() {
+            exit_with(APP_REFUSED, &scif::missing_line(app));
+        }
+    }
+    let mut base = vec![
         ("PATH".to_string(), DEFAULT_PATH.to_string()),
         ("HOME".to_string(), spec.identity.home.display().to_string()),
         ("USER".to_string(), spec.identity.name.clone()),
         ("LOGNAME".to_string(), spec.identity.name.clone()),
     ];
-    if Path::new("/bin/sh").exists() {
+    if let Some(app) = app {
+        for name in ["SINGULARITY_APPNAME", "APPTAINER_APPNAME"] {
+            base.push((name.to_string(), app.to_string()));
+        }
+    }
+    let has_shell = Path::new("/bin/sh").exists();
+    if let (Some(app), false) = (app, has_shell) {
+        exit_with(
+            APP_REFUSED,
+            &format!("SCIF app {app}: the image has no /bin/sh, which its apps need"),
+        );
+    }
+    if has_shell {
         let envp: Vec<CString> = base
             .iter()
             .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())

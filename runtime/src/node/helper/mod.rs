@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use crate::container;
 use crate::container::gpu::{self, DriverList, GpuPlan, GpuSelection};
 use crate::container::identity::{group_entry, Identity};
-use crate::container::image_env;
+use crate::container::image_env::{self, scif::AppName};
 use crate::container::loop_device::LoopAttachment;
 use crate::container::mount::mount_squashfs;
 use crate::container::mount::rootfs::{BindMount, ContainerSpec};
@@ -560,9 +560,14 @@ fn build_in_new_namespace(
 
     // Apptainer images keep their environment in scripts: evaluated once
     // for the step, here, as the job user (every task gets the result).
-    let script_env = if image_env::has_scripts() {
+    let app = opts
+        .app
+        .as_deref()
+        .map(|a| AppName::parse(a, "--container-app"))
+        .transpose()?;
+    let script_env = if image_env::has_scripts() || app.is_some() {
         let started = std::time::Instant::now();
-        let vars = image_env::evaluate(&spec)?;
+        let vars = image_env::evaluate(&spec, app.as_ref())?;
         // To the slurmd log (the plugin logs the helper's stderr).
         eprintln!(
             "image environment: {} variables from {} in {:.1} ms",

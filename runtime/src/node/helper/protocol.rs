@@ -107,6 +107,9 @@ pub struct SetupArgs {
     /// Images the node cache keeps mounted for one user (0: no limit).
     #[arg(long, default_value_t = DEFAULT_CACHE_MAX_IMAGES_PER_USER, value_name = "N")]
     pub cache_max_images_per_user: usize,
+    /// SCIF app whose environment the tasks get (`--container-app`).
+    #[arg(long, value_name = "NAME")]
+    pub app: Option<String>,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -138,6 +141,7 @@ impl SetupArgs {
             key_file: None,
             copy_limit_mib: 0,
             copy_quota_mib: 0,
+            app: None,
             timeout_secs: 0,
             cache_max_images: DEFAULT_CACHE_MAX_IMAGES,
             cache_max_images_per_user: DEFAULT_CACHE_MAX_IMAGES_PER_USER,
@@ -194,6 +198,7 @@ impl SetupArgs {
         opt("gpus", (!self.gpus.is_empty()).then(|| list(&self.gpus)));
         opt("gpu-list", self.gpu_list.as_ref().map(path));
         opt("key-file", self.key_file.as_ref().map(path));
+        opt("app", self.app.clone());
         for (flag, set) in [
             ("--no-home", self.no_home),
             ("--writable-tmpfs", self.writable_tmpfs),
@@ -326,6 +331,7 @@ mod tests {
         a.key_file = Some("/home/u/key.pem".into());
         a.copy_limit_mib = 64;
         a.copy_quota_mib = 128;
+        a.app = Some("hello".into());
         a.timeout_secs = 125;
         a.cache_max_images = 9;
         a.cache_max_images_per_user = 4;
