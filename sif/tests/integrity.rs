@@ -202,6 +202,31 @@ fn legacy_object_tampering_is_named() {
     }
 }
 
+/// A legacy signature covers single objects: one over the primary
+/// partition says nothing about an overlay partition added to its group
+/// afterwards, whose files would lie over the signed ones.
+#[test]
+fn legacy_signatures_do_not_vouch_for_an_added_overlay() {
+    let Some(dir) = corpus_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = corpus_key(&dir);
+    let opts = VerifyOptions {
+        keyring: keyring(&key),
+        legacy: true,
+        ..Default::default()
+    };
+    let p = copy_to(tmp.path(), &dir.join("one-group-signed-legacy.sif"));
+    assert_eq!(verify_with(&p, &opts), Ok(()));
+    let overlay = sif::ObjectInput::new(DataType::Partition, vec![0u8; 4096])
+        .group(1)
+        .partition(sif::FsType::Ext3, sif::PartType::Overlay, sif::Arch::Amd64);
+    let id = sif::add_object(&p, overlay, &Default::default()).unwrap();
+    assert_eq!(
+        verify_with(&p, &opts),
+        Err(VerifyError::UnsignedObject { id })
+    );
+}
+
 /// The JSON document we produce is byte-identical to the one inside the
 /// reference signatures.
 #[test]

@@ -58,6 +58,9 @@ pub struct Config {
     pub cache_max_images: usize,
     /// ...and images first mounted for one user (0: no limit).
     pub cache_max_images_per_user: usize,
+    /// Largest overlay partition unpacked for a step, in MiB (0: images
+    /// with an overlay partition are refused).
+    pub overlay_max_mib: u64,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             copy_quota_mib: 0,
             cache_max_images: protocol::DEFAULT_CACHE_MAX_IMAGES,
             cache_max_images_per_user: protocol::DEFAULT_CACHE_MAX_IMAGES_PER_USER,
+            overlay_max_mib: sifrun_runtime::container::overlay_partition::DEFAULT_MAX_MIB,
         }
     }
 }
@@ -178,6 +182,9 @@ impl Config {
             }
             "copy_quota_mib" => {
                 self.copy_quota_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?
+            }
+            "overlay_max_mib" => {
+                self.overlay_max_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?
             }
             "cache_max_images" => {
                 self.cache_max_images = value.parse().map_err(|_| bad("expected a number"))?

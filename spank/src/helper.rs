@@ -104,6 +104,7 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     args.cache_idle_secs = config.cache_idle_secs;
     args.cache_max_images = config.cache_max_images;
     args.cache_max_images_per_user = config.cache_max_images_per_user;
+    args.overlay_max_mib = config.overlay_max_mib;
     if let Some(ecl) = &config.ecl_config {
         args.ecl_config = Some(ecl.clone());
         args.job_id = Some(user.job_id);

@@ -27,6 +27,7 @@ use sifrun_runtime::container::image_env;
 use sifrun_runtime::container::image_env::scif::AppName;
 use sifrun_runtime::container::loop_device::LoopAttachment;
 use sifrun_runtime::container::mount::rootfs::{BindMount, ContainerSpec};
+use sifrun_runtime::container::overlay_partition::{self, OverlaySource};
 use sifrun_runtime::container::staging::{StagingDir, STAGING_BASE};
 use sifrun_runtime::container::{self, ImageSource, Workdir};
 use sifrun_runtime::crypt::{self, KeySource};
@@ -161,7 +162,7 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     }
     if opts.writable {
         return Err(Error::usage(
-            "--writable: SIF images are read-only here (writable overlay partitions are not supported yet); use --writable-tmpfs for a throw-away writable root",
+            "--writable: sifrun uses SIF images read-only (an overlay partition too); use --writable-tmpfs for a throw-away writable root",
         ));
     }
     let app = opts
@@ -247,6 +248,7 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     spec.unprivileged = unprivileged;
     spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
     spec.host_files = gpu.files;
+    spec.overlay = overlay_source(&image, pinned.path())?;
 
     let launch = Launch {
         spec: &spec,
@@ -264,6 +266,29 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         None => run_privileged(launch, &image, staging, unlocked),
     }
     .map_err(|e| pinned.name_in(e))
+}
+
+/// `SIFRUN_OVERLAY_MAX_MIB`: the largest overlay partition unpacked.
+pub const OVERLAY_MAX_ENV: &str = "SIFRUN_OVERLAY_MAX_MIB";
+
+/// The image's overlay partition, read from the file that runs, with the
+/// size limit (`SIFRUN_OVERLAY_MAX_MIB`, default 1024 MiB).
+fn overlay_source(image: &RunnableImage, path: &Path) -> Result<Option<OverlaySource>> {
+    let Some(extent) = image.overlay else {
+        return Ok(None);
+    };
+    let max_mib = match std::env::var(OVERLAY_MAX_ENV) {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            Error::usage(format!("{OVERLAY_MAX_ENV}={v:?}: expected a number of MiB"))
+        })?,
+        Err(_) => overlay_partition::DEFAULT_MAX_MIB,
+    };
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Some(OverlaySource {
+        file: std::sync::Arc::new(file),
+        extent,
+        max_mib,
+    }))
 }
 
 /// An encrypted image, unlocked: the verified passphrase (for the kernel

@@ -26,7 +26,9 @@ pub mod image_env;
 pub mod loop_device;
 pub mod mount;
 pub mod namespaces;
+pub mod overlay_partition;
 pub mod staging;
+pub mod user_child;
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,7 @@ use crate::container::mount::rootfs::{
     build_rootfs, mount_image, mount_image_fuse, mount_staging, ContainerSpec,
 };
 use crate::container::namespaces::unshare_mount_namespace;
+use crate::container::overlay_partition::Summary as OverlaySummary;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::process;
 
@@ -65,7 +68,7 @@ pub enum ImageSource<'a> {
 ///
 /// On error the namespace may hold partial mounts; they disappear with the
 /// process (exit it rather than continuing).
-pub fn create(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<()> {
+pub fn create(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<Option<OverlaySummary>> {
     enter_namespaces(&image, &spec.identity)?;
     build(spec, image)
 }
@@ -83,13 +86,15 @@ pub fn enter_namespaces(image: &ImageSource<'_>, identity: &Identity) -> Result<
 }
 
 /// The second half of [`create`], in the namespaces [`enter_namespaces`]
-/// made: the image, the root filesystem, `pivot_root`.
-pub fn build(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<()> {
-    let image_dir = match image {
-        ImageSource::Device(device) => mount_image(spec, device)?,
+/// made: the image, its overlay partition unpacked (as the user), the root
+/// filesystem, `pivot_root`. Returns what the overlay partition added,
+/// for the log.
+pub fn build(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<Option<OverlaySummary>> {
+    let (image_dir, fuse) = match image {
+        ImageSource::Device(device) => (mount_image(spec, device)?, false),
         ImageSource::Mounted(dir) => {
             mount_staging(spec)?;
-            dir.to_path_buf()
+            (dir.to_path_buf(), false)
         }
         ImageSource::Fuse(server_socket) => {
             let device = mount::fuse::open_device()?;
@@ -100,10 +105,26 @@ pub fn build(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<()> {
             // hanging.
             drop(device);
             drop(server_socket);
-            return build_rootfs(spec, &image_dir).map_err(server_gone)?.enter();
+            (image_dir, true)
         }
     };
-    build_rootfs(spec, &image_dir)?.enter()
+    let overlay = match &spec.overlay {
+        Some(source) => {
+            let layer = spec.staging_dir.join("overlay");
+            std::fs::create_dir(&layer).with_context(|| format!("creating {}", layer.display()))?;
+            let summary = overlay_partition::unpack_into(spec, source, &layer)?;
+            Some((layer, summary))
+        }
+        None => None,
+    };
+    let rootfs = build_rootfs(spec, &image_dir, overlay.as_ref().map(|(l, _)| l.as_path()));
+    let rootfs = if fuse {
+        rootfs.map_err(server_gone)?
+    } else {
+        rootfs?
+    };
+    rootfs.enter()?;
+    Ok(overlay.map(|(_, summary)| summary))
 }
 
 /// A setup error caused by a dead FUSE server reads ENOTCONN; say so.

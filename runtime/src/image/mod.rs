@@ -32,6 +32,20 @@ pub struct RunnableImage {
     pub deffile: Option<Vec<u8>>,
     /// Set when the partition is an encrypted SquashFS (a LUKS2 container).
     pub encryption: Option<Encryption>,
+    /// The overlay partition (`apptainer overlay create`: ext3), whose
+    /// files lie over the primary partition's.
+    pub overlay: Option<OverlayExtent>,
+}
+
+/// Where an overlay partition lies in the image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlayExtent {
+    /// Its object ID (for messages).
+    pub id: u32,
+    /// Absolute file offset.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// What running an encrypted image needs besides its key.
@@ -106,6 +120,7 @@ impl RunnableImage {
             ),
             None => None,
         };
+        let overlay = overlay_extent(&image, file_len).map_err(bad)?;
         let encryption = if encrypted {
             Some(Encryption {
                 wrapped_key: read_key_object(&mut image, part.id)
@@ -121,7 +136,53 @@ impl RunnableImage {
             env,
             deffile,
             encryption,
+            overlay,
         })
+    }
+}
+
+/// The image's overlay partition, if it has one: ext3 (what Apptainer
+/// writes), inside the file; at most one.
+fn overlay_extent(
+    image: &sif::Image<File>,
+    file_len: u64,
+) -> std::result::Result<Option<OverlayExtent>, String> {
+    let overlays: Vec<&sif::Descriptor> = image
+        .descriptors()
+        .iter()
+        .filter(|d| d.is_partition_of_type(sif::PartType::Overlay))
+        .collect();
+    let [d] = overlays[..] else {
+        return match overlays.len() {
+            0 => Ok(None),
+            n => Err(format!(
+                "{n} overlay partitions (objects {}): sifrun uses at most one",
+                overlays
+                    .iter()
+                    .map(|d| d.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+    };
+    let info = d.partition().map_err(|e| e.to_string())?;
+    if info.fs_type != sif::FsType::Ext3 {
+        return Err(format!(
+            "overlay partition (object {}) has filesystem type {}; only ext3 overlays (apptainer overlay create) can be used",
+            d.id,
+            info.fs_type.json_name()
+        ));
+    }
+    match d.offset.checked_add(d.size) {
+        Some(end) if end <= file_len && d.size > 0 => Ok(Some(OverlayExtent {
+            id: d.id,
+            offset: d.offset,
+            size: d.size,
+        })),
+        _ => Err(format!(
+            "overlay partition (object {}, offset {}, size {}) lies outside the file ({file_len} bytes)",
+            d.id, d.offset, d.size
+        )),
     }
 }
 

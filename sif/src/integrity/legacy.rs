@@ -6,7 +6,10 @@
 //! primary system partition (or, without one, every grouped data object) is
 //! covered by an object signature or by a signature over its group. This is
 //! what Apptainer's `verify --legacy-insecure` relies on: the partition that
-//! is run is the one whose bytes were signed.
+//! is run is the one whose bytes were signed. Overlay partitions are run
+//! too (their files lie over the primary partition's), so each must be
+//! covered the same way: a legacy signature over the primary partition
+//! alone says nothing about an overlay added next to it.
 
 use std::io::{Read, Seek};
 
@@ -86,9 +89,17 @@ pub(crate) fn verify<R: Read + Seek + Send>(
             legacy_only: false,
         }));
     }
-    // Coverage: the primary partition, else every grouped data object.
+    // Coverage: the primary partition and the overlays, else every
+    // grouped data object.
     let must: Vec<u32> = match img.primary_partition() {
-        Ok(p) => vec![p.id],
+        Ok(p) => std::iter::once(p.id)
+            .chain(
+                img.descriptors()
+                    .iter()
+                    .filter(|d| d.is_partition_of_type(PartType::Overlay))
+                    .map(|d| d.id),
+            )
+            .collect(),
         Err(_) => img
             .descriptors()
             .iter()

@@ -17,16 +17,13 @@
 //! docs/apptainer.md.
 
 use std::ffi::CString;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::time::Duration;
 
 use crate::container::env::{is_valid_name, DEFAULT_PATH};
-use crate::container::identity;
 use crate::container::mount::rootfs::ContainerSpec;
+use crate::container::user_child::{self, Bounds};
 use crate::error::{Error, Result};
 
 pub mod scif;
@@ -87,113 +84,56 @@ pub fn has_scripts() -> bool {
 /// they export, in the order the shell lists them.
 ///
 /// Must be called inside the finished container (after `pivot_root`),
-/// from a single-threaded process. The scripts run in a child that first
-/// drops to `spec.identity` exactly as the command will (`no_new_privs`,
-/// no capabilities), so image code never runs with more rights than the
-/// command; they start from an environment holding only `PATH` (the
-/// default), `HOME`, `USER` and `LOGNAME`, and must finish within
-/// [`TIMEOUT`]. A failing script is one error line.
+/// from a single-threaded process. The scripts run in a
+/// [`user_child`] that drops to `spec.identity` exactly as the command
+/// will (`no_new_privs`, no capabilities), so image code never runs with
+/// more rights than the command; they start from an environment holding
+/// only `PATH` (the default), `HOME`, `USER` and `LOGNAME`, and must
+/// finish within [`TIMEOUT`]. A failing script is one error line.
 ///
 /// With `app`, the scripts see `SINGULARITY_APPNAME` (and
 /// `APPTAINER_APPNAME`) naming it, as under Apptainer, so the image's
 /// `95-apps.sh` adds the app's environment; an app the image lacks is a
 /// usage error naming the apps it has.
 pub fn evaluate(spec: &ContainerSpec, app: Option<&AppName>) -> Result<Vec<(String, String)>> {
-    let pipe = || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::system(format!("evaluating the image's environment: pipe: {e}")))
+    let what = format!("the image's environment scripts ({ENV_DIR})");
+    let bounds = Bounds {
+        timeout: TIMEOUT,
+        max_stdout: MAX_OUTPUT,
     };
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    // SAFETY: the caller is single-threaded (documented above); the child
-    // runs `child_main`, which execs or leaves with `_exit`.
-    let child = match unsafe { nix::unistd::fork() } {
-        Err(e) => {
-            return Err(Error::system(format!(
-                "evaluating the image's environment: fork: {e}"
-            )))
-        }
-        Ok(nix::unistd::ForkResult::Child) => {
-            drop(out_r);
-            drop(err_r);
-            child_main(spec, app, out_w, err_w)
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child,
-    };
-    // Also from this side, so the group exists whichever runs first.
-    let _ = nix::unistd::setpgid(child, child);
-    drop(out_w);
-    drop(err_w);
-    let (stdout, stderr) = (std::fs::File::from(out_r), std::fs::File::from(err_r));
-    let read = read_until_closed(stdout, stderr, Instant::now() + TIMEOUT);
-    // Done or out of time: nothing the scripts started may stay.
-    let group = nix::unistd::Pid::from_raw(-child.as_raw());
-    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-    let status = crate::process::wait_child(child);
-    let (out, err) = read?;
-    let status = status?;
-    if status != 0 {
-        let last_line = String::from_utf8_lossy(&err)
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().to_string());
-        if status == APP_REFUSED && app.is_some() {
+    let done = user_child::run(spec, Path::new("/"), &what, bounds, || {
+        evaluate_as_user(spec, app)
+    })?;
+    if done.status != 0 {
+        let last_line = done.last_error_line();
+        if done.status == APP_REFUSED && app.is_some() {
             if let Some(line) = last_line.as_ref().filter(|l| l.starts_with("SCIF app ")) {
                 return Err(Error::usage(line.clone()));
             }
         }
         let last = last_line.map(|l| format!(": {l}")).unwrap_or_default();
         return Err(Error::image(format!(
-            "the image's environment scripts ({ENV_DIR}) failed (exit status {status}){last}"
+            "{what} failed (exit status {}){last}",
+            done.status
         )));
     }
-    Ok(parse_export_p(&String::from_utf8_lossy(&out))
+    Ok(parse_export_p(&String::from_utf8_lossy(&done.stdout))
         .into_iter()
         .filter(|(name, _)| !SHELL_OWNED.contains(&name.as_str()) && !name.starts_with("__"))
         .collect())
 }
 
-/// The evaluating child: its own process group, standard streams on the
-/// pipes, the privilege drop, then the image's `/bin/sh` over the scripts
-/// or, in an image without one, [`subset`]. Never returns.
-fn child_main(spec: &ContainerSpec, app: Option<&AppName>, out: OwnedFd, err: OwnedFd) -> ! {
-    let exit_with = |status: i32, what: &str| -> ! {
-        eprintln!("{what}");
-        // SAFETY: leaves the forked child at once, running nothing of the
-        // parent's (atexit handlers, destructors).
-        unsafe { libc::_exit(status) }
+/// In the [`user_child`], already the user: the app check, then the
+/// image's `/bin/sh` over the scripts or, in an image without one,
+/// [`subset`]. Returns the exit status (or execs).
+fn evaluate_as_user(spec: &ContainerSpec, app: Option<&AppName>) -> i32 {
+    let refuse = |status: i32, why: &str| {
+        eprintln!("{why}");
+        status
     };
-    let fail = |what: &str| -> ! { exit_with(126, what) };
-    let zero = nix::unistd::Pid::from_raw(0);
-    if nix::unistd::setpgid(zero, zero).is_err() {
-        fail("cannot start a process group");
-    }
-    // Ends with whoever waits for it (kept across the privilege drop).
-    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err() {
-        fail("cannot set the parent-death signal");
-    }
-    let null = std::fs::File::open("/dev/null").map(OwnedFd::from);
-    let streams = null
-        .map_err(drop)
-        .and_then(|null| nix::unistd::dup2(null.as_raw_fd(), 0).map_err(drop))
-        .and_then(|_| nix::unistd::dup2(out.as_raw_fd(), 1).map_err(drop))
-        .and_then(|_| nix::unistd::dup2(err.as_raw_fd(), 2).map_err(drop));
-    if streams.is_err() || nix::unistd::chdir("/").is_err() {
-        fail("cannot set up the evaluation's streams");
-    }
-    let dropped = if spec.unprivileged {
-        identity::drop_user_namespace_capabilities()
-    } else {
-        spec.identity.drop_privileges()
-    };
-    if let Err(e) = dropped {
-        fail(&e.message());
-    }
-    // Looked up as the user, like everything the scripts see.
     if let Some(app) = app {
         if !app.root().is_dir() {
-            exit_with(APP_REFUSED, &scif::missing_line(app));
+            return refuse(APP_REFUSED, &scif::missing_line(app));
         }
     }
     let mut base = vec![
@@ -209,7 +149,7 @@ fn child_main(spec: &ContainerSpec, app: Option<&AppName>, out: OwnedFd, err: Ow
     }
     let has_shell = Path::new("/bin/sh").exists();
     if let (Some(app), false) = (app, has_shell) {
-        exit_with(
+        return refuse(
             APP_REFUSED,
             &format!("SCIF app {app}: the image has no /bin/sh, which its apps need"),
         );
@@ -225,7 +165,7 @@ fn child_main(spec: &ContainerSpec, app: Option<&AppName>, out: OwnedFd, err: Ow
             CString::new(SCRIPT).unwrap_or_default(),
         ];
         let e = nix::unistd::execve(c"/bin/sh", &argv, &envp).unwrap_err();
-        fail(&format!("executing /bin/sh: {}", e.desc()));
+        return refuse(126, &format!("executing /bin/sh: {}", e.desc()));
     }
     match subset::evaluate_dir(Path::new(ENV_DIR), &base) {
         Ok(vars) => {
@@ -237,78 +177,10 @@ fn child_main(spec: &ContainerSpec, app: Option<&AppName>, out: OwnedFd, err: Ow
                 ));
             }
             let _ = std::io::stdout().write_all(text.as_bytes());
-            let _ = std::io::stdout().flush();
-            // SAFETY: as in `fail`.
-            unsafe { libc::_exit(0) }
+            0
         }
-        Err(why) => fail(&format!("the image has no /bin/sh and {why}")),
+        Err(why) => refuse(126, &format!("the image has no /bin/sh and {why}")),
     }
-}
-
-/// Reads both pipes to their end by `deadline`; stdout whole (up to
-/// [`MAX_OUTPUT`]), stderr's last 4 KiB (for the error line).
-fn read_until_closed(
-    mut stdout: impl Read + AsFd,
-    mut stderr: impl Read + AsFd,
-    deadline: Instant,
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (mut out_open, mut err_open) = (true, true);
-    let mut chunk = [0u8; 8192];
-    while out_open || err_open {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::image(format!(
-                "the image's environment scripts ({ENV_DIR}) did not finish within {} s",
-                TIMEOUT.as_secs()
-            )));
-        }
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = Vec::new();
-        if out_open {
-            fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLIN));
-        }
-        if err_open {
-            fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::system(format!("reading the shell's output: {e}"))),
-            Ok(_) => {}
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        let mut i = 0;
-        if out_open {
-            if ready[i] {
-                match stdout.read(&mut chunk) {
-                    Ok(0) | Err(_) => out_open = false,
-                    Ok(n) if out.len() + n > MAX_OUTPUT => {
-                        return Err(Error::image(format!(
-                            "the image's environment scripts ({ENV_DIR}) export more than {} KiB",
-                            MAX_OUTPUT >> 10
-                        )))
-                    }
-                    Ok(n) => out.extend_from_slice(&chunk[..n]),
-                }
-            }
-            i += 1;
-        }
-        if err_open && ready[i] {
-            match stderr.read(&mut chunk) {
-                Ok(0) | Err(_) => err_open = false,
-                Ok(n) => {
-                    err.extend_from_slice(&chunk[..n]);
-                    if err.len() > 4096 {
-                        err.drain(..err.len() - 4096);
-                    }
-                }
-            }
-        }
-    }
-    Ok((out, err))
 }
 
 /// Parses what a POSIX shell's `export -p` prints: one `export NAME=WORD`

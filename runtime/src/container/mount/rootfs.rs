@@ -181,6 +181,9 @@ pub struct ContainerSpec {
     /// Host files bound read-only at container paths (GPU driver libraries
     /// and tools, under `/.sifrun/gpu`), as (host file, container path).
     pub host_files: Vec<(PathBuf, PathBuf)>,
+    /// The image's overlay partition, unpacked as the user and laid over
+    /// the image ([`crate::container::overlay_partition`]).
+    pub overlay: Option<crate::container::overlay_partition::OverlaySource>,
 }
 
 impl ContainerSpec {
@@ -200,6 +203,7 @@ impl ContainerSpec {
             unprivileged: false,
             devices: Vec::new(),
             host_files: Vec::new(),
+            overlay: None,
         }
     }
 }
@@ -259,11 +263,16 @@ pub fn mount_image_fuse(spec: &ContainerSpec, device: &fs::File) -> Result<PathB
 }
 
 /// Builds the container root on top of the mounted image (`image_dir`, from
-/// [`mount_image`] or [`mount_image_fuse`]) in the current mount namespace.
+/// [`mount_image`] or [`mount_image_fuse`]) and, above it, the unpacked
+/// overlay partition (`overlay_layer`), in the current mount namespace.
 /// Must run inside a private mount namespace, as root or (with
 /// [`ContainerSpec::unprivileged`]) in the user namespace owning it.
-pub fn build_rootfs(spec: &ContainerSpec, image_dir: &Path) -> Result<Rootfs> {
-    let root = mount_overlay(spec, image_dir)?;
+pub fn build_rootfs(
+    spec: &ContainerSpec,
+    image_dir: &Path,
+    overlay_layer: Option<&Path>,
+) -> Result<Rootfs> {
+    let root = mount_overlay(spec, image_dir, overlay_layer)?;
     // First, while the root holds nothing but the image and its tmpfs upper
     // layer: root writes these files, and a later bind (or an image symlink
     // pointing into one) must never be able to redirect that write onto a
@@ -417,8 +426,13 @@ fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Overlay: lower = image, upper/work on the staging tmpfs.
-fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
+/// Overlay: lower = the overlay partition's files over the image,
+/// upper/work on the staging tmpfs.
+fn mount_overlay(
+    spec: &ContainerSpec,
+    image_dir: &Path,
+    overlay_layer: Option<&Path>,
+) -> Result<PathBuf> {
     let staging = &spec.staging_dir;
     let (upper, work, root) = (
         staging.join("upper"),
@@ -435,9 +449,12 @@ fn mount_overlay(spec: &ContainerSpec, image_dir: &Path) -> Result<PathBuf> {
     if spec.unprivileged {
         upper::prepare(image_dir, &upper, &needed_paths(spec))?;
     }
+    let lower = match overlay_layer {
+        Some(layer) => format!("{}:{}", layer.display(), image_dir.display()),
+        None => image_dir.display().to_string(),
+    };
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        image_dir.display(),
+        "lowerdir={lower},upperdir={},workdir={}",
         upper.display(),
         work.display()
     );

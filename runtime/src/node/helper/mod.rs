@@ -48,6 +48,7 @@ use crate::container::image_env::{self, scif::AppName};
 use crate::container::loop_device::LoopAttachment;
 use crate::container::mount::mount_squashfs;
 use crate::container::mount::rootfs::{BindMount, ContainerSpec};
+use crate::container::overlay_partition::OverlaySource;
 use crate::container::staging::StagingDir;
 use crate::crypt;
 use crate::error::Context;
@@ -192,13 +193,15 @@ fn setup(opts: &SetupArgs) -> Result<Ready> {
             )));
         }
         let device = unlock_encrypted(opts, &user, &image, &image_fd_path)?;
-        return setup_uncached(opts, &user, identity, image, device);
+        let overlay = overlay_source(opts, &image_file, &image)?;
+        return setup_uncached(opts, &user, identity, image, device, overlay);
     }
     if ecl.is_none() && opts.cache_idle_secs == 0 {
         let device =
             LoopAttachment::attach(&image_fd_path, image.partition_offset, image.partition_size)
                 .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
-        return setup_uncached(opts, &user, identity, image, device);
+        let overlay = overlay_source(opts, &image_file, &image)?;
+        return setup_uncached(opts, &user, identity, image, device, overlay);
     }
     setup_cached(opts, &user, identity, &image_file, image, ecl)
 }
@@ -321,13 +324,20 @@ fn setup_cached(
         // the node's record of the verified bytes when there is one.
         enforce(lease.entry_dir()).map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     }
-    // The image's environment from the same bytes as what runs.
-    let env = match source {
-        ImageSource::File => image.env,
+    // The image's environment and overlay partition from the same bytes as
+    // what runs.
+    let (env, overlay) = match source {
+        ImageSource::File => {
+            let overlay = overlay_source(opts, image_file, &image)?;
+            (image.env, overlay)
+        }
         ImageSource::Copy => {
-            RunnableImage::open(&backing(lease.entry_dir()))
-                .map_err(|e| e.shown_as(&backing(lease.entry_dir()), &opts.image))?
-                .env
+            let path = backing(lease.entry_dir());
+            let copy = RunnableImage::open(&path).map_err(|e| e.shown_as(&path, &opts.image))?;
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let overlay = overlay_source(opts, &file, &copy)?;
+            (copy.env, overlay)
         }
     };
     let built = build_in_new_namespace(
@@ -335,6 +345,7 @@ fn setup_cached(
         user,
         identity,
         container::ImageSource::Mounted(&lease.mount_dir()),
+        overlay,
     )?;
     Ok(Ready {
         env: [env, built.script_env].concat(),
@@ -432,6 +443,7 @@ fn setup_uncached(
     identity: Identity,
     image: RunnableImage,
     device: LoopAttachment,
+    overlay: Option<OverlaySource>,
 ) -> Result<Ready> {
     // From here on this process is in its own mount namespace: paths are
     // resolved (as the user) in it, so bind sources belong to it (the kernel
@@ -442,6 +454,7 @@ fn setup_uncached(
         user,
         identity,
         container::ImageSource::Device(device.path()),
+        overlay,
     );
     match result {
         Ok(built) => {
@@ -494,6 +507,7 @@ fn build_in_new_namespace(
     user: &UserCredentials,
     identity: Identity,
     image: container::ImageSource,
+    overlay: Option<OverlaySource>,
 ) -> Result<Built> {
     if !opts.state_dir.is_absolute() {
         return Err(Error::usage("--state-dir must be an absolute path"));
@@ -531,6 +545,7 @@ fn build_in_new_namespace(
     spec.mount_home = !opts.no_home;
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
+    spec.overlay = overlay;
     if let Some(cwd) = &opts.cwd {
         // An unreachable cwd is not fatal: Slurm falls back to /tmp, as it
         // does outside containers.
@@ -541,8 +556,21 @@ fn build_in_new_namespace(
         }
     }
 
-    container::build(&spec, image)?;
+    let overlay = container::build(&spec, image)?;
     drop(handles);
+    if let Some(o) = overlay {
+        // To the slurmd log (the plugin logs the helper's stderr).
+        eprintln!(
+            "overlay partition: {} files, {} directories, {} symlinks, {} whiteouts, {} skipped, {:.1} MiB unpacked in {} ms",
+            o.files,
+            o.dirs,
+            o.symlinks,
+            o.whiteouts,
+            o.skipped,
+            o.bytes as f64 / (1u64 << 20) as f64,
+            o.millis
+        );
+    }
 
     if let Some(dir) = &opts.workdir {
         // We are inside the container root now, whose /proc is the host's
@@ -590,6 +618,26 @@ fn build_in_new_namespace(
         env_append,
         script_env,
     })
+}
+
+/// The overlay partition of `image` (read from `file`, the same bytes),
+/// if it has one, with this node's size limit.
+fn overlay_source(
+    opts: &SetupArgs,
+    file: &std::fs::File,
+    image: &RunnableImage,
+) -> Result<Option<OverlaySource>> {
+    let Some(extent) = image.overlay else {
+        return Ok(None);
+    };
+    let file = file
+        .try_clone()
+        .context("duplicating the image's file handle")?;
+    Ok(Some(OverlaySource {
+        file: std::sync::Arc::new(file),
+        extent,
+        max_mib: opts.overlay_max_mib,
+    }))
 }
 
 /// The GPU (and RDMA) passthrough for this step: Slurm's allocation,

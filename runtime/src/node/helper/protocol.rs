@@ -107,6 +107,10 @@ pub struct SetupArgs {
     /// Images the node cache keeps mounted for one user (0: no limit).
     #[arg(long, default_value_t = DEFAULT_CACHE_MAX_IMAGES_PER_USER, value_name = "N")]
     pub cache_max_images_per_user: usize,
+    /// Largest overlay partition unpacked, in MiB (0: refuse images that
+    /// have one).
+    #[arg(long, default_value_t = crate::container::overlay_partition::DEFAULT_MAX_MIB, value_name = "MIB")]
+    pub overlay_max_mib: u64,
     /// SCIF app whose environment the tasks get (`--container-app`).
     #[arg(long, value_name = "NAME")]
     pub app: Option<String>,
@@ -141,6 +145,7 @@ impl SetupArgs {
             key_file: None,
             copy_limit_mib: 0,
             copy_quota_mib: 0,
+            overlay_max_mib: crate::container::overlay_partition::DEFAULT_MAX_MIB,
             app: None,
             timeout_secs: 0,
             cache_max_images: DEFAULT_CACHE_MAX_IMAGES,
@@ -194,6 +199,7 @@ impl SetupArgs {
         opt("restart-count", Some(self.restart_count.to_string()));
         opt("copy-limit-mib", Some(self.copy_limit_mib.to_string()));
         opt("copy-quota-mib", Some(self.copy_quota_mib.to_string()));
+        opt("overlay-max-mib", Some(self.overlay_max_mib.to_string()));
         opt("timeout-secs", Some(self.timeout_secs.to_string()));
         opt("gpus", (!self.gpus.is_empty()).then(|| list(&self.gpus)));
         opt("gpu-list", self.gpu_list.as_ref().map(path));
@@ -332,6 +338,7 @@ mod tests {
         a.copy_limit_mib = 64;
         a.copy_quota_mib = 128;
         a.app = Some("hello".into());
+        a.overlay_max_mib = 7;
         a.timeout_secs = 125;
         a.cache_max_images = 9;
         a.cache_max_images_per_user = 4;
