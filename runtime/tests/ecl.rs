@@ -308,6 +308,54 @@ fn reference_corpus_images() {
         bytes[(part.offset + part.size / 2) as usize] ^= 1;
         std::fs::write(&copy, bytes).unwrap();
         assert_refused(&ecl_check(&config, "legacy", &copy, false), &["tampered"]);
+        // And an overlay partition added next to the signed one (its files
+        // would lie over the signed files): refused, since no legacy
+        // signature covers it.
+        let with_overlay = site.corpus_copy(&c, name, &format!("overlay-{name}"));
+        add_overlay(&with_overlay, Some(1));
+        assert_refused(&ecl_check(&config, "legacy", &with_overlay, false), &[]);
+    }
+}
+
+/// Adds a small overlay partition (as `apptainer overlay create` does, in
+/// `group`) to `image`; returns its object ID.
+fn add_overlay(image: &std::path::Path, group: Option<u32>) -> u32 {
+    let overlay = sif::ObjectInput::new(sif::DataType::Partition, vec![0u8; 64 << 10]).partition(
+        sif::FsType::Ext3,
+        sif::PartType::Overlay,
+        sif::Arch::Amd64,
+    );
+    let overlay = match group {
+        Some(g) => overlay.group(g),
+        None => overlay.no_group(),
+    };
+    sif::add_object(image, overlay, &Default::default()).unwrap()
+}
+
+/// An overlay partition's files lie over the image's, so one added to a
+/// signed image after signing must not run under a list, wherever it sits
+/// in the SIF: in the signed group, in a group of its own, in none.
+#[test]
+fn an_overlay_added_after_signing_is_refused() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(c) = corpus() else { return };
+    let site = Site::new();
+    let a = Key::generate("a");
+    let ring = site.keyring("keyring.asc", &[&a]);
+    let config = site.config(&[&ring], &partition("wl", "whitelist", "", &[&a.fp()]));
+    let signed = site.signed_image(&c, "img/a.sif", &[&a]);
+    assert_allowed(&ecl_check(&config, "wl", &signed, false), &[&a.fp()]);
+    for (group, reason) in [
+        (Some(1), "object added after signing"),
+        (Some(2), "object group 2 has no signature"),
+        (None, "not in any object group"),
+    ] {
+        let image = site.path(&format!("img/overlay-{group:?}.sif"));
+        std::fs::copy(&signed, &image).unwrap();
+        add_overlay(&image, group);
+        assert_refused(&ecl_check(&config, "wl", &image, false), &[reason]);
     }
 }
 

@@ -235,6 +235,9 @@ mod tests {
         assert_eq!(c.sifrun, PathBuf::from("/opt/sifrun/bin/sifrun"));
         assert!(c.mount_home);
         assert_eq!(c.setup_timeout(), Duration::from_secs(30));
+        let c = Config::from_plugin_args(&["overlay_max_mib=0"]).unwrap();
+        assert_eq!(c.overlay_max_mib, 0);
+        assert!(Config::from_plugin_args(&["overlay_max_mib=lots"]).is_err());
     }
 
     #[test]

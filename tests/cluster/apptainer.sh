@@ -5,9 +5,9 @@
 # once per node as the job user and applied to every task.
 
 APP_SRC=${SIFRUN_APPTAINER_IMAGES:-$REPO/target/apptainer-images}
-if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif && -f $APP_SRC/apps.sif ]]; then
+if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif && -f $APP_SRC/apps.sif && -f $APP_SRC/overlay-small.sif ]]; then
     APPT=$WORK/apptainer; mkdir -p "$APPT"; chmod 755 "$APPT"
-    cp "$APP_SRC/docker.sif" "$APP_SRC/def.sif" "$APP_SRC/apps.sif" "$APPT/"; chmod 644 "$APPT"/*.sif
+    cp "$APP_SRC"/{docker,def,apps,overlay,overlay-small}.sif "$APPT/"; chmod 644 "$APPT"/*.sif
 
     run srun -N2 -n4 --container="$APPT/docker.sif" myprog rank
     check "an Apptainer image's program is found on its PATH, with its LD_LIBRARY_PATH, on every rank" \
@@ -31,6 +31,25 @@ if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif && -f $APP_SRC/apps.sif ]]; 
     run srun -N1 --container="$APPT/apps.sif" --container-app=nope true
     check "--container-app naming no app fails in one line that lists the apps" \
         bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"no such app (its apps: hello, tools)"* ]]' _ "$LAST"
+
+    # An overlay partition (apptainer overlay create), read-only under srun.
+    run srun -N2 -n4 --container="$APPT/overlay.sif" \
+        sh -c 'echo "$(cat /opt/data/x.txt) $(stat -c %u /opt/data/x.txt) $(test -e /opt/app/bin/myprog && echo present || echo deleted)"'
+    check "an overlay partition's files reach every rank, unpacked as the job user; what it deleted stays deleted" \
+        test "$(sort -u <<<"$LAST") $(wc -l <<<"$LAST")" = "from-the-overlay $(id -u "$TEST_USER") deleted 4"
+
+    # Signed after its overlay was written, by a key partition "secure"
+    # allows, and owned by the user: the node verifies a root-only copy and
+    # the overlay is read from that copy.
+    cp "$APPT/overlay-small.sif" "$APPT/overlay-signed.sif"
+    "$SIFRUN" sign --key "$WORK/a-private.asc" "$APPT/overlay-signed.sif" >/dev/null 2>&1
+    chown "$TEST_USER" "$APPT/overlay-signed.sif"
+    secure --container="$APPT/overlay-signed.sif" cat /opt/data/x.txt
+    check "under an ECL, a signed image's overlay partition is read from the verified copy" \
+        test "$LAST" = "from-the-small-overlay"
+    cp "$APPT/overlay-small.sif" "$APPT/overlay-unsigned.sif"; chown "$TEST_USER" "$APPT/overlay-unsigned.sif"
+    secure --container="$APPT/overlay-unsigned.sif" cat /opt/data/x.txt
+    check "under an ECL, an image with an unsigned overlay partition is refused" refused overlay-unsigned.sif unsigned
 
     # A hostile image: its environment script hangs. The step fails with
     # one line after the evaluation's time limit, nothing is left behind.
