@@ -525,6 +525,35 @@ fn image_errors_are_one_line() {
         let out = run_sifrun(&["exec", ext3.to_str().unwrap(), "true"]);
         assert_one_line_error(&out, "unsupported filesystem type ext3");
 
+        // Formats other tools make that sifrun does not run: named.
+        let oci_sif = fx.path("oci.sif");
+        sif::create(
+            &oci_sif,
+            vec![
+                sif::ObjectInput::new(sif::DataType::OciBlob, b"{}".to_vec()),
+                sif::ObjectInput::new(sif::DataType::OciRootIndex, b"{}".to_vec()),
+            ],
+            &sif::CreateOptions::default(),
+        )
+        .unwrap();
+        let out = run_sifrun(&["exec", oci_sif.to_str().unwrap(), "true"]);
+        assert_one_line_error(&out, "an OCI-SIF image");
+        let gocryptfs = fx.path("gocryptfs.sif");
+        sif::create(
+            &gocryptfs,
+            vec![
+                sif::ObjectInput::new(sif::DataType::Partition, vec![0u8; 8192]).partition(
+                    sif::FsType::GocryptfsSquashfs,
+                    sif::PartType::PrimSys,
+                    sif::Arch::host(),
+                ),
+            ],
+            &sif::CreateOptions::default(),
+        )
+        .unwrap();
+        let out = run_sifrun(&["exec", gocryptfs.to_str().unwrap(), "true"]);
+        assert_one_line_error(&out, "encrypted with gocryptfs");
+
         // A "squashfs" partition that is not one: the mount fails in the
         // child, the loop device must still go away.
         let bogus = fx.path("bogus-squashfs.sif");

@@ -57,6 +57,12 @@ pub struct Encryption {
     pub wrapped_key: Option<Vec<u8>>,
 }
 
+/// Why an OCI-SIF image does not run.
+const OCI_SIF_REFUSED: &str = "an OCI-SIF image (OCI image layers in a SIF, made by SingularityCE 4 with `--oci`), which sifrun cannot run: it runs SIF images with a SquashFS system partition (what `apptainer build`/`pull` make, and SingularityCE without `--oci`)";
+
+/// Why a gocryptfs-encrypted image does not run.
+const GOCRYPTFS_REFUSED: &str = "encrypted with gocryptfs (Apptainer's encryption for images built without root), which sifrun cannot unlock: it runs LUKS2-encrypted images (built as root with `--passphrase` or `--pem-path`)";
+
 /// Largest key object read.
 const MAX_KEY_OBJECT: u64 = 1 << 20;
 
@@ -80,12 +86,21 @@ impl RunnableImage {
     pub fn open_maybe_encrypted(path: &Path) -> Result<Self> {
         let mut image = open_sif(path)?;
         let bad = |text: String| Error::image(text).at(path);
-        let part = image
-            .primary_partition()
-            .map_err(|e| bad(primary_error(&e)))?
-            .clone();
+        let is_oci_sif = image
+            .find_by_type(sif::DataType::OciRootIndex)
+            .next()
+            .is_some();
+        let part = match image.primary_partition() {
+            Err(sif::Error::NoPrimaryPartition) if is_oci_sif => {
+                return Err(bad(OCI_SIF_REFUSED.to_string()));
+            }
+            other => other.map_err(|e| bad(primary_error(&e)))?.clone(),
+        };
         let info = part.partition().map_err(|e| bad(e.to_string()))?;
         let encrypted = info.fs_type == sif::FsType::EncryptedSquashfs;
+        if info.fs_type == sif::FsType::GocryptfsSquashfs {
+            return Err(bad(GOCRYPTFS_REFUSED.to_string()));
+        }
         if info.fs_type != sif::FsType::Squashfs && !encrypted {
             return Err(bad(format!(
                 "unsupported filesystem type {} (only squashfs and encrypted squashfs can be run)",
