@@ -131,6 +131,12 @@ pub enum Command {
         sifrun ecl check --config /etc/slurm/sifrun-ecl.toml --partition gpu app.sif\n  \
         sifrun ecl check --config /etc/slurm/sifrun-ecl.toml --partition gpu --json app.sif")]
     Ecl(EclArgs),
+    /// Write the man pages (sifrun.1, sifrun-exec.1, ...) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

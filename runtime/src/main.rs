@@ -11,7 +11,7 @@ use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
 
 use cli::{CacheAction, Cli, Command, EclAction};
-use commands::{build, cache, ecl, exec, inspect, sign, verify};
+use commands::{build, cache, ecl, exec, inspect, manpages, sign, verify};
 use sifrun_runtime::node::helper;
 use sifrun_runtime::Error;
 
@@ -90,6 +90,13 @@ fn main() -> ExitCode {
             }
             .map(|text| {
                 let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                0
+            }),
+            1,
+        ),
+        Command::Manpages { dir } => finish(
+            manpages::write(&dir).map(|files| {
+                eprintln!("wrote {} man pages into {}", files.len(), dir.display());
                 0
             }),
             1,

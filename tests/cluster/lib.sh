@@ -9,8 +9,16 @@
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO" || exit 1
-SIFRUN=$REPO/target/release/sifrun
-SPANK_SO=$REPO/target/release/libsifrun_spank.so
+# SIFRUN_INSTALLED=1: the installed package's files (ci/package, dpkg -i);
+# otherwise the release build, copied by start_cluster to where every node
+# sees it (a checkout under /tmp is private to this machine's namespace).
+if [[ ${SIFRUN_INSTALLED:-0} == 1 ]]; then
+    SIFRUN=/usr/bin/sifrun
+    SPANK_SO=/usr/lib/sifrun/libsifrun_spank.so
+else
+    SIFRUN=$REPO/target/release/sifrun
+    SPANK_SO=$REPO/target/release/libsifrun_spank.so
+fi
 TEST_USER=${SIFRUN_TEST_USER:-sifrun-test}
 
 # --- results -------------------------------------------------------------------
@@ -181,6 +189,11 @@ partition_of() {
 # fixtures (read per step: they may come after).
 start_cluster() {
     rm -rf "$WORK"; mkdir -p "$WORK"; chmod 755 "$WORK"
+    if [[ ${SIFRUN_INSTALLED:-0} != 1 ]]; then
+        install -D -m 0755 "$SIFRUN" "$WORK/bin/sifrun"
+        install -D -m 0644 "$SPANK_SO" "$WORK/bin/libsifrun_spank.so"
+        SIFRUN=$WORK/bin/sifrun SPANK_SO=$WORK/bin/libsifrun_spank.so
+    fi
     cat > "$WORK/sifrun.toml" <<TOML
 sifrun = "$SIFRUN"
 mount_home = true

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod ecl;
 pub mod exec;
 pub mod inspect;
+pub mod manpages;
 pub mod sign;
 pub mod singularity_d;
 pub mod target;

@@ -15,8 +15,6 @@ use crate::error::{Error, Result};
 /// Where apps live in an image.
 pub const APPS_DIR: &str = "/scif/apps";
 
-/// The longest app name accepted (Apptainer's are short words).
-const MAX_NAME: usize = 64;
 
 /// A validated app name: one path component, so that `/scif/apps/NAME`
 /// can never leave `/scif/apps`.
@@ -24,14 +22,17 @@ const MAX_NAME: usize = 64;
 pub struct AppName(String);
 
 impl AppName {
+    /// The longest app name accepted, in bytes (Apptainer's are short words).
+    pub const MAX_LEN: usize = 64;
+
     /// What a name may hold, for error messages.
     pub const ALLOWED: &'static str = "letters, digits, '_', '-', '.'";
 
     /// Letters, digits, `_`, `-` and `.` (not first), at most
-    /// [`MAX_NAME`] bytes.
+    /// [`AppName::MAX_LEN`] bytes.
     pub fn is_valid(name: &str) -> bool {
         !name.is_empty()
-            && name.len() <= MAX_NAME
+            && name.len() <= Self::MAX_LEN
             && !name.starts_with('.')
             && name
                 .bytes()

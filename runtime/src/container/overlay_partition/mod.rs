@@ -15,7 +15,7 @@
 //! it (size- and inode-limited, owned by the user, reachable only through
 //! the root-only staging directory). That tmpfs becomes the top lower
 //! layer of the container's overlay. Bounded in time, bytes and entries;
-//! see [`unpack`] for what each kind of file becomes.
+//! the `unpack` module says what each kind of file becomes.
 
 mod unpack;
 
