@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 /// Where apps live in an image.
 pub const APPS_DIR: &str = "/scif/apps";
 
-
 /// A validated app name: one path component, so that `/scif/apps/NAME`
 /// can never leave `/scif/apps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
