@@ -496,82 +496,60 @@ fn image_errors_are_one_line() {
         let out = run_sifrun(&["exec", junk.to_str().unwrap(), "true"]);
         assert_one_line_error(&out, "not a valid SIF image");
 
-        let no_part = fx.path("no-partition.sif");
-        sif::create(
-            &no_part,
-            vec![sif::ObjectInput::new(
-                sif::DataType::Generic,
-                b"hello".to_vec(),
-            )],
-            &sif::CreateOptions::default(),
-        )
-        .unwrap();
-        let out = run_sifrun(&["exec", no_part.to_str().unwrap(), "true"]);
-        assert_one_line_error(&out, "no primary partition");
-
-        let ext3 = fx.path("ext3.sif");
-        sif::create(
-            &ext3,
+        // Each image holds the objects given; its one error line names why
+        // it does not run (the last: a "squashfs" partition that is not
+        // one, so the mount fails in the child and the loop device must
+        // still go away).
+        let partition = |fs_type| {
             vec![
                 sif::ObjectInput::new(sif::DataType::Partition, vec![0u8; 8192]).partition(
-                    sif::FsType::Ext3,
+                    fs_type,
                     sif::PartType::PrimSys,
                     sif::Arch::host(),
                 ),
-            ],
-            &sif::CreateOptions::default(),
-        )
-        .unwrap();
-        let out = run_sifrun(&["exec", ext3.to_str().unwrap(), "true"]);
-        assert_one_line_error(&out, "unsupported filesystem type ext3");
-
-        // Formats other tools make that sifrun does not run: named.
-        let oci_sif = fx.path("oci.sif");
-        sif::create(
-            &oci_sif,
-            vec![
-                sif::ObjectInput::new(sif::DataType::OciBlob, b"{}".to_vec()),
-                sif::ObjectInput::new(sif::DataType::OciRootIndex, b"{}".to_vec()),
-            ],
-            &sif::CreateOptions::default(),
-        )
-        .unwrap();
-        let out = run_sifrun(&["exec", oci_sif.to_str().unwrap(), "true"]);
-        assert_one_line_error(&out, "an OCI-SIF image");
-        let gocryptfs = fx.path("gocryptfs.sif");
-        sif::create(
-            &gocryptfs,
-            vec![
-                sif::ObjectInput::new(sif::DataType::Partition, vec![0u8; 8192]).partition(
-                    sif::FsType::GocryptfsSquashfs,
-                    sif::PartType::PrimSys,
-                    sif::Arch::host(),
-                ),
-            ],
-            &sif::CreateOptions::default(),
-        )
-        .unwrap();
-        let out = run_sifrun(&["exec", gocryptfs.to_str().unwrap(), "true"]);
-        assert_one_line_error(&out, "encrypted with gocryptfs");
-
-        // A "squashfs" partition that is not one: the mount fails in the
-        // child, the loop device must still go away.
-        let bogus = fx.path("bogus-squashfs.sif");
-        sif::create(
-            &bogus,
-            vec![
-                sif::ObjectInput::new(sif::DataType::Partition, vec![0u8; 8192]).partition(
-                    sif::FsType::Squashfs,
-                    sif::PartType::PrimSys,
-                    sif::Arch::host(),
-                ),
-            ],
-            &sif::CreateOptions::default(),
-        )
-        .unwrap();
-        let out = run_sifrun(&["exec", bogus.to_str().unwrap(), "true"]);
-        assert_one_line_error(&out, "mounting squashfs");
-        assert_eq!(out.status.code(), Some(255));
+            ]
+        };
+        let cases = [
+            (
+                "no-partition",
+                vec![sif::ObjectInput::new(
+                    sif::DataType::Generic,
+                    b"hello".to_vec(),
+                )],
+                "no primary partition",
+            ),
+            (
+                "ext3",
+                partition(sif::FsType::Ext3),
+                "unsupported filesystem type ext3",
+            ),
+            // Formats other tools make that sifrun does not run: named.
+            (
+                "oci",
+                vec![
+                    sif::ObjectInput::new(sif::DataType::OciBlob, b"{}".to_vec()),
+                    sif::ObjectInput::new(sif::DataType::OciRootIndex, b"{}".to_vec()),
+                ],
+                "an OCI-SIF image",
+            ),
+            (
+                "gocryptfs",
+                partition(sif::FsType::GocryptfsSquashfs),
+                "encrypted with gocryptfs",
+            ),
+            (
+                "bogus-squashfs",
+                partition(sif::FsType::Squashfs),
+                "mounting squashfs",
+            ),
+        ];
+        for (name, objects, needle) in cases {
+            let image = fx.path(&format!("{name}.sif"));
+            sif::create(&image, objects, &sif::CreateOptions::default()).unwrap();
+            let out = run_sifrun(&["exec", image.to_str().unwrap(), "true"]);
+            assert_one_line_error(&out, needle);
+            assert_eq!(out.status.code(), Some(255), "{name}");
+        }
     });
 }
 

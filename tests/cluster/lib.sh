@@ -16,8 +16,9 @@ if [[ ${SIFRUN_INSTALLED:-0} == 1 ]]; then
     SIFRUN=/usr/bin/sifrun
     SPANK_SO=/usr/lib/sifrun/libsifrun_spank.so
 else
-    SIFRUN=$REPO/target/release/sifrun
-    SPANK_SO=$REPO/target/release/libsifrun_spank.so
+    # SIFRUN_BIN / SIFRUN_PLUGIN: other builds (ci/slurm-versions).
+    SIFRUN=${SIFRUN_BIN:-$REPO/target/release/sifrun}
+    SPANK_SO=${SIFRUN_PLUGIN:-$REPO/target/release/libsifrun_spank.so}
 fi
 TEST_USER=${SIFRUN_TEST_USER:-sifrun-test}
 
