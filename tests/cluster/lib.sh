@@ -34,6 +34,12 @@ selected() {
 }
 pass() { passed=$((passed + 1)); printf 'ok   %s\n' "$1"; }
 fail() { failed=$((failed + 1)); printf 'FAIL %s\n' "$1"; [[ -n ${2:-} ]] && printf '     %s\n' "$2"; }
+# skip NAME REASON: a check this Slurm cannot run (counted apart, named).
+skipped=0
+skip() {
+    selected "$1" || { unselected=$((unselected + 1)); return 0; }
+    skipped=$((skipped + 1)); printf 'skip %s (%s)\n' "$1" "$2"
+}
 # check NAME COMMAND...: pass when COMMAND succeeds. A check the filter
 # leaves out is not run (the steps before it still are: they set it up).
 check() {
