@@ -27,9 +27,11 @@ if [[ -f $MPI_SRC/openmpi.sif && -f $MPI_SRC/mpich.sif ]]; then
     run srun --mpi=pmix -N2 -n8 --$MPI_IMAGE_OPTION="$OMPI" mpitest ring
     pmix_check "Open MPI + PMIx, -N2 -n8: ring across both nodes" \
         bash -c '[[ $(grep -c " ring ok$" <<<"$1") -eq 8 && "$1" == *"on node1"* && "$1" == *"on node2"* ]]' _ "$LAST"
-    run srun --mpi=pmix -N1 --$MPI_IMAGE_OPTION="$OMPI" sh -c 'echo "$PMIX_SERVER_TMPDIR"; ls "$PMIX_SERVER_TMPDIR"'
+    run srun --mpi=pmix -N1 --$MPI_IMAGE_OPTION="$OMPI" sh -c 'echo "$PMIX_SERVER_TMPDIR"; ls "$PMIX_SERVER_TMPDIR" && echo listed'
+    # PMIx 4 (Slurm's mpi/pmix_v4) keeps a shared-memory dstore there; PMIx 5 does not.
+    dstore=""; compgen -G "/usr/lib/*/slurm-wlm/mpi_pmix_v4.so" >/dev/null && dstore=pmix_dstor_ds21_
     pmix_check "the PMIx server directory (with its shared-memory dstore) is visible at the same path" \
-        bash -c '[[ "$1" == /var/tmp/sifrun-cluster/spool/node*/pmix.* && "$1" == *pmix_dstor_ds21_* ]]' _ "$LAST"
+        bash -c '[[ "$1" == /var/tmp/sifrun-cluster/spool/node*/pmix.* && "$1" == *listed && "$1" == *"$2"* ]]' _ "$LAST" "$dstore"
     run srun --mpi=pmi2 -N2 -n4 --$MPI_IMAGE_OPTION="$MPICH" mpitest allreduce
     check "MPICH + PMI2, -N2 -n4: allreduce correct on every rank" test "$(ok_lines allreduce 4)" -eq 4
     run srun --mpi=pmi2 -N2 -n8 --$MPI_IMAGE_OPTION="$MPICH" mpitest ring
