@@ -39,15 +39,7 @@ fn apptainer_image(fx: &Fixture, name: &str, extra: &[(&str, &str)]) -> String {
     let prog = root.join("opt/app/bin/myprog");
     fs::write(&prog, "#!/bin/sh\necho \"myprog: $GREETING\"\n").unwrap();
     fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
-    let image = fx.path(&format!("{name}.sif"));
-    let out = run_sifrun(&[
-        "build",
-        root.to_str().unwrap(),
-        "-o",
-        image.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "build: {}", stderr(&out));
-    image.to_str().unwrap().to_string()
+    build_image(fx, &root, name)
 }
 
 fn exec_env(image: &str, opts: &[&str], vars: &[(&str, &str)]) -> Output {
@@ -302,6 +294,19 @@ fn apptainer_flags_mean_what_they_mean_in_apptainer() {
     fx.assert_no_leaks(&before);
 }
 
+/// `NAME.sif` in the fixture, built from `root`; its path.
+fn build_image(fx: &Fixture, root: &Path, name: &str) -> String {
+    let image = fx.path(&format!("{name}.sif"));
+    let out = run_sifrun(&[
+        "build",
+        root.to_str().unwrap(),
+        "-o",
+        image.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "build: {}", stderr(&out));
+    image.to_str().unwrap().to_string()
+}
+
 /// An image without `/bin/sh` (distroless): only a static busybox as
 /// `/opt/app/bin/env`, and the scripts Apptainer writes for it.
 fn shell_less_image(fx: &Fixture, name: &str, environment: &str) -> String {
@@ -318,15 +323,7 @@ fn shell_less_image(fx: &Fixture, name: &str, environment: &str) -> String {
     .unwrap();
     fs::write(env.join("90-environment.sh"), environment).unwrap();
     fs::write(env.join("99-base.sh"), BASE_ENV).unwrap();
-    let image = fx.path(&format!("{name}.sif"));
-    let out = run_sifrun(&[
-        "build",
-        root.to_str().unwrap(),
-        "-o",
-        image.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "build: {}", stderr(&out));
-    image.to_str().unwrap().to_string()
+    build_image(fx, &root, name)
 }
 
 #[test]

@@ -86,12 +86,13 @@ impl RunnableImage {
     pub fn open_maybe_encrypted(path: &Path) -> Result<Self> {
         let mut image = open_sif(path)?;
         let bad = |text: String| Error::image(text).at(path);
-        let is_oci_sif = image
-            .find_by_type(sif::DataType::OciRootIndex)
-            .next()
-            .is_some();
         let part = match image.primary_partition() {
-            Err(sif::Error::NoPrimaryPartition) if is_oci_sif => {
+            Err(sif::Error::NoPrimaryPartition)
+                if image
+                    .find_by_type(sif::DataType::OciRootIndex)
+                    .next()
+                    .is_some() =>
+            {
                 return Err(bad(OCI_SIF_REFUSED.to_string()));
             }
             other => other.map_err(|e| bad(primary_error(&e)))?.clone(),
