@@ -29,28 +29,35 @@ impl SlurmPaths {
 
     /// Parses slurm.conf text.
     pub fn parse(text: &str, node: &str, host: &str) -> Self {
-        let mut spool = DEFAULT_SPOOL.to_string();
-        let mut tmp_fs = DEFAULT_TMPFS.to_string();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            // One key=value per line for these keys (they are not node or
-            // partition lines).
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            let value = value.trim().trim_matches('"');
-            match key.trim().to_ascii_lowercase().as_str() {
-                "slurmdspooldir" => spool = value.to_string(),
-                "tmpfs" => tmp_fs = value.to_string(),
-                _ => {}
-            }
-        }
-        let expand = |v: &str| PathBuf::from(v.replace("%n", node).replace("%h", host));
+        let spool = value(text, "SlurmdSpoolDir").unwrap_or_else(|| DEFAULT_SPOOL.to_string());
+        let tmp_fs = value(text, "TmpFS").unwrap_or_else(|| DEFAULT_TMPFS.to_string());
         SlurmPaths {
-            spool_dir: expand(&spool),
-            tmp_fs: expand(&tmp_fs),
+            spool_dir: PathBuf::from(expand_node(&spool, node, host)),
+            tmp_fs: PathBuf::from(expand_node(&tmp_fs, node, host)),
         }
     }
+}
+
+/// The value of a global `key` (case-insensitive) in slurm.conf-style text
+/// (slurm.conf, job_container.conf): the last assignment, without quotes.
+/// Only for keys set one per line, not on node or partition lines.
+pub fn value(text: &str, key: &str) -> Option<String> {
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case(key) {
+            found = Some(v.trim().trim_matches('"').to_string());
+        }
+    }
+    found
+}
+
+/// Slurm's `%n` (node name) and `%h` (host name) in a node path.
+pub fn expand_node(path: &str, node: &str, host: &str) -> String {
+    path.replace("%n", node).replace("%h", host)
 }
 
 #[cfg(test)]

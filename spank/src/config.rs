@@ -61,6 +61,11 @@ pub struct Config {
     /// Largest overlay partition unpacked for a step, in MiB (0: images
     /// with an overlay partition are refused).
     pub overlay_max_mib: u64,
+    /// Where the job's own mount namespace is, when Slurm gives each job
+    /// one (its private /tmp and /dev/shm become the container's):
+    /// `auto` (from slurm.conf and the namespace plugin's file), `none`,
+    /// or a path template (`%j` job id, `%n` node name).
+    pub job_namespace: String,
 }
 
 impl Default for Config {
@@ -83,6 +88,7 @@ impl Default for Config {
             cache_max_images: protocol::DEFAULT_CACHE_MAX_IMAGES,
             cache_max_images_per_user: protocol::DEFAULT_CACHE_MAX_IMAGES_PER_USER,
             overlay_max_mib: sifrun_runtime::container::overlay_partition::DEFAULT_MAX_MIB,
+            job_namespace: "auto".to_string(),
         }
     }
 }
@@ -169,6 +175,7 @@ impl Config {
                     .map_err(|_| bad("expected a number of seconds"))?
             }
             "slurm_conf" => self.slurm_conf = PathBuf::from(value),
+            "job_namespace" => self.job_namespace = value.to_string(),
             "gpus" => self.gpus = parse_bool(value)?,
             "rdma" => self.rdma = parse_bool(value)?,
             "gpu_list" => {

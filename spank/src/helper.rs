@@ -14,6 +14,7 @@ use crate::request::ContainerRequest;
 use nix::fcntl::{Flock, FlockArg};
 use sifrun_runtime::container::namespaces::open_mount_namespace;
 use sifrun_runtime::node::helper::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
+use sifrun_runtime::node::job_namespace::JobNamespace;
 use sifrun_runtime::process::wait_readable;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -71,6 +72,9 @@ pub struct JobUser {
     pub system_binds: Vec<String>,
     /// The step's GPUs on this node (Slurm's `SLURM_STEP_GPUS`).
     pub gpus: Vec<u32>,
+    /// The job's mount namespace file, when Slurm gives jobs one (decided
+    /// by the plugin from the admin's configuration: [`crate::job_namespace`]).
+    pub job_namespace: Option<JobNamespace>,
 }
 
 /// A ready per-node container: the pinned mount namespace and the image's
@@ -123,6 +127,7 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     // A path only: the helper opens it as the job user.
     args.key_file = req.key_file.clone();
     args.app = req.app.clone();
+    args.set_job_namespace(user.job_namespace.clone());
     args
 }
 
@@ -297,6 +302,7 @@ mod tests {
             restart_count: 1,
             system_binds: vec!["/var/spool/slurmd:/var/spool/slurmd".into()],
             gpus: vec![0, 1],
+            job_namespace: Some(JobNamespace::File("/var/jc/42/.ns".into())),
         };
         let config = Config {
             default_binds: vec!["/etc/hosts:/etc/hosts:ro".into()],
@@ -319,6 +325,7 @@ mod tests {
         expected.gpus = vec![0, 1];
         expected.rdma = true;
         expected.app = Some("hello".into());
+        expected.job_namespace = Some("/var/jc/42/.ns".into());
         assert_eq!(setup_request(&req, &user, &config), expected);
     }
 
@@ -379,6 +386,7 @@ mod tests {
                 restart_count: 0,
                 system_binds: vec![],
                 gpus: vec![],
+                job_namespace: None,
             },
         )
     }

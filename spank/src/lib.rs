@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod helper;
+pub mod job_namespace;
 pub mod request;
 pub mod task_env;
 
@@ -122,12 +123,7 @@ fn pmix_binds(spank: &SpankHandle, config: &Config) -> Result<Vec<String>, Strin
     if !pmix_compat::uses_pmix(mpi.as_deref()) {
         return Ok(Vec::new());
     }
-    // The node name is the host name (slurm.conf's %n and %h): taken from
-    // the kernel, not from the job's environment.
-    let host = nix::unistd::gethostname()
-        .map_err(|e| format!("host name: {e}"))?
-        .to_string_lossy()
-        .into_owned();
+    let host = node_name()?;
     let paths = pmix_compat::SlurmPaths::from_file(&config.slurm_conf, &host, &host)
         .map_err(|e| format!("reading {}: {e}", config.slurm_conf.display()))?;
     Ok(pmix_compat::binds(&paths)
@@ -141,6 +137,15 @@ fn pmix_binds(spank: &SpankHandle, config: &Config) -> Result<Vec<String>, Strin
             }
         })
         .collect())
+}
+
+/// The node name, taken to be the host name (slurm.conf's %n and %h):
+/// from the kernel, not from the job's environment.
+fn node_name() -> Result<String, String> {
+    Ok(nix::unistd::gethostname()
+        .map_err(|e| format!("host name: {e}"))?
+        .to_string_lossy()
+        .into_owned())
 }
 
 fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
@@ -166,6 +171,7 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
             .flatten()
             .map(|v| sifrun_runtime::container::gpu::parse_step_gpus(&v))
             .unwrap_or_default(),
+        job_namespace: None,
     })
 }
 
@@ -272,6 +278,12 @@ unsafe impl Plugin for SifrunPlugin {
         let setup = match &self.config {
             Some(Ok(config)) => job_user(spank).and_then(|mut user| {
                 user.system_binds = pmix_binds(spank, config)?;
+                user.job_namespace = job_namespace::namespace_file(
+                    &config.job_namespace,
+                    &config.slurm_conf,
+                    user.job_id,
+                    &node_name()?,
+                )?;
                 let started = std::time::Instant::now();
                 let c = helper::build_container(&request, &user, config, &mut |line| {
                     spank_log_info!("sifrun: helper: {line}");

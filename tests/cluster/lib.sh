@@ -210,9 +210,14 @@ ecl_config = "$WORK/ecl/site.toml"
 copy_limit_mib = 64
 cache_max_images_per_user = 3
 TOML
+    cluster_up
+    TEST_UID=$(id -u "$TEST_USER")
+}
+# (Re)starts the cluster with the plugin and WORK's configuration; the
+# environment may add ci/cluster settings (SIFRUN_JOB_NAMESPACE=...).
+cluster_up() {
     SIFRUN_SPANK_SO=$SPANK_SO SIFRUN_SPANK_MODE=required SIFRUN_CONFIG=$WORK/sifrun.toml \
         ci/cluster start 2 >/dev/null || { ci/cluster logs -n 30; exit 1; }
-    TEST_UID=$(id -u "$TEST_USER")
 }
 
 # --- running jobs -----------------------------------------------------------------

@@ -2,8 +2,9 @@
 //! the SPANK plugin starts for each step ([`helper`]), the node-wide cache
 //! of mounted images ([`image_cache`]), opening user-named paths with the
 //! job user's permissions ([`credentials`]), the execution control list
-//! ([`ecl`]), checks on the files root trusts ([`trusted`]) and ending a
-//! step's leftover processes ([`namespace_sweep`]).
+//! ([`ecl`]), checks on the files root trusts ([`trusted`]), the job's
+//! private directories under Slurm's namespace plugins ([`job_namespace`])
+//! and ending a step's leftover processes ([`namespace_sweep`]).
 //!
 //! Everything here trusts nothing the job user controls: paths are opened
 //! as the user, images are copied or pinned before they are judged, and
@@ -13,5 +14,6 @@ pub mod credentials;
 pub mod ecl;
 pub mod helper;
 pub mod image_cache;
+pub mod job_namespace;
 pub mod namespace_sweep;
 pub mod trusted;

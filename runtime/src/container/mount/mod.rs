@@ -141,6 +141,51 @@ fn set_flags_recursive(
     Ok(())
 }
 
+/// A mount tree taken out of another mount namespace
+/// (`open_tree(OPEN_TREE_CLONE)`): detached, it belongs to no namespace
+/// until [`DetachedMount::attach`] moves it into the caller's.
+#[derive(Debug, Clone)]
+pub struct DetachedMount {
+    /// Where it was, and where it goes in the container.
+    pub path: PathBuf,
+    pub tree: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl DetachedMount {
+    /// Mounts the tree on `target` (an existing directory) with `flags`
+    /// on every mount of it, as [`bind`] does for a recursive bind.
+    pub fn attach(&self, target: &Path, flags: MsFlags) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+        let to = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::system(format!("{}: path holds a NUL", target.display())))?;
+        // SAFETY: both strings are NUL-terminated and outlive the call; the
+        // kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::system(format!(
+                "mounting the job's {} on {}: {}",
+                self.path.display(),
+                target.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        match set_flags_recursive(target, flags) {
+            Err(nix::errno::Errno::ENOSYS) => remount_bind(target, flags),
+            other => other.with_context(|| format!("setting flags on {}", target.display())),
+        }
+    }
+}
+
 /// Changes the per-mount flags of the mount at `target`.
 ///
 /// In a user namespace the kernel locks the restrictive flags (nosuid,

@@ -184,6 +184,11 @@ pub struct ContainerSpec {
     /// The image's overlay partition, unpacked as the user and laid over
     /// the image ([`crate::container::overlay_partition`]).
     pub overlay: Option<crate::container::overlay_partition::OverlaySource>,
+    /// The job's private directories (`/tmp`, `/var/tmp`, `/dev/shm`) when
+    /// Slurm gives the job its own mount namespace
+    /// ([`crate::node::job_namespace`]): mounted at the same paths in place
+    /// of the node's (for `/dev/shm`, over the step's fresh tmpfs).
+    pub job_dirs: Vec<super::DetachedMount>,
 }
 
 impl ContainerSpec {
@@ -204,6 +209,7 @@ impl ContainerSpec {
             devices: Vec::new(),
             host_files: Vec::new(),
             overlay: None,
+            job_dirs: Vec::new(),
         }
     }
 }
@@ -288,6 +294,11 @@ pub fn build_rootfs(
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // Mount points are never created inside what is bound from the host.
     let mut host = HostBinds::default();
+    for job_dir in &spec.job_dirs {
+        let target = create_mount_point(&root, &job_dir.path, &job_dir.path, &host)?;
+        job_dir.attach(&target, nosuid_nodev)?;
+        host.record(&target)?;
+    }
     for (source, dest) in host_dir_binds(spec) {
         // Root's home is never writable from an image root runs.
         let flags = if spec.identity.is_root() && dest == spec.identity.home {
@@ -357,7 +368,7 @@ fn host_dir_binds(spec: &ContainerSpec) -> Vec<(&Path, &Path)> {
     let mut binds = Vec::new();
     if spec.mount_tmp {
         for dir in ["/tmp", "/var/tmp"] {
-            if Path::new(dir).is_dir() {
+            if Path::new(dir).is_dir() && !spec.job_dirs.iter().any(|j| j.path == Path::new(dir)) {
                 binds.push((Path::new(dir), Path::new(dir)));
             }
         }
@@ -500,6 +511,10 @@ fn cwd_is_bindable(spec: &ContainerSpec, cwd: &Path) -> bool {
         return false;
     }
     if spec.mount_tmp && cwd.starts_with("/tmp") {
+        return false;
+    }
+    // The job's own directory of that name is there instead.
+    if spec.job_dirs.iter().any(|j| cwd.starts_with(&j.path)) {
         return false;
     }
     if spec.mount_home && spec.identity.home.is_dir() && cwd.starts_with(&spec.identity.home) {

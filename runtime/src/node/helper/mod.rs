@@ -512,6 +512,12 @@ fn build_in_new_namespace(
     if !opts.state_dir.is_absolute() {
         return Err(Error::usage("--state-dir must be an absolute path"));
     }
+    // Still in the node's namespace: the job's own /tmp (and /dev/shm)
+    // when Slurm gave the job a namespace of its own.
+    let job_dirs = match opts.job_namespace() {
+        Some(job_ns) => crate::node::job_namespace::capture(&job_ns)?,
+        None => Vec::new(),
+    };
     let staging = StagingDir::create_in(&opts.state_dir)?;
     container::enter_namespaces(&image, &identity)?;
 
@@ -546,6 +552,7 @@ fn build_in_new_namespace(
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
     spec.overlay = overlay;
+    spec.job_dirs = job_dirs;
     if let Some(cwd) = &opts.cwd {
         // An unreachable cwd is not fatal: Slurm falls back to /tmp, as it
         // does outside containers.

@@ -14,6 +14,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::node::image_cache::CacheLimits;
+use crate::node::job_namespace::JobNamespace;
 
 /// Defaults of `--cache-idle-secs` and the cache limits, as clap applies
 /// them, [`SetupArgs::new`] starts from and the plugin's configuration
@@ -114,6 +115,15 @@ pub struct SetupArgs {
     /// SCIF app whose environment the tasks get (`--container-app`).
     #[arg(long, value_name = "NAME")]
     pub app: Option<String>,
+    /// The job's mount namespace file, from Slurm's namespace plugin
+    /// (`job_container/tmpfs`, `namespace/linux`): the job's private /tmp,
+    /// /var/tmp and /dev/shm are taken from it.
+    #[arg(long, value_name = "FILE", conflicts_with = "in_job_namespace")]
+    pub job_namespace: Option<PathBuf>,
+    /// slurmstepd runs inside the job's mount namespace already
+    /// (`namespace/linux`): the job's /dev/shm is taken from there.
+    #[arg(long)]
+    pub in_job_namespace: bool,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -147,6 +157,8 @@ impl SetupArgs {
             copy_quota_mib: 0,
             overlay_max_mib: crate::container::overlay_partition::DEFAULT_MAX_MIB,
             app: None,
+            job_namespace: None,
+            in_job_namespace: false,
             timeout_secs: 0,
             cache_max_images: DEFAULT_CACHE_MAX_IMAGES,
             cache_max_images_per_user: DEFAULT_CACHE_MAX_IMAGES_PER_USER,
@@ -205,11 +217,13 @@ impl SetupArgs {
         opt("gpu-list", self.gpu_list.as_ref().map(path));
         opt("key-file", self.key_file.as_ref().map(path));
         opt("app", self.app.clone());
+        opt("job-namespace", self.job_namespace.as_ref().map(path));
         for (flag, set) in [
             ("--no-home", self.no_home),
             ("--writable-tmpfs", self.writable_tmpfs),
             ("--no-gpu-driver", self.no_gpu_driver),
             ("--rdma", self.rdma),
+            ("--in-job-namespace", self.in_job_namespace),
         ] {
             if set {
                 args.push(flag.to_string());
@@ -222,6 +236,26 @@ impl SetupArgs {
 }
 
 impl SetupArgs {
+    /// Where the job's own mount namespace is, if it has one.
+    pub fn job_namespace(&self) -> Option<JobNamespace> {
+        match (&self.job_namespace, self.in_job_namespace) {
+            (Some(file), _) => Some(JobNamespace::File(file.clone())),
+            (None, true) => Some(JobNamespace::Current),
+            (None, false) => None,
+        }
+    }
+
+    /// Records `job_ns` in the two arguments that carry it.
+    pub fn set_job_namespace(&mut self, job_ns: Option<JobNamespace>) {
+        self.job_namespace = None;
+        self.in_job_namespace = false;
+        match job_ns {
+            Some(JobNamespace::File(file)) => self.job_namespace = Some(file),
+            Some(JobNamespace::Current) => self.in_job_namespace = true,
+            None => {}
+        }
+    }
+
     /// The node cache's limits on mounted images.
     pub fn cache_limits(&self) -> CacheLimits {
         CacheLimits {
@@ -338,11 +372,15 @@ mod tests {
         a.copy_limit_mib = 64;
         a.copy_quota_mib = 128;
         a.app = Some("hello".into());
+        a.job_namespace = Some("/var/spool/jobns/42/.ns".into());
         a.overlay_max_mib = 7;
         a.timeout_secs = 125;
         a.cache_max_images = 9;
         a.cache_max_images_per_user = 4;
         assert_eq!(parse(&a.to_args()), a);
+        a.set_job_namespace(Some(JobNamespace::Current));
+        assert_eq!(parse(&a.to_args()), a);
+        assert_eq!(a.job_namespace(), Some(JobNamespace::Current));
     }
 
     #[test]
