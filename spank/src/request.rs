@@ -105,12 +105,7 @@ pub trait OptionSource {
     }
 }
 
-/// Does Slurm's `--container` value name a SIF image? Anything else (an OCI
-/// bundle directory, another plugin's syntax) is left alone.
-pub fn names_sif_image(value: &str) -> bool {
-    let v = value.trim();
-    v.len() > 4 && v[v.len() - 4..].eq_ignore_ascii_case(".sif")
-}
+pub use slurm_glue::names_sif_image;
 
 fn parse_flag(src: &dyn OptionSource, name: &'static str) -> Result<Option<bool>, RequestError> {
     if src.option(name).is_some() {

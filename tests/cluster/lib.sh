@@ -15,10 +15,12 @@ cd "$REPO" || exit 1
 if [[ ${SIFRUN_INSTALLED:-0} == 1 ]]; then
     SIFRUN=/usr/bin/sifrun
     SPANK_SO=/usr/lib/sifrun/libsifrun_spank.so
+    CLI_FILTER_SO=$(ls /usr/lib/*/slurm*/cli_filter_sifrun.so /usr/lib*/slurm/cli_filter_sifrun.so 2>/dev/null | head -1)
 else
-    # SIFRUN_BIN / SIFRUN_PLUGIN: other builds (ci/slurm-versions).
+    # SIFRUN_BIN / SIFRUN_PLUGIN / SIFRUN_CLI_FILTER: other builds (ci/slurm-versions).
     SIFRUN=${SIFRUN_BIN:-$REPO/target/release/sifrun}
     SPANK_SO=${SIFRUN_PLUGIN:-$REPO/target/release/libsifrun_spank.so}
+    CLI_FILTER_SO=${SIFRUN_CLI_FILTER:-$REPO/target/release/libcli_filter_sifrun.so}
 fi
 TEST_USER=${SIFRUN_TEST_USER:-sifrun-test}
 
@@ -217,6 +219,7 @@ TOML
 # environment may add ci/cluster settings (SIFRUN_JOB_NAMESPACE=...).
 cluster_up() {
     SIFRUN_SPANK_SO=$SPANK_SO SIFRUN_SPANK_MODE=required SIFRUN_CONFIG=$WORK/sifrun.toml \
+        SIFRUN_CLI_FILTER_SO=$CLI_FILTER_SO \
         ci/cluster start 2 >/dev/null || { ci/cluster logs -n 30; exit 1; }
 }
 

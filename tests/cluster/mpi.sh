@@ -29,9 +29,35 @@ if [[ -f $MPI_SRC/openmpi.sif && -f $MPI_SRC/mpich.sif ]]; then
         bash -c '[[ $(grep -c " ring ok$" <<<"$1") -eq 8 && "$1" == *"on node1"* && "$1" == *"on node2"* ]]' _ "$LAST"
     run srun --mpi=pmix -N1 --$MPI_IMAGE_OPTION="$OMPI" sh -c 'echo "$PMIX_SERVER_TMPDIR"; ls "$PMIX_SERVER_TMPDIR" && echo listed'
     # PMIx 4 (Slurm's mpi/pmix_v4) keeps a shared-memory dstore there; PMIx 5 does not.
-    dstore=""; compgen -G "/usr/lib/*/slurm-wlm/mpi_pmix_v4.so" >/dev/null && dstore=pmix_dstor_ds21_
+    PMIX4=0; compgen -G "/usr/lib/*/slurm-wlm/mpi_pmix_v4.so" >/dev/null && PMIX4=1
+    dstore=""; ((PMIX4)) && dstore=pmix_dstor_ds21_
     pmix_check "the PMIx server directory (with its shared-memory dstore) is visible at the same path" \
         bash -c '[[ "$1" == /var/tmp/sifrun-cluster/spool/node*/pmix.* && "$1" == *listed && "$1" == *"$2"* ]]' _ "$LAST" "$dstore"
+    # Ranks that end at different times (issue 21): every rank notes the
+    # owner of the step's PMIx application directory (slurmstepd makes it
+    # for the job user and group root when no container code runs), then
+    # each node's first rank outlives the others by 3 s and looks for it
+    # again: Slurm removes it only when the step ends.
+    cat > "$MPI/stagger.sh" <<'SH'
+d=$(ls -d /tmp/spmix_appdir_* 2>/dev/null | head -1)
+echo "rank $SLURM_PROCID: start $(stat -c %U:%G "$d" 2>&1)"
+"$@" allreduce >/dev/null || echo "rank $SLURM_PROCID: mpi failed"
+[ "$SLURM_LOCALID" = 0 ] || exit 0
+sleep 3
+if [ -d "$d" ]; then echo "rank $SLURM_PROCID: later present"; else echo "rank $SLURM_PROCID: later gone"; fi
+SH
+    chmod 755 "$MPI/stagger.sh"
+    run srun --mpi=pmix -N2 -n4 --container="$OMPI" sh "$MPI/stagger.sh" mpitest
+    pmix_check "the step's PMIx application directory belongs to the job user and group root, as without a container" \
+        test "$(grep -c "start $TEST_USER:root$" <<<"$LAST")" -eq 4
+    if ((PMIX4)); then
+        pmix_check "a PMIx rank that outlives the others on its node still has the step's PMIx directory" \
+            test "$(grep -c "later present$" <<<"$LAST")" -eq 2
+    else
+        skip "a PMIx rank that outlives the others on its node still has the step's PMIx directory" \
+            "PMIx 5 removes it when the node's first rank finalizes, with or without a container"
+    fi
+
     run srun --mpi=pmi2 -N2 -n4 --$MPI_IMAGE_OPTION="$MPICH" mpitest allreduce
     check "MPICH + PMI2, -N2 -n4: allreduce correct on every rank" test "$(ok_lines allreduce 4)" -eq 4
     run srun --mpi=pmi2 -N2 -n8 --$MPI_IMAGE_OPTION="$MPICH" mpitest ring

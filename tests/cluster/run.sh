@@ -7,6 +7,24 @@ run srun -N2 --container="$IMG" cat /etc/os-release
 check "srun --container=img.sif runs inside the image on 2 nodes" \
     test "$(grep -c 'sifrun busybox demo' <<<"$LAST")" -eq 2
 
+# --container=IMAGE.sif reaches the plugin through cli_filter/sifrun, never
+# through Slurm's container code (issue 21): no "No oci.conf" from slurmd,
+# no container in the step's record, and a relative path is the
+# submitting directory's even when srun exports nothing.
+oci_errors() { cat /var/tmp/sifrun-cluster/log/slurmd-node*.log | grep -c "No oci.conf" || true; }
+before=$(oci_errors)
+LAST=$(cd "$(dirname "$IMG")" && runuser -u "$TEST_USER" -- timeout 60 srun -N2 --export=NONE \
+    --container="$(basename "$IMG")" sh -c 'test -e /opt/only-in-image.sh && echo "in image, container=${SLURM_CONTAINER:-none}"' 2>&1)
+check "srun --container=relative.sif --export=NONE runs in the image (cli_filter/sifrun)" \
+    test "$(grep -c '^in image, container=none$' <<<"$LAST")" -eq 2
+LAST="No oci.conf lines: before $before, after $(oci_errors)"
+check "--container=img.sif steps never reach Slurm's container code (no 'No oci.conf' logged)" \
+    test "$(oci_errors)" = "$before"
+mkdir -p "$WORK/oci-bundle"
+run srun -N1 --container="$WORK/oci-bundle" true
+check "--container naming something other than a SIF image is left to Slurm" \
+    bash -c '[[ "$1" != *"sifrun:"* && $(cat /var/tmp/sifrun-cluster/log/slurmd-node*.log | grep -c "No oci.conf") -gt $2 ]]' _ "$LAST" "$before"
+
 run srun -N1 --container="$IMG" /opt/only-in-image.sh
 check "a command that exists only in the image runs" grep -q "only in the image" <<<"$LAST"
 

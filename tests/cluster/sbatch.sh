@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Cluster tests, area "sbatch" (run: tests/cluster/run sbatch).
-# sbatch --container: the batch script on the host, its steps in the image.
+# sbatch/salloc --container: the batch script (salloc's command) on the
+# host, its steps in the image.
 
 cat > "$JOBDIR/job.sh" <<'JOB'
 #!/bin/sh
@@ -14,3 +15,18 @@ check "sbatch --container: batch script on the host, its srun steps in the image
     bash -c '[[ "$1" == *"batch: host"* && $(grep -c "step: container $2" <<<"$1") -eq 2 ]]' _ "$LAST" "$JOBDIR"
 check "sbatch: the job's working directory is mounted in the container" \
     bash -c '! grep -q "couldn.t chdir" <<<"$1"' _ "$LAST"
+
+cat > "$JOBDIR/job-none.sh" <<'JOB'
+#!/bin/sh
+srun -N2 sh -c 'test -e /opt/only-in-image.sh && echo "step: container" || echo "step: host"'
+JOB
+chmod 755 "$JOBDIR/job-none.sh"
+(cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch -Q -N2 -W --export=NONE --container="$IMG" -o "$JOBDIR/out-none.txt" "$JOBDIR/job-none.sh")
+LAST=$(cat "$JOBDIR/out-none.txt" 2>&1)
+check "sbatch --export=NONE --container: the steps still run in the image" \
+    test "$(grep -c "step: container" <<<"$LAST")" -eq 2
+
+run salloc -Q -N2 --container="$IMG" sh -c 'test -e /opt/only-in-image.sh && echo "salloc: container" || echo "salloc: host"
+    srun -N2 sh -c "test -e /opt/only-in-image.sh && echo step: container || echo step: host"'
+check "salloc --container: its command on the host, its srun steps in the image" \
+    bash -c '[[ "$1" == *"salloc: host"* && $(grep -c "step: container" <<<"$1") -eq 2 ]]' _ "$LAST"
