@@ -31,17 +31,18 @@ struct SlurmClient(*mut c_void);
 impl Client for SlurmClient {
     fn container(&mut self) -> Option<String> {
         // SAFETY: `self.0` is the live slurm_opt_t Slurm passed in; the
-        // result is NULL or a string Slurm allocated for us, freed below
-        // with Slurm's own allocator.
-        unsafe {
-            let mut value = slurm_option_get(self.0, c"container".as_ptr());
-            if value.is_null() {
-                return None;
-            }
-            let text = CStr::from_ptr(value).to_string_lossy().into_owned();
-            slurm_xfree((&mut value as *mut *mut c_char).cast());
-            Some(text)
+        // result is NULL or a string Slurm allocated for us.
+        let mut value = unsafe { slurm_option_get(self.0, c"container".as_ptr()) };
+        if value.is_null() {
+            return None;
         }
+        // SAFETY: a NUL-terminated string from Slurm, read before it is freed.
+        let text = unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: freed once, with Slurm's own allocator (xfree).
+        unsafe { slurm_xfree((&mut value as *mut *mut c_char).cast()) };
+        Some(text)
     }
 
     fn clear_container(&mut self) {
