@@ -15,7 +15,7 @@ cd "$REPO" || exit 1
 if [[ ${SIFRUN_INSTALLED:-0} == 1 ]]; then
     SIFRUN=/usr/bin/sifrun
     SPANK_SO=/usr/lib/sifrun/libsifrun_spank.so
-    CLI_FILTER_SO=$(ls /usr/lib/*/slurm*/cli_filter_sifrun.so /usr/lib*/slurm/cli_filter_sifrun.so 2>/dev/null | head -1)
+    CLI_FILTER_SO=/usr/lib/sifrun/cli_filter_sifrun.so
 else
     # SIFRUN_BIN / SIFRUN_PLUGIN / SIFRUN_CLI_FILTER: other builds (ci/slurm-versions).
     SIFRUN=${SIFRUN_BIN:-$REPO/target/release/sifrun}
