@@ -23,6 +23,7 @@ extern "C" {
     fn slurm_option_reset(opt: *mut c_void, name: *const c_char) -> bool;
     fn slurm_xfree(item: *mut *mut c_void);
     fn spank_process_env_options() -> c_int;
+    fn spank_option_isset(name: *mut c_char) -> bool;
 }
 
 /// srun/sbatch/salloc's options, as Slurm's option API sees them.
@@ -51,6 +52,13 @@ impl Client for SlurmClient {
         // srun has already exported its value for the tasks; they would
         // see the user's (possibly relative) path as if Slurm ran it.
         std::env::remove_var("SLURM_CONTAINER");
+    }
+
+    fn sif_image_set(&mut self) -> bool {
+        let mut name = *b"sif-image\0";
+        // SAFETY: a NUL-terminated name Slurm only reads (the C prototype
+        // lacks const).
+        unsafe { spank_option_isset(name.as_mut_ptr().cast()) }
     }
 
     fn process_spank_env_options(&mut self) -> i32 {
@@ -86,7 +94,7 @@ pub extern "C" fn cli_filter_p_pre_submit(opt: *mut c_void, _offset: c_int) -> c
         move_sif_container(&mut SlurmClient(opt))
     }));
     match result {
-        Ok(Ok(Outcome::LeftToSlurm | Outcome::Moved(_))) => 0,
+        Ok(Ok(Outcome::LeftToSlurm | Outcome::Moved(_) | Outcome::SifImageWins)) => 0,
         Ok(Err(e)) => {
             eprintln!("sifrun: error: {e}");
             -1

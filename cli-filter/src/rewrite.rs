@@ -18,6 +18,9 @@ pub trait Client {
     /// Has SPANK process the options set in the environment
     /// ([`SIF_IMAGE_SPANK_ENV`]); 0 on success.
     fn process_spank_env_options(&mut self) -> i32;
+    /// Whether sifrun's `--sif-image` is set (false when no sifrun SPANK
+    /// plugin is loaded here).
+    fn sif_image_set(&mut self) -> bool;
     /// The command's working directory.
     fn cwd(&mut self) -> Option<std::path::PathBuf> {
         std::env::current_dir().ok()
@@ -31,6 +34,8 @@ pub enum Outcome {
     LeftToSlurm,
     /// The SIF image now travels as `--sif-image`.
     Moved(String),
+    /// `--sif-image` was given too and wins; `--container` is dropped.
+    SifImageWins,
 }
 
 /// Moves a SIF `--container` to sifrun's `--sif-image`.
@@ -47,10 +52,16 @@ pub fn move_sif_container(client: &mut dyn Client) -> Result<Outcome, String> {
         (false, Some(cwd)) => cwd.join(image.trim()).display().to_string(),
         _ => image,
     };
+    if client.sif_image_set() {
+        client.clear_container();
+        return Ok(Outcome::SifImageWins);
+    }
     let rc = with_only_spank_env(SIF_IMAGE_SPANK_ENV, &image, || {
         client.process_spank_env_options()
     });
-    if rc != 0 {
+    // Checked, not assumed: without the SPANK plugin here SPANK ignores the
+    // variable, and clearing --container would run the step on the host.
+    if rc != 0 || !client.sif_image_set() {
         return Err(format!(
             "--container={image}: the sifrun SPANK plugin did not take it as --sif-image (is it in plugstack.conf on this host?)"
         ));
@@ -92,6 +103,10 @@ mod tests {
         cleared: bool,
         seen: Vec<(String, String)>,
         rc: i32,
+        /// --sif-image given on the command line.
+        sif_image: bool,
+        /// SPANK knows the option (the sifrun plugin is loaded).
+        plugin: bool,
     }
 
     impl Client for Fake {
@@ -105,7 +120,11 @@ mod tests {
             self.seen = std::env::vars()
                 .filter(|(k, _)| k.starts_with("SLURM_SPANK_"))
                 .collect();
+            self.sif_image |= self.plugin && std::env::var(SIF_IMAGE_SPANK_ENV).is_ok();
             self.rc
+        }
+        fn sif_image_set(&mut self) -> bool {
+            self.sif_image
         }
     }
 
@@ -124,6 +143,7 @@ mod tests {
         std::env::set_var("SLURM_SPANK_OTHER", "kept");
         let mut sif = Fake {
             container: Some("/img/app.sif".into()),
+            plugin: true,
             ..Fake::default()
         };
         assert_eq!(
@@ -142,6 +162,7 @@ mod tests {
         // A relative image is the working directory's.
         let mut relative = Fake {
             container: Some("imgs/app.sif".into()),
+            plugin: true,
             ..Fake::default()
         };
         let cwd = std::env::current_dir().unwrap();

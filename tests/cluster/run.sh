@@ -66,6 +66,8 @@ check "--no-container-mount-home leaves home out" test "$LAST" = "absent"
 
 run srun -N1 --sif-image="$IMG" cat /etc/os-release
 check "plugin-owned --sif-image works too" grep -q "sifrun busybox demo" <<<"$LAST"
+run srun -N1 --container="$WORK/no-such-image.sif" --sif-image="$IMG" cat /etc/os-release
+check "given both, --sif-image wins over --container" grep -q "sifrun busybox demo" <<<"$LAST"
 
 run srun -N1 sh -c 'test -e /opt/only-in-image.sh && echo inside || echo host'
 check "without --container the plugin does nothing" test "$LAST" = "host"
