@@ -47,7 +47,13 @@ sleep 3
 if [ -d "$d" ]; then echo "rank $SLURM_PROCID: later present"; else echo "rank $SLURM_PROCID: later gone"; fi
 SH
     chmod 755 "$MPI/stagger.sh"
+    slurmd_errors() { cat /var/tmp/sifrun-cluster/log/slurmd-node*.log | grep -c "error:" || true; }
+    errors_before=$(slurmd_errors)
     run srun --mpi=pmix -N2 -n4 --container="$OMPI" sh "$MPI/stagger.sh" mpitest
+    stagger=$LAST
+    LAST=$(cat /var/tmp/sifrun-cluster/log/slurmd-node*.log | grep "error:" | tail -n +$((errors_before + 1)))
+    pmix_check "a PMIx step with --container=img.sif logs no error on any node" test "$(slurmd_errors)" = "$errors_before"
+    LAST=$stagger
     pmix_check "the step's PMIx application directory belongs to the job user and group root, as without a container" \
         test "$(grep -c "start $TEST_USER:root$" <<<"$LAST")" -eq 4
     if ((PMIX4)); then
