@@ -5,15 +5,18 @@
 //! `/tmp` (and with `namespace/linux` a fresh `/dev/shm`) in a mount
 //! namespace that slurmstepd creates at job start and keeps alive as a
 //! bind mount of its `/proc/PID/ns/mnt` file under the plugin's base path.
-//! Tasks join it before SPANK's `task_init_privileged`; the step's helper,
-//! started from slurmstepd, does not, so the container would otherwise get
-//! the node's shared `/tmp` instead of the job's.
+//! Tasks join it before SPANK's `task_init_privileged`. The step's helper
+//! is started from slurmstepd, which runs outside it with the tmpfs plugins
+//! ([`JobNamespace::File`]) and inside it with `namespace/linux` or
+//! `EntireStepInNS` ([`JobNamespace::Current`]).
 //!
-//! [`capture`] takes the job's private directories out of that namespace as
+//! [`capture`] takes the job's directories out of that namespace as
 //! detached mount trees (`open_tree(OPEN_TREE_CLONE)`), and the container
-//! build moves them in at the same paths ([`DetachedMount::attach`]). Everything else
-//! (opening the image as the user, the node cache's mounts, the staging
-//! directory) stays in the node's namespace, where other jobs see it.
+//! build moves them in at the same paths ([`DetachedMount::attach`]).
+//! Outside it, the helper enters the job's namespace only for that and
+//! returns at once: everything else (opening the image as the user, the
+//! node cache's mounts, the staging directory) stays in the node's
+//! namespace, where other jobs see it.
 //!
 //! Trust: the namespace file's path comes from the admin's configuration
 //! and the numeric job id, never from the job; the file must be a mount
@@ -25,13 +28,11 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 
 use nix::sched::{setns, CloneFlags};
 
 use crate::container::mount::DetachedMount;
-
 use crate::error::{Context, Error, Result};
 
 /// Where the job's mount namespace is, seen from slurmstepd.
@@ -58,9 +59,9 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 pub fn capture(job_ns: &JobNamespace) -> Result<Vec<DetachedMount>> {
     match job_ns {
         JobNamespace::File(ns_file) => capture_from(ns_file),
-        // Already in the job's namespace: its /tmp, /var/tmp are what the
-        // container binds anyway; the one that matters is /dev/shm, which
-        // the container would otherwise get fresh for the step.
+        // Already in the job's namespace: all three are the job's. /tmp and
+        // /var/tmp would be bound from here anyway; /dev/shm would be a
+        // fresh one for the step.
         JobNamespace::Current => JOB_DIRS
             .iter()
             .filter(|d| dir_identity(d).is_some())
