@@ -26,7 +26,7 @@ use sifrun_runtime::node::job_namespace::{expand_template, JobNamespace};
 /// Where job `job_id`'s mount namespace is on node `node`, as `setting`
 /// (the config value) and the Slurm configuration at `slurm_conf_path`
 /// say; `None` when jobs have no namespace of their own.
-pub fn namespace_file(
+pub fn locate(
     setting: &str,
     slurm_conf_path: &Path,
     job_id: u32,
@@ -218,7 +218,7 @@ mod tests {
         setting: &str,
         node: &str,
     ) -> Result<Option<JobNamespace>, String> {
-        namespace_file(setting, &dir.path().join("slurm.conf"), 42, node)
+        locate(setting, &dir.path().join("slurm.conf"), 42, node)
     }
 
     fn file(path: impl Into<PathBuf>) -> Option<JobNamespace> {

@@ -278,7 +278,7 @@ unsafe impl Plugin for SifrunPlugin {
         let setup = match &self.config {
             Some(Ok(config)) => job_user(spank).and_then(|mut user| {
                 user.system_binds = pmix_binds(spank, config)?;
-                user.job_namespace = job_namespace::namespace_file(
+                user.job_namespace = job_namespace::locate(
                     &config.job_namespace,
                     &config.slurm_conf,
                     user.job_id,
