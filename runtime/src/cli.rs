@@ -41,7 +41,12 @@ pub enum Command {
     /// Run a command inside a SIF image.
     ///
     /// As root, the image's SquashFS partition is mounted read-only from a
-    /// loop device in a private mount namespace. As any other user, sifrun
+    /// loop device in the node's image cache (the one Slurm steps use,
+    /// under $SIFRUN_STATE_DIR/images, default /run/sifrun/images) and kept
+    /// there $SIFRUN_CACHE_IDLE_SECS (default 300) after the last run, so
+    /// later runs start warm; SIFRUN_CACHE_IDLE_SECS=0 mounts privately for
+    /// the one run instead (as for encrypted images and the private copies
+    /// --verify makes). As any other user, sifrun
     /// uses an unprivileged user namespace and serves the partition through
     /// FUSE (squashfuse). Either way /proc, /sys, a minimal /dev, /tmp, the
     /// user's home and the current directory are made available. The

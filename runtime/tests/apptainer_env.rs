@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -43,7 +43,7 @@ fn apptainer_image(fx: &Fixture, name: &str, extra: &[(&str, &str)]) -> String {
 }
 
 fn exec_env(image: &str, opts: &[&str], vars: &[(&str, &str)]) -> Output {
-    Command::new(sifrun())
+    sifrun_command()
         .arg("exec")
         .args(opts)
         .arg(image)
@@ -222,7 +222,7 @@ fn apptainer_flags_mean_what_they_mean_in_apptainer() {
     fs::create_dir_all(&home).unwrap();
 
     // -e/--cleanenv: no host variable but TERM and the proxies; LANG=C.
-    let out = Command::new(sifrun())
+    let out = sifrun_command()
         .args(["exec", "-e", &image, "env"])
         .env("KEEP_OUT", "host")
         .env("TERM", "xterm")
@@ -266,7 +266,7 @@ fn apptainer_flags_mean_what_they_mean_in_apptainer() {
     // -c/--contain: empty private /tmp and /var/tmp, no home, no cwd.
     let marker = fx.path("marker");
     fs::write(&marker, "x").unwrap();
-    let out = Command::new(sifrun())
+    let out = sifrun_command()
         .args([
             "exec",
             "-c",

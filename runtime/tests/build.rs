@@ -120,7 +120,7 @@ fn deterministic_builds_are_identical() {
     let a = dir.path().join("a.sif");
     let b = dir.path().join("b.sif");
     for out_path in [&a, &b] {
-        let out = Command::new(sifrun())
+        let out = sifrun_command()
             .args(["build", "--deterministic", "--label", "k=v"])
             .arg(&root)
             .arg("-o")

@@ -356,7 +356,7 @@ fn environment_layers() {
         return;
     }
     leak_checked(|fx| {
-        let out = Command::new(sifrun())
+        let out = sifrun_command()
             .args(["exec", "--env", "FOO=cli", "--env", "NEW=1"])
             .arg(&fx.image)
             .arg("env")
@@ -402,7 +402,7 @@ fn workdir_option_and_default() {
         let out = fx.exec(&["--pwd", "/does/not/exist"], &["pwd"]);
         assert_one_line_error(&out, "cannot enter workdir /does/not/exist");
         // Default: the current directory (bound from the host).
-        let out = Command::new(sifrun())
+        let out = sifrun_command()
             .arg("exec")
             .arg(&fx.image)
             .arg("pwd")
@@ -589,7 +589,7 @@ fn not_root_takes_the_unprivileged_path() {
 
 /// Starts `sifrun exec IMAGE sleep 100` and returns (sifrun child, sleep pid).
 fn start_sleep(fx: &Fixture) -> (std::process::Child, i32) {
-    let child = Command::new(sifrun())
+    let child = sifrun_command()
         .arg("exec")
         .arg(&fx.image)
         .args(["sleep", "100"])
@@ -677,7 +677,7 @@ fn parallel_runs_do_not_interfere() {
     leak_checked(|fx| {
         let children: Vec<_> = (0..6)
             .map(|i| {
-                Command::new(sifrun())
+                sifrun_command()
                     .arg("exec")
                     .arg(&fx.image)
                     .args(["sh", "-c", &format!("echo {i}")])

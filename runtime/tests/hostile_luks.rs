@@ -10,7 +10,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -166,7 +166,7 @@ fn the_derivation_runs_unprivileged_and_dies_with_sifrun() {
     .unwrap();
     let pass = dir.path().join("pass");
     fs::write(&pass, PASSPHRASE).unwrap();
-    let mut sifrun_exec = Command::new(sifrun())
+    let mut sifrun_exec = sifrun_command()
         .args(["exec", "--passphrase-file"])
         .arg(&pass)
         .arg(&image)

@@ -178,7 +178,7 @@ fn limits_and_layout_are_one_line_errors() {
     fs::create_dir_all(big.join("upper")).unwrap();
     fs::write(big.join("upper/big"), vec![1u8; 24 << 20]).unwrap();
     let image = with_overlay(&fx, "big", ext3_image(&fx, "big", &big, 32));
-    let out = Command::new(sifrun())
+    let out = sifrun_command()
         .args(["exec", &image, "true"])
         .env("SIFRUN_OVERLAY_MAX_MIB", "16")
         .output()

@@ -129,7 +129,7 @@ fn passphrase_file_and_no_terminal() {
     std::fs::copy(c.join("images/one-group.sif"), &img).unwrap();
 
     // No passphrase and no terminal: a clear error, not a hang.
-    let out = std::process::Command::new(sifrun())
+    let out = sifrun_command()
         .args(["sign", "--key", s(&key), s(&img)])
         .stdin(std::process::Stdio::null())
         .env_remove("TERM")

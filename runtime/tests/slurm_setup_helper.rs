@@ -125,7 +125,7 @@ fn a_blocked_helper_dies_at_its_own_deadline() {
     let state = fx.path("state");
     let _held = block_entry(&state, &fx.image);
     let start = Instant::now();
-    let status = Command::new(sifrun())
+    let status = sifrun_command()
         .args(helper_args(&state, &fx.image, 1))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -415,7 +415,7 @@ fn same_output_privileged_and_unprivileged() {
                       echo $HOME $USER $PATH $IMG_VAR; touch /x 2>/dev/null; echo rootw=$?";
         let unprivileged = user_exec(host, fx, &[], &["sh", "-c", script]);
         assert!(unprivileged.status.success(), "{}", stderr(&unprivileged));
-        let privileged = Command::new(sifrun())
+        let privileged = sifrun_command()
             .args(["exec", "--user", TEST_USER])
             .arg(&fx.image)
             .args(["sh", "-c", script])

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use nix::unistd::{getpid, getppid, Pid};
 
+use crate::commands::cached_image;
 use crate::commands::target::{deffile_runscript, Target};
 use sifrun_runtime::container::env::{parse_assignment, parse_env_object, EnvPlan};
 use sifrun_runtime::container::gpu::{self, DriverList, GpuSelection};
@@ -263,7 +264,17 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     };
     match server {
         Some(server) => run_unprivileged(launch, &image, &server, staging, unlocked),
-        None => run_privileged(launch, &image, staging, unlocked),
+        None => {
+            // Encrypted images and private copies never enter the cache.
+            let cache = match (&unlocked, pinned.file_itself(), cached_image::idle_secs()?) {
+                (None, Some(file), idle) if idle > 0 => Some((file, idle)),
+                _ => None,
+            };
+            match cache {
+                Some((file, idle)) => run_cached(launch, &image, file, idle, staging),
+                None => run_privileged(launch, &image, staging, unlocked),
+            }
+        }
     }
     .map_err(|e| pinned.name_in(e))
 }
@@ -415,6 +426,25 @@ fn run_privileged(
             Err(e)
         }
     }
+}
+
+/// Root, with the node's image cache: the image's mount is shared and stays
+/// after the run ([`cached_image`]).
+fn run_cached(
+    launch: Launch<'_>,
+    image: &RunnableImage,
+    file: &fs::File,
+    idle_secs: u64,
+    staging: StagingDir,
+) -> Result<i32> {
+    let lease = cached_image::acquire(&cached_image::state_dir(), file, image, idle_secs)?;
+    let mounted = lease.mount_dir();
+    let child = process::spawn(Box::new(move || launch.run(ImageSource::Mounted(&mounted))));
+    drop(staging);
+    // The lease (a shared lock) keeps the image mounted until the run ends.
+    let status = child?.wait();
+    drop(lease);
+    status
 }
 
 /// Not root: user namespace, FUSE. The child mounts the FUSE connection

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod cached_image;
 pub mod ecl;
 pub mod exec;
 pub mod inspect;

@@ -92,6 +92,12 @@ impl PinnedImage {
         &self.path
     }
 
+    /// The opened file, when what runs is that file itself; `None` for a
+    /// private copy (made because someone else could change the file).
+    pub fn file_itself(&self) -> Option<&File> {
+        self._copy_dir.is_none().then_some(&self._file)
+    }
+
     /// The path the user gave.
     pub fn named(&self) -> &Path {
         &self.named

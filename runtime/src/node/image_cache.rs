@@ -637,6 +637,29 @@ fn backing_file(dir: &Path) -> Option<String> {
     Some(text.trim_end().to_string())
 }
 
+/// Starts `sifrun cache keeper` for the cache under `state_dir` (it exits
+/// at once when one already runs), which unmounts entries idle for
+/// `idle_secs`. It outlives the caller on purpose. Failing to start it
+/// leaves mounts until the next start succeeds: said on stderr, not fatal.
+pub fn start_keeper(state_dir: &Path, idle_secs: u64) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let status = std::process::Command::new(exe)
+        .args(["cache", "keeper", "--detach", "--idle-secs"])
+        .arg(idle_secs.to_string())
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(e) = status {
+        eprintln!("sifrun: cannot start the image cache keeper: {e}");
+    }
+}
+
 /// Runs the idle keeper until no entry is mounted: at most one per node
 /// (`keeper.lock`), polling every `poll`, logging each unmount to `log`.
 pub fn run_keeper(cache: &ImageCache, idle: Duration, poll: Duration, log: &mut impl Write) {

@@ -130,8 +130,17 @@ pub fn make_rootfs(root: &Path) {
 }
 
 /// Runs the sifrun binary.
+/// `sifrun` without the node's image cache (`SIFRUN_CACHE_IDLE_SECS=0`):
+/// each run mounts and unmounts its own image, so the leak checks mean
+/// what they say. runtime/tests/exec_cache.rs tests the cache.
+pub fn sifrun_command() -> Command {
+    let mut command = Command::new(sifrun());
+    command.env("SIFRUN_CACHE_IDLE_SECS", "0");
+    command
+}
+
 pub fn run_sifrun(args: &[&str]) -> Output {
-    Command::new(sifrun())
+    sifrun_command()
         .args(args)
         .output()
         .expect("running sifrun")

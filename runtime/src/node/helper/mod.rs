@@ -317,7 +317,9 @@ fn setup_cached(
         .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     if lease.mounted_now {
         // This step's list already decided, inside the mount function.
-        start_keeper(opts);
+        // Here, before we leave the node's mount namespace: the keeper
+        // unmounts entries there.
+        crate::node::image_cache::start_keeper(&opts.state_dir, opts.cache_idle_secs);
     } else {
         // Already mounted (by another step, maybe under another
         // partition's list or none): this step's list decides too, from
@@ -472,29 +474,6 @@ fn setup_uncached(
             let _ = device.detach();
             Err(e)
         }
-    }
-}
-
-/// Starts `sifrun cache keeper` for the node (it exits at once if one is
-/// already running). It must start here, before we leave the node's mount
-/// namespace, because it unmounts entries there. A failure only means the
-/// image stays mounted until the next keeper runs, so it is not fatal.
-fn start_keeper(opts: &SetupArgs) {
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let status = std::process::Command::new(exe)
-        .args(["cache", "keeper", "--detach", "--idle-secs"])
-        .arg(opts.cache_idle_secs.to_string())
-        .arg("--state-dir")
-        .arg(&opts.state_dir)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if let Err(e) = status {
-        eprintln!("sifrun slurm-setup: cannot start the cache keeper: {e}");
     }
 }
 
