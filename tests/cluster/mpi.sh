@@ -52,7 +52,14 @@ SH
     run srun --mpi=pmix -N2 -n4 --container="$OMPI" sh "$MPI/stagger.sh" mpitest
     stagger=$LAST
     LAST=$(cat /var/tmp/sifrun-cluster/log/slurmd-node*.log | grep "error:" | tail -n +$((errors_before + 1)))
-    pmix_check "a PMIx step with --container=img.sif logs no error on any node" test "$(slurmd_errors)" = "$errors_before"
+    if ((PMIX4)); then
+        pmix_check "a PMIx step with --container=img.sif logs no error on any node" test "$(slurmd_errors)" = "$errors_before"
+    else
+        # Its server removes the application directory at the node's first
+        # finalize; Slurm then logs that it could not remove it.
+        skip "a PMIx step with --container=img.sif logs no error on any node" \
+            "PMIx 5 removes the application directory before Slurm does (Failed to remove ...)"
+    fi
     LAST=$stagger
     pmix_check "the step's PMIx application directory belongs to the job user and group root, as without a container" \
         test "$(grep -c "start $TEST_USER:root$" <<<"$LAST")" -eq 4
