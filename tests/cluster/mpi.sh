@@ -21,6 +21,11 @@ if [[ -f $MPI_SRC/openmpi.sif && -f $MPI_SRC/mpich.sif ]]; then
     # skipped by name, never passed.
     HAVE_PMIX=0; as_user srun --mpi=list 2>&1 | grep -qw pmix && HAVE_PMIX=1
     pmix_check() { if ((HAVE_PMIX)); then check "$@"; else skip "$1" "this Slurm has no mpi/pmix plugin"; fi; }
+    # pmix4_check NAME WHY-NOT-ON-PMIX-5 COMMAND...: a check of PMIx 4's behaviour.
+    pmix4_check() {
+        local name=$1 why=$2; shift 2
+        if ((HAVE_PMIX && !PMIX4)); then skip "$name" "$why"; else pmix_check "$name" "$@"; fi
+    }
 
     run srun --mpi=pmix -N2 -n4 --$MPI_IMAGE_OPTION="$OMPI" mpitest allreduce
     pmix_check "Open MPI + PMIx, -N2 -n4: allreduce correct on every rank" test "$(ok_lines allreduce 4)" -eq 4
@@ -52,24 +57,17 @@ SH
     run srun --mpi=pmix -N2 -n4 --container="$OMPI" sh "$MPI/stagger.sh" mpitest
     stagger=$LAST
     LAST=$(cat /var/tmp/sifrun-cluster/log/slurmd-node*.log | grep "error:" | tail -n +$((errors_before + 1)))
-    if ((PMIX4)); then
-        pmix_check "a PMIx step with --container=img.sif logs no error on any node" test "$(slurmd_errors)" = "$errors_before"
-    else
-        # Its server removes the application directory at the node's first
-        # finalize; Slurm then logs that it could not remove it.
-        skip "a PMIx step with --container=img.sif logs no error on any node" \
-            "PMIx 5 removes the application directory before Slurm does (Failed to remove ...)"
-    fi
+    # PMIx 5's server removes the application directory at the node's first
+    # finalize; Slurm then logs that it could not remove it.
+    pmix4_check "a PMIx step with --container=img.sif logs no error on any node" \
+        "PMIx 5 removes the application directory before Slurm does (Failed to remove ...)" \
+        test "$(slurmd_errors)" = "$errors_before"
     LAST=$stagger
     pmix_check "the step's PMIx application directory belongs to the job user and group root, as without a container" \
         test "$(grep -c "start $TEST_USER:root$" <<<"$LAST")" -eq 4
-    if ((PMIX4)); then
-        pmix_check "a PMIx rank that outlives the others on its node still has the step's PMIx directory" \
-            test "$(grep -c "later present$" <<<"$LAST")" -eq 2
-    else
-        skip "a PMIx rank that outlives the others on its node still has the step's PMIx directory" \
-            "PMIx 5 removes it when the node's first rank finalizes, with or without a container"
-    fi
+    pmix4_check "a PMIx rank that outlives the others on its node still has the step's PMIx directory" \
+        "PMIx 5 removes it when the node's first rank finalizes, with or without a container" \
+        test "$(grep -c "later present$" <<<"$LAST")" -eq 2
 
     run srun --mpi=pmi2 -N2 -n4 --$MPI_IMAGE_OPTION="$MPICH" mpitest allreduce
     check "MPICH + PMI2, -N2 -n4: allreduce correct on every rank" test "$(ok_lines allreduce 4)" -eq 4
