@@ -52,7 +52,11 @@ pub fn move_sif_container(client: &mut dyn Client) -> Result<Outcome, String> {
         (false, Some(cwd)) => cwd.join(image.trim()).display().to_string(),
         _ => image,
     };
-    if client.sif_image_set() {
+    // `--sif-image` on this command line wins. One that only came with the
+    // environment (an srun inside `sbatch --sif-image`: SPANK forwards it as
+    // SIF_IMAGE_SPANK_ENV) is a default that this `--container` overrides.
+    let inherited = std::env::var_os(SIF_IMAGE_SPANK_ENV).is_some();
+    if client.sif_image_set() && !inherited {
         client.clear_container();
         return Ok(Outcome::SifImageWins);
     }

@@ -30,3 +30,15 @@ run salloc -Q -N2 --container="$IMG" sh -c 'test -e /opt/only-in-image.sh && ech
     srun -N2 sh -c "test -e /opt/only-in-image.sh && echo step: container || echo step: host"'
 check "salloc --container: its command on the host, its srun steps in the image" \
     bash -c '[[ "$1" == *"salloc: host"* && $(grep -c "step: container" <<<"$1") -eq 2 ]]' _ "$LAST"
+
+# An srun's own --container beats the --sif-image its job was submitted
+# with (that one is only the job's default).
+cat > "$JOBDIR/job-override.sh" <<JOB
+#!/bin/sh
+srun -N1 --container="$WORK/no-such-image.sif" true
+JOB
+chmod 755 "$JOBDIR/job-override.sh"
+(cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch -Q -N1 -W --sif-image="$IMG" -o "$JOBDIR/out-override.txt" "$JOBDIR/job-override.sh")
+LAST=$(cat "$JOBDIR/out-override.txt" 2>&1)
+check "inside sbatch --sif-image, srun --container=other.sif runs other.sif" \
+    bash -c '[[ "$1" == *"no-such-image.sif"* ]]' _ "$LAST"
