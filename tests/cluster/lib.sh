@@ -197,6 +197,10 @@ partition_of() {
 # A fresh WORK and the cluster, with the plugin configured to use the
 # fixtures (read per step: they may come after).
 start_cluster() {
+    # Images this machine's own `sifrun exec` runs keep mounted in its cache
+    # show up in every node's namespace (they propagate into it) and would
+    # count as the nodes' leftovers: unmounted first.
+    "$SIFRUN" cache clean >/dev/null 2>&1 || true
     rm -rf "$WORK"; mkdir -p "$WORK"; chmod 755 "$WORK"
     if [[ ${SIFRUN_INSTALLED:-0} != 1 ]]; then
         install -D -m 0755 "$SIFRUN" "$WORK/bin/sifrun"
