@@ -44,7 +44,10 @@ check "a later job with the same image uses the node's verification record (no r
 race_images
 flip() { dd if="$RACE/$1.sif" of="$RACE/image.sif" bs=64K iflag=skip_bytes,count_bytes oflag=seek_bytes skip="$part_off" seek="$part_off" count="$part_size" conv=notrunc status=none; }
 export -f flip; export RACE part_off part_size
-as_user bash -c 'while :; do flip evil; sleep 0.02; flip good; sleep 0.02; done' &
+# Every fifth round the good bytes stay for 0.5 s: on a loaded machine a
+# copy can take longer than 20 ms, and without a pause every run would be
+# refused and the check would prove nothing.
+as_user bash -c 'i=0; while :; do flip evil; sleep 0.02; flip good; sleep 0.02; i=$((i + 1)); [ $((i % 5)) -ne 0 ] || sleep 0.5; done' &
 writer=$!; disown "$writer"
 race_against "$writer" "flip evil" --container="$RACE/image.sif" sh -c 'sleep 0.3; md5sum /marker'
 check "a writer racing the jobs never gets unverified bytes to run" never_evil
