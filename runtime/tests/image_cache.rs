@@ -202,6 +202,47 @@ fn keeper_unmounts_after_the_idle_time_and_exits() {
     fx.assert_no_leaks(&before);
 }
 
+/// A keeper whose cache directory goes away (a test's temporary state
+/// directory, a node's private /run/sifrun torn down) has nothing left to
+/// keep: it exits instead of failing to read the directory forever.
+#[test]
+fn keeper_exits_when_its_cache_directory_is_gone() {
+    if skip_unless_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = fx.snapshot();
+    let state = fx.path("state");
+    let cache = ImageCache::open(&state).unwrap();
+    let key = key_of(&fx.image);
+    let calls = AtomicUsize::new(0);
+    let lease = cache
+        .acquire(&key, |d| mount_image(&fx.image, d, &calls))
+        .unwrap();
+    let mounted = lease.mount_dir();
+    let (done, finished) = std::sync::mpsc::channel();
+    let keeper_cache = ImageCache::open(&state).unwrap();
+    std::thread::spawn(move || {
+        // Idle time far away: only the directory's going can end it.
+        run_keeper(
+            &keeper_cache,
+            Duration::from_secs(600),
+            Duration::from_millis(50),
+            &mut std::io::sink(),
+        );
+        let _ = done.send(());
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    drop(lease);
+    nix::mount::umount2(&mounted, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    fs::remove_dir_all(&state).unwrap();
+    assert!(
+        finished.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the keeper still runs after its cache directory was removed"
+    );
+    fx.assert_no_leaks(&before);
+}
+
 /// One user mounting image after image: beyond the per-user limit the
 /// least recently used idle image goes first; when all of them are in use
 /// the next one is refused with one line naming the setting; another

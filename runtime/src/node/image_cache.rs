@@ -689,6 +689,10 @@ pub fn run_keeper(cache: &ImageCache, idle: Duration, poll: Duration, log: &mut 
                     continue;
                 }
             }
+            // The cache directory itself is gone (a node's state directory
+            // torn down): nothing is left to keep, and polling would fail
+            // forever.
+            Err(_) if fs::symlink_metadata(cache.root()).is_err() => return,
             Err(e) => {
                 let _ = writeln!(log, "sifrun cache keeper: {}", e.message());
             }
