@@ -266,12 +266,12 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
         Some(server) => run_unprivileged(launch, &image, &server, staging, unlocked),
         None => {
             // Encrypted images and private copies never enter the cache.
-            let cache = match (&unlocked, pinned.file_itself(), cached_image::idle_secs()?) {
-                (None, Some(file), idle) if idle > 0 => Some((file, idle)),
-                _ => None,
-            };
-            match cache {
-                Some((file, idle)) => run_cached(launch, &image, file, idle, staging),
+            let idle = cached_image::idle_secs()?;
+            match pinned
+                .file_itself()
+                .filter(|_| unlocked.is_none() && idle > 0)
+            {
+                Some(file) => run_cached(launch, &image, file, idle, staging),
                 None => run_privileged(launch, &image, staging, unlocked),
             }
         }
