@@ -39,10 +39,21 @@ fn open(path: &Path, limits: &Limits) -> Result<luks2::Volume, Error> {
     })
 }
 
-/// Costs a few seconds of one core here (about 1 s per million).
-const COSTLY_PBKDF2: luks2::Kdf = luks2::Kdf::Pbkdf2 {
-    iterations: 4_000_000,
-};
+/// A PBKDF2 cost of about four seconds of one core on this machine,
+/// whatever its speed: measured by formatting a container with a small
+/// count first (a fixed count that took seconds on one machine took under
+/// one on a faster one, and the limits below were never reached).
+fn costly_pbkdf2() -> luks2::Kdf {
+    const PROBE: u32 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe.luks");
+    let started = Instant::now();
+    container(&probe, luks2::Kdf::Pbkdf2 { iterations: PROBE });
+    let per_iteration = started.elapsed().as_secs_f64() / f64::from(PROBE);
+    // At most the luks2 crate's own limit (16 million).
+    let iterations = (4.0 / per_iteration.max(1e-9)).clamp(4e6, 16e6) as u32;
+    luks2::Kdf::Pbkdf2 { iterations }
+}
 
 /// 64 MiB, one pass: quick, but more memory than the small limit below.
 const MEMORY_HUNGRY_ARGON2: luks2::Kdf = luks2::Kdf::Argon2id {
@@ -101,7 +112,7 @@ fn more_memory_than_the_limit_ends_the_derivation() {
 fn more_cpu_than_the_limit_ends_the_derivation() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("slow.luks");
-    container(&path, COSTLY_PBKDF2);
+    container(&path, costly_pbkdf2());
     let limits = Limits {
         cpu_secs: 1,
         wall: Duration::from_secs(60),
@@ -121,7 +132,7 @@ fn more_cpu_than_the_limit_ends_the_derivation() {
 fn a_derivation_past_the_deadline_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("slow.luks");
-    container(&path, COSTLY_PBKDF2);
+    container(&path, costly_pbkdf2());
     let limits = Limits {
         wall: Duration::from_secs(1),
         ..Limits::DEFAULT
@@ -150,7 +161,7 @@ fn the_derivation_runs_unprivileged_and_dies_with_sifrun() {
     }
     let dir = tempfile::tempdir().unwrap();
     let luks = dir.path().join("slow.luks");
-    container(&luks, COSTLY_PBKDF2);
+    container(&luks, costly_pbkdf2());
     let image = dir.path().join("slow.sif");
     sif::create(
         &image,
