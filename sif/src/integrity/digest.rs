@@ -210,10 +210,14 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Size of one read when streaming object data. Large reads keep the number
-/// of system calls (and page-cache copies per call overhead) negligible next
-/// to hashing.
-const CHUNK: usize = 4 << 20;
+/// Size of one read when streaming object data. Small enough that the
+/// buffers in flight stay in the CPU caches (the hashing thread reads what
+/// the reader thread just copied from the cache, not from memory) and that
+/// the pipeline fills fast for small images; large enough that system
+/// calls stay negligible. Measured with `ci/bench-verify` at 64 MiB: 4 MiB
+/// chunks cost a third more CPU (3,351 page faults instead of 469) and
+/// about 15 % of the wall time.
+const CHUNK: usize = 256 << 10;
 
 /// Hashes everything `r` yields with each of `algs` (usually one).
 #[cfg(test)]
