@@ -24,7 +24,7 @@
 //!   FUSE server ([`unprivileged::squashfuse`])
 //! * [`crypt`]: encrypted images (LUKS2): keys, the key derivation
 //!   sandbox, the user-space decrypting FUSE file, the dm-crypt path
-//! * [`process`], [`pidfd`], [`error`]: shared by all of the above
+//! * [`process`], [`pidfd`], [`error`], [`phases`]: shared by all of the above
 //!
 //! SIF bytes are parsed only in the `sif` crate; this library never reads
 //! an image's bytes itself.
@@ -34,6 +34,7 @@ pub mod crypt;
 pub mod error;
 pub mod image;
 pub mod node;
+pub mod phases;
 pub mod pidfd;
 pub mod process;
 pub mod unprivileged;

@@ -15,6 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use sifrun_runtime::container::namespaces::open_mount_namespace;
 use sifrun_runtime::node::helper::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use sifrun_runtime::node::job_namespace::JobNamespace;
+use sifrun_runtime::phases::Phases;
 use sifrun_runtime::process::wait_readable;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -140,6 +141,7 @@ pub fn build_container(
     user: &JobUser,
     config: &Config,
     log: &mut dyn FnMut(&str),
+    phases: &mut Phases,
 ) -> Result<Container, HelperError> {
     check_helper(&config.sifrun)?;
     let mut child = Command::new(&config.sifrun)
@@ -154,8 +156,10 @@ pub fn build_container(
             path: config.sifrun.clone(),
             source,
         })?;
+    phases.mark("helper started");
 
     let result = wait_ready(&mut child, config.setup_timeout());
+    phases.mark("helper ready");
     let container = result.and_then(|report| {
         let mount_ns = open_mount_namespace(child.id());
         if let Some(dir) = report
@@ -177,9 +181,11 @@ pub fn build_container(
             env_append: report.env_append,
         })
     });
+    phases.mark("namespace pinned");
     // Closing stdin lets the helper exit; the namespace stays pinned by our fd.
     drop(child.stdin.take());
     let stderr = reap(&mut child, Duration::from_secs(5));
+    phases.mark("helper reaped");
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         log(line);
     }
@@ -402,7 +408,8 @@ mod tests {
             r#"echo '{"ok":false,"error":"/img/a.sif: permission denied"}'"#,
         );
         let (req, user) = any_request();
-        let err = build_container(&req, &user, &config, &mut |_| {}).unwrap_err();
+        let err =
+            build_container(&req, &user, &config, &mut |_| {}, &mut Phases::start()).unwrap_err();
         assert_eq!(err.to_string(), "/img/a.sif: permission denied");
     }
 
@@ -415,7 +422,8 @@ mod tests {
         let config = fake_helper(dir.path(), "exec sleep 30");
         let (req, user) = any_request();
         let started = Instant::now();
-        let err = build_container(&req, &user, &config, &mut |_| {}).unwrap_err();
+        let err =
+            build_container(&req, &user, &config, &mut |_| {}, &mut Phases::start()).unwrap_err();
         assert!(matches!(err, HelperError::Timeout(2)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
@@ -431,7 +439,7 @@ mod tests {
             r#"echo '{"ok":true,"env":[["PATH","/opt/bin"]]}'; read _"#,
         );
         let (req, user) = any_request();
-        let c = build_container(&req, &user, &config, &mut |_| {}).unwrap();
+        let c = build_container(&req, &user, &config, &mut |_| {}, &mut Phases::start()).unwrap();
         assert_eq!(c.image_env, vec![("PATH".into(), "/opt/bin".into())]);
         // The fake helper never unshared, so its namespace is ours.
         let ours = std::fs::metadata("/proc/self/ns/mnt").unwrap();

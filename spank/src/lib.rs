@@ -23,9 +23,11 @@ use config::Config;
 use helper::{Container, JobUser};
 use request::{ContainerRequest, OptionSource};
 use sifrun_runtime::container::namespaces::join_mount_namespace;
+use sifrun_runtime::node::helper::TIMING_PREFIX;
+use sifrun_runtime::phases::Phases;
 use slurm_spank::{
-    spank_log_error, spank_log_info, spank_log_verbose, Context, Plugin, SpankHandle, SpankOption,
-    SPANK_PLUGIN,
+    spank_log_debug, spank_log_error, spank_log_info, spank_log_verbose, Context, Plugin,
+    SpankHandle, SpankOption, SPANK_PLUGIN,
 };
 use std::error::Error;
 use task_env::EnvChange;
@@ -175,6 +177,16 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
     })
 }
 
+/// One stderr line of the helper into the slurmd log: its phase timing
+/// at debug level, anything else (the ECL verdict, overlay and environment
+/// summaries) at info.
+fn log_helper_line(line: &str) {
+    match line.strip_prefix(TIMING_PREFIX) {
+        Some(timing) => spank_log_debug!("sifrun: helper timing: {timing}"),
+        None => spank_log_info!("sifrun: helper: {line}"),
+    }
+}
+
 /// Ends the task that asked for a container but cannot have it, before it
 /// runs anything: the user's one error line goes to the task's stderr
 /// (srun's), and the task exits with status 1.
@@ -275,6 +287,7 @@ unsafe impl Plugin for SifrunPlugin {
         }
         // Never fail here: Slurm would drain the node and hide the reason
         // from the user. The outcome is reported in task_init.
+        let mut phases = Phases::start();
         let setup = match &self.config {
             Some(Ok(config)) => job_user(spank).and_then(|mut user| {
                 user.system_binds = pmix_binds(spank, config)?;
@@ -284,15 +297,20 @@ unsafe impl Plugin for SifrunPlugin {
                     user.job_id,
                     &node_name()?,
                 )?;
-                let started = std::time::Instant::now();
-                let c = helper::build_container(&request, &user, config, &mut |line| {
-                    spank_log_info!("sifrun: helper: {line}");
-                });
+                phases.mark("job and node settings");
+                let c = helper::build_container(
+                    &request,
+                    &user,
+                    config,
+                    &mut log_helper_line,
+                    &mut phases,
+                );
                 spank_log_verbose!(
                     "sifrun: container for {} ready in {} ms",
                     request.image.display(),
-                    started.elapsed().as_millis()
+                    phases.total().as_millis()
                 );
+                spank_log_debug!("sifrun: step setup timing: {}", phases.line());
                 // Rendered here: this line is what srun shows.
                 c.map_err(|e| e.to_string())
             }),
@@ -415,6 +433,7 @@ unsafe impl Plugin for SifrunPlugin {
 
     fn exit(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         if let Some(Ok(container)) = &self.setup {
+            let started = std::time::Instant::now();
             // The step is over: whatever is still in its container escaped
             // Slurm's process tracking (a double fork under
             // proctrack/linuxproc) and would keep the image mounted, and an
@@ -431,6 +450,10 @@ unsafe impl Plugin for SifrunPlugin {
                     }
                 );
             }
+            spank_log_debug!(
+                "sifrun: step end: namespace sweep {:.2} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
         }
         // Dropping the namespace fd lets the kernel tear the container down
         // once the last task has left it.

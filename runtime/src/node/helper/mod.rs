@@ -63,12 +63,21 @@ use crate::node::image_cache::{
 
 pub mod protocol;
 
+use crate::phases::Phases;
 use protocol::{SetupArgs, SetupReport};
+
+/// Starts the stderr line with the helper's per-phase timing (the plugin
+/// logs it at debug level, every other stderr line at info).
+pub const TIMING_PREFIX: &str = "timing: ";
 
 /// Runs the whole sequence and returns the process exit status.
 pub fn run(opts: &SetupArgs) -> i32 {
     let mut stdout = std::io::stdout().lock();
-    match become_root_only(opts.timeout_secs).and_then(|()| setup(opts)) {
+    let mut phases = Phases::start();
+    let outcome = become_root_only(opts.timeout_secs).and_then(|()| setup(opts, &mut phases));
+    // To the slurmd log at debug level (the plugin logs our stderr).
+    eprintln!("{TIMING_PREFIX}{}", phases.line());
+    match outcome {
         Ok(ready) => {
             let report = SetupReport {
                 ok: true,
@@ -153,7 +162,8 @@ struct Built {
 }
 
 /// The setup proper; [`run`] has made this process root-only first.
-fn setup(opts: &SetupArgs) -> Result<Ready> {
+fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
+    phases.mark("start");
     let user = UserCredentials {
         uid: opts.uid,
         gid: opts.gid,
@@ -167,6 +177,7 @@ fn setup(opts: &SetupArgs) -> Result<Ready> {
     ));
     let image = RunnableImage::open_maybe_encrypted(&image_fd_path)
         .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
+    phases.mark("image opened");
 
     let mut identity = Identity::lookup(&opts.uid.to_string())?;
     identity.gid = opts.gid;
@@ -185,6 +196,7 @@ fn setup(opts: &SetupArgs) -> Result<Ready> {
         (Some(_), None) => return Err(Error::usage("--ecl-config needs --job-id")),
         _ => None,
     };
+    phases.mark("identity and list");
     if image.encryption.is_some() {
         if ecl.is_some() {
             return Err(Error::image(format!(
@@ -194,16 +206,16 @@ fn setup(opts: &SetupArgs) -> Result<Ready> {
         }
         let device = unlock_encrypted(opts, &user, &image, &image_fd_path)?;
         let overlay = overlay_source(opts, &image_file, &image)?;
-        return setup_uncached(opts, &user, identity, image, device, overlay);
+        return setup_uncached(opts, &user, identity, image, device, overlay, phases);
     }
     if ecl.is_none() && opts.cache_idle_secs == 0 {
         let device =
             LoopAttachment::attach(&image_fd_path, image.partition_offset, image.partition_size)
                 .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
         let overlay = overlay_source(opts, &image_file, &image)?;
-        return setup_uncached(opts, &user, identity, image, device, overlay);
+        return setup_uncached(opts, &user, identity, image, device, overlay, phases);
     }
-    setup_cached(opts, &user, identity, &image_file, image, ecl)
+    setup_cached(opts, &user, identity, &image_file, image, ecl, phases)
 }
 
 /// The usual path: the image mounted once per node in the cache
@@ -217,6 +229,7 @@ fn setup_cached(
     image_file: &std::fs::File,
     image: RunnableImage,
     ecl: Option<EclCheck>,
+    phases: &mut Phases,
 ) -> Result<Ready> {
     let image_fd_path = PathBuf::from(format!(
         "/proc/self/fd/{}",
@@ -326,6 +339,11 @@ fn setup_cached(
         // the node's record of the verified bytes when there is one.
         enforce(lease.entry_dir()).map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     }
+    phases.mark(if lease.mounted_now {
+        "image mounted"
+    } else {
+        "image found mounted"
+    });
     // The image's environment and overlay partition from the same bytes as
     // what runs.
     let (env, overlay) = match source {
@@ -348,6 +366,7 @@ fn setup_cached(
         identity,
         container::ImageSource::Mounted(&lease.mount_dir()),
         overlay,
+        phases,
     )?;
     Ok(Ready {
         env: [env, built.script_env].concat(),
@@ -446,6 +465,7 @@ fn setup_uncached(
     image: RunnableImage,
     device: LoopAttachment,
     overlay: Option<OverlaySource>,
+    phases: &mut Phases,
 ) -> Result<Ready> {
     // From here on this process is in its own mount namespace: paths are
     // resolved (as the user) in it, so bind sources belong to it (the kernel
@@ -457,6 +477,7 @@ fn setup_uncached(
         identity,
         container::ImageSource::Device(device.path()),
         overlay,
+        phases,
     );
     match result {
         Ok(built) => {
@@ -487,6 +508,7 @@ fn build_in_new_namespace(
     identity: Identity,
     image: container::ImageSource,
     overlay: Option<OverlaySource>,
+    phases: &mut Phases,
 ) -> Result<Built> {
     if !opts.state_dir.is_absolute() {
         return Err(Error::usage("--state-dir must be an absolute path"));
@@ -498,7 +520,9 @@ fn build_in_new_namespace(
         None => Vec::new(),
     };
     let staging = StagingDir::create_in(&opts.state_dir)?;
+    phases.mark("staging");
     container::enter_namespaces(&image, &identity)?;
+    phases.mark("namespace");
 
     // Handles must stay open until the binds are made (they are the sources).
     let mut handles: Vec<PathHandle> = Vec::new();
@@ -542,8 +566,10 @@ fn build_in_new_namespace(
         }
     }
 
+    phases.mark("paths resolved");
     let overlay = container::build(&spec, image)?;
     drop(handles);
+    phases.mark("root built");
     if let Some(o) = overlay {
         // To the slurmd log (the plugin logs the helper's stderr).
         eprintln!(
@@ -594,6 +620,7 @@ fn build_in_new_namespace(
         Vec::new()
     };
 
+    phases.mark("checks and environment");
     let staging_path = staging.path().to_path_buf();
     // The staging directory lives in the host's namespace; we are no longer
     // there, so the plugin removes it (dropping here would look for it in
