@@ -333,6 +333,18 @@ pub fn exec(program: &Path, args: &[String], env: &Environment) -> Error {
     }
 }
 
+/// Moves this process to the root cgroup (cgroup v2), so that Slurm's
+/// cleanup of the step that started it does not kill it: for the root
+/// processes that outlive a step on purpose (the cache keeper, the holder
+/// of a kept container). Without cgroup v2 (or with `proctrack/linuxproc`)
+/// a new session is enough. Best effort.
+pub fn leave_job_cgroup() {
+    let procs = Path::new("/sys/fs/cgroup/cgroup.procs");
+    if procs.exists() {
+        let _ = std::fs::write(procs, "0");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ use sifrun_runtime::image::RunnableImage;
 use sifrun_runtime::node::image_cache::{
     record_owner, run_keeper, CacheKey, CacheLimits, ImageCache,
 };
+use sifrun_runtime::node::kept_containers::KeptContainers;
 use sifrun_runtime::{Error, Result};
 
 fn key_of(image: &Path) -> CacheKey {
@@ -186,8 +187,10 @@ fn keeper_unmounts_after_the_idle_time_and_exits() {
     );
     let started = Instant::now();
     let mut log = Vec::new();
+    let kept = KeptContainers::open(&fx.path("state")).unwrap();
     run_keeper(
         &cache,
+        &kept,
         Duration::from_millis(600),
         Duration::from_millis(100),
         &mut log,
@@ -222,10 +225,12 @@ fn keeper_exits_when_its_cache_directory_is_gone() {
     let mounted = lease.mount_dir();
     let (done, finished) = std::sync::mpsc::channel();
     let keeper_cache = ImageCache::open(&state).unwrap();
+    let kept = KeptContainers::open(&state).unwrap();
     std::thread::spawn(move || {
         // Idle time far away: only the directory's going can end it.
         run_keeper(
             &keeper_cache,
+            &kept,
             Duration::from_secs(600),
             Duration::from_millis(50),
             &mut std::io::sink(),

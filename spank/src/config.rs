@@ -32,6 +32,9 @@ pub struct Config {
     /// Seconds an image stays mounted in the node cache after its last step
     /// ends; 0 turns the cache off (each step mounts its own copy).
     pub cache_idle_secs: u64,
+    /// Keep a step's container for the job's later steps on the node that
+    /// ask for the same one (see `node::kept_containers`).
+    pub keep_containers: bool,
     /// Site file of per-partition execution control lists (see
     /// `sifrun ecl check`); none: any image the user can read runs.
     pub ecl_config: Option<PathBuf>,
@@ -78,6 +81,7 @@ impl Default for Config {
             setup_timeout_secs: 120,
             use_builtin_container_option: true,
             cache_idle_secs: protocol::DEFAULT_CACHE_IDLE_SECS,
+            keep_containers: true,
             ecl_config: None,
             slurm_conf: PathBuf::from("/etc/slurm/slurm.conf"),
             gpus: true,
@@ -159,6 +163,7 @@ impl Config {
             "sifrun" => self.sifrun = PathBuf::from(value),
             "state_dir" => self.state_dir = PathBuf::from(value),
             "mount_home" => self.mount_home = parse_bool(value)?,
+            "keep_containers" => self.keep_containers = parse_bool(value)?,
             "use_builtin_container_option" => {
                 self.use_builtin_container_option = parse_bool(value)?
             }

@@ -15,6 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use sifrun_runtime::container::namespaces::open_mount_namespace;
 use sifrun_runtime::node::helper::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use sifrun_runtime::node::job_namespace::JobNamespace;
+use sifrun_runtime::node::kept_containers::{self, KeptContainers, KeptLease};
 use sifrun_runtime::phases::Phases;
 use sifrun_runtime::process::wait_readable;
 use std::fs::File;
@@ -91,6 +92,12 @@ pub struct Container {
     /// `(variable, directory)` to append in each task (driver libraries on
     /// `LD_LIBRARY_PATH`, tools on `PATH`).
     pub env_append: Vec<(String, String)>,
+    /// Shared lock on the kept container the step runs in (see
+    /// `node::kept_containers`): keeps it from being removed while the
+    /// step runs; released by the kernel when slurmstepd exits.
+    pub kept_lease: Option<KeptLease>,
+    /// The step joined a container an earlier step of the job kept.
+    pub reused: bool,
 }
 
 /// The helper's request for this step (rendered as its command line by
@@ -110,9 +117,10 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     args.cache_max_images = config.cache_max_images;
     args.cache_max_images_per_user = config.cache_max_images_per_user;
     args.overlay_max_mib = config.overlay_max_mib;
+    args.job_id = Some(user.job_id);
+    args.keep = config.keep_containers;
     if let Some(ecl) = &config.ecl_config {
         args.ecl_config = Some(ecl.clone());
-        args.job_id = Some(user.job_id);
         args.restart_count = user.restart_count;
         args.copy_limit_mib = config.copy_limit_mib;
         args.copy_quota_mib = config.copy_quota_mib;
@@ -161,7 +169,15 @@ pub fn build_container(
     let result = wait_ready(&mut child, config.setup_timeout());
     phases.mark("helper ready");
     let container = result.and_then(|report| {
-        let mount_ns = open_mount_namespace(child.id());
+        let kept_lease = match report.kept.as_deref() {
+            Some(dir) => Some(take_kept_lease(dir, config)?),
+            None => None,
+        };
+        let mount_ns = match &kept_lease {
+            // Kept by an earlier step: its holder's namespace.
+            Some(lease) if !report.kept_new => kept_containers::open_pinned(lease.dir()),
+            _ => open_mount_namespace(child.id()),
+        };
         if let Some(dir) = report
             .staging
             .as_deref()
@@ -179,11 +195,16 @@ pub fn build_container(
             image_env: report.env,
             cache_lease,
             env_append: report.env_append,
+            reused: kept_lease.is_some() && !report.kept_new,
+            kept_lease,
         })
     });
     phases.mark("namespace pinned");
     // Closing stdin lets the helper exit; the namespace stays pinned by our fd.
     drop(child.stdin.take());
+    // Waited for here: slurmstepd reaps any child it finds exited while
+    // it waits for its tasks, and one that is not a task costs the step
+    // 100 ms there (measured).
     let stderr = reap(&mut child, Duration::from_secs(5));
     phases.mark("helper reaped");
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
@@ -208,6 +229,23 @@ fn take_cache_lease(lock: &str, config: &Config) -> Result<Flock<File>, HelperEr
         File::open(path).map_err(|e| HelperError::CacheLock(format!("cannot open {lock}: {e}")))?;
     Flock::lock(file, FlockArg::LockSharedNonblock)
         .map_err(|(_, e)| HelperError::CacheLock(format!("cannot lock {lock}: {e}")))
+}
+
+/// Takes our own shared lock on the kept container `dir` while the helper
+/// still holds its own, as for the cache entry.
+fn take_kept_lease(dir: &str, config: &Config) -> Result<KeptLease, HelperError> {
+    let kept = KeptContainers::open(&config.state_dir)?;
+    let dir = Path::new(dir);
+    // A path from the helper's report, opened as root: only one of ours.
+    if !kept.owns(dir) {
+        return Err(HelperError::Report(format!(
+            "unexpected kept container {}",
+            dir.display()
+        )));
+    }
+    kept.lease(dir)?.ok_or_else(|| {
+        HelperError::CacheLock(format!("cannot lock the kept container {}", dir.display()))
+    })
 }
 
 /// The helper runs as root: refuse one that someone else could have replaced.
@@ -274,6 +312,11 @@ fn reap(child: &mut Child, timeout: Duration) -> String {
             }
         }
     }
+    // End of file comes as the helper closes its files, a moment before it
+    // has exited: its process handle says when it has.
+    if let Ok(pidfd) = sifrun_runtime::pidfd::PidFd::open(child.id() as i32) {
+        wait_readable(&pidfd, deadline);
+    }
     if let Ok(None) = sifrun_runtime::process::wait_until(child, deadline, Duration::from_millis(1))
     {
         let _ = child.kill();
@@ -326,6 +369,7 @@ mod tests {
         expected.writable_tmpfs = true;
         expected.ecl_config = Some("/etc/slurm/ecl.toml".into());
         expected.job_id = Some(42);
+        expected.keep = true;
         expected.restart_count = 1;
         expected.timeout_secs = 125;
         expected.gpus = vec![0, 1];

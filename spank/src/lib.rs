@@ -16,6 +16,7 @@
 pub mod config;
 pub mod helper;
 pub mod job_namespace;
+pub mod kept;
 pub mod request;
 pub mod task_env;
 
@@ -24,6 +25,7 @@ use helper::{Container, JobUser};
 use request::{ContainerRequest, OptionSource};
 use sifrun_runtime::container::namespaces::join_mount_namespace;
 use sifrun_runtime::node::helper::TIMING_PREFIX;
+use sifrun_runtime::node::kept_containers::KeptContainers;
 use sifrun_runtime::phases::Phases;
 use slurm_spank::{
     spank_log_debug, spank_log_error, spank_log_info, spank_log_verbose, Context, Plugin,
@@ -298,17 +300,28 @@ unsafe impl Plugin for SifrunPlugin {
                     &node_name()?,
                 )?;
                 phases.mark("job and node settings");
-                let c = helper::build_container(
-                    &request,
-                    &user,
-                    config,
-                    &mut log_helper_line,
-                    &mut phases,
-                );
+                let kept = kept::join(&request, &user, config, &node_name()?, &mut phases);
+                if kept.is_none() {
+                    phases.mark("no kept container");
+                }
+                let c = match kept {
+                    Some(container) => Ok(container),
+                    None => helper::build_container(
+                        &request,
+                        &user,
+                        config,
+                        &mut log_helper_line,
+                        &mut phases,
+                    ),
+                };
                 spank_log_verbose!(
-                    "sifrun: container for {} ready in {} ms",
+                    "sifrun: container for {} ready in {} ms{}",
                     request.image.display(),
-                    phases.total().as_millis()
+                    phases.total().as_millis(),
+                    match &c {
+                        Ok(c) if c.reused => " (kept by an earlier step of the job)",
+                        _ => "",
+                    }
                 );
                 spank_log_debug!("sifrun: step setup timing: {}", phases.line());
                 // Rendered here: this line is what srun shows.
@@ -426,7 +439,15 @@ unsafe impl Plugin for SifrunPlugin {
                 job,
                 &sifrun_runtime::node::ecl::partition::records_dir(&config.state_dir),
             );
-            spank_log_verbose!("sifrun: epilog: job {job}: partition record removed");
+            // Its kept containers go too (the namespace goes with the last
+            // process left in it).
+            let kept = KeptContainers::open(&config.state_dir).and_then(|k| k.forget_job(job));
+            match kept {
+                Ok(n) => spank_log_verbose!(
+                    "sifrun: epilog: job {job}: partition record and {n} kept container(s) removed"
+                ),
+                Err(e) => spank_log_error!("sifrun: epilog: job {job}: {}", e.message()),
+            }
         }
         Ok(())
     }
@@ -437,8 +458,15 @@ unsafe impl Plugin for SifrunPlugin {
             // The step is over: whatever is still in its container escaped
             // Slurm's process tracking (a double fork under
             // proctrack/linuxproc) and would keep the image mounted, and an
-            // encrypted one decrypted, after the job.
-            let swept = sifrun_runtime::node::namespace_sweep::end_members(&container.mount_ns);
+            // encrypted one decrypted, after the job. A kept container may
+            // have other steps of the job in it: what is left there is
+            // ended when it is removed (at the job's end at the latest),
+            // off the step's path.
+            let swept = if container.kept_lease.is_none() {
+                sifrun_runtime::node::namespace_sweep::end_members(&container.mount_ns)
+            } else {
+                Default::default()
+            };
             if swept.killed > 0 || swept.remaining {
                 spank_log_info!(
                     "sifrun: step end: killed {} process(es) left in the container{}",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sifrun_runtime::error::{Context, Error, Result};
 use sifrun_runtime::node::image_cache::{keeper_poll_interval, run_keeper, ImageCache};
+use sifrun_runtime::node::kept_containers::KeptContainers;
 
 /// `sifrun cache list`: one line per entry, or a JSON array.
 pub fn list(state_dir: &Path, json: bool) -> Result<String> {
@@ -44,13 +45,17 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-/// `sifrun cache clean`: unmount every entry no step uses, now.
+/// `sifrun cache clean`: remove every kept container and unmount every
+/// entry no step uses, now.
 pub fn clean(state_dir: &Path) -> Result<String> {
+    let kept = KeptContainers::open(state_dir)?.sweep(Duration::ZERO)?;
     let report = ImageCache::open(state_dir)?.sweep(Duration::ZERO)?;
     Ok(format!(
-        "unmounted {} unused image(s); {} still in use\n",
+        "unmounted {} unused image(s); {} still in use; removed {} kept container(s), {} in use\n",
         report.unmounted.len(),
-        report.mounted
+        report.mounted,
+        kept.removed.len(),
+        kept.kept
     ))
 }
 
@@ -67,7 +72,7 @@ pub fn keeper(state_dir: &Path, idle: Duration, detach: bool) -> Result<()> {
             nix::unistd::ForkResult::Parent { .. } => return Ok(()),
             nix::unistd::ForkResult::Child => {
                 let _ = nix::unistd::setsid();
-                leave_job_cgroup();
+                sifrun_runtime::process::leave_job_cgroup();
             }
         }
     }
@@ -76,16 +81,7 @@ pub fn keeper(state_dir: &Path, idle: Duration, detach: bool) -> Result<()> {
         Ok(file) => Box::new(file),
         Err(_) => Box::new(std::io::sink()),
     };
-    run_keeper(&cache, idle, keeper_poll_interval(idle), &mut log);
+    let kept = KeptContainers::open(state_dir)?;
+    run_keeper(&cache, &kept, idle, keeper_poll_interval(idle), &mut log);
     Ok(())
-}
-
-/// Moves this process to the root cgroup (cgroup v2), so that Slurm's
-/// cleanup of the step that started us does not kill the keeper. Without
-/// cgroup v2 (or with `proctrack/linuxproc`) a new session is enough.
-fn leave_job_cgroup() {
-    let procs = Path::new("/sys/fs/cgroup/cgroup.procs");
-    if procs.exists() {
-        let _ = std::fs::write(procs, "0");
-    }
 }

@@ -63,6 +63,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
+use crate::node::kept_containers::KeptContainers;
 
 /// Sub-directory of the state directory that holds the cache.
 const CACHE_SUBDIR: &str = "images";
@@ -166,21 +167,50 @@ pub fn same_file_identity(a: &fs::Metadata, b: &fs::Metadata) -> bool {
     file_identity_digest(a, &[]) == file_identity_digest(b, &[])
 }
 
-/// 32 hex digits naming the bytes of the file described by `meta` (device,
-/// inode, size, modification and change times) plus `extra` numbers: any
-/// write changes the change time, which no user can set.
+/// What says a file's bytes are unchanged: device, inode, size,
+/// modification and change times (any write changes the change time, which
+/// no user can set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity([u64; 7]);
+
+impl FileIdentity {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &fs::Metadata) -> Self {
+        FileIdentity([
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime() as u64,
+            meta.mtime_nsec() as u64,
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+        ])
+    }
+
+    /// The identity of the file `st` (from `fstat`) describes.
+    pub fn of_stat(st: &libc::stat) -> Self {
+        FileIdentity([
+            st.st_dev,
+            st.st_ino,
+            st.st_size as u64,
+            st.st_mtime as u64,
+            st.st_mtime_nsec as u64,
+            st.st_ctime as u64,
+            st.st_ctime_nsec as u64,
+        ])
+    }
+}
+
+/// 32 hex digits naming the bytes of the file described by `meta` (see
+/// [`FileIdentity`]) plus `extra` numbers.
 pub fn file_identity_digest(meta: &fs::Metadata, extra: &[u64]) -> String {
+    identity_digest(&FileIdentity::of(meta), extra)
+}
+
+/// [`file_identity_digest`] of an identity.
+pub fn identity_digest(identity: &FileIdentity, extra: &[u64]) -> String {
     let mut hash = Sha256::new();
-    let identity = [
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime() as u64,
-        meta.mtime_nsec() as u64,
-        meta.ctime() as u64,
-        meta.ctime_nsec() as u64,
-    ];
-    for field in identity.iter().chain(extra) {
+    for field in identity.0.iter().chain(extra) {
         hash.update(field.to_le_bytes());
     }
     hash.finalize()[..16]
@@ -554,7 +584,7 @@ fn is_mounted(entry: &Path) -> Result<bool> {
     }
 }
 
-fn idle_for(entry: &Path) -> Duration {
+pub(crate) fn idle_for(entry: &Path) -> Duration {
     let stamp = fs::metadata(entry.join("last-used"))
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -564,7 +594,7 @@ fn idle_for(entry: &Path) -> Duration {
 }
 
 /// Best effort: a missing stamp only makes the entry look idle sooner.
-fn touch(path: &Path) {
+pub(crate) fn touch(path: &Path) {
     if let Ok(file) = File::options()
         .write(true)
         .create(true)
@@ -660,26 +690,58 @@ pub fn start_keeper(state_dir: &Path, idle_secs: u64) {
     }
 }
 
-/// Runs the idle keeper until no entry is mounted: at most one per node
-/// (`keeper.lock`), polling every `poll`, logging each unmount to `log`.
-pub fn run_keeper(cache: &ImageCache, idle: Duration, poll: Duration, log: &mut impl Write) {
+/// [`start_keeper`], unless a keeper runs already (a step that keeps its
+/// container for the job's later steps, on an image mounted earlier, saves
+/// starting one).
+pub fn start_keeper_unless_running(state_dir: &Path, idle_secs: u64) {
+    let lock_path = state_dir.join(CACHE_SUBDIR).join("keeper.lock");
+    // Taken, the lock says no keeper runs; released at once for the one
+    // we start.
+    if try_keeper_lock(&lock_path).is_some() {
+        start_keeper(state_dir, idle_secs);
+    }
+}
+
+/// Runs the idle keeper until no entry is mounted and no container is kept
+/// ([`KeptContainers`]): at most one per node (`keeper.lock`), polling
+/// every `poll`, logging each unmount and removal to `log`.
+pub fn run_keeper(
+    cache: &ImageCache,
+    kept: &KeptContainers,
+    idle: Duration,
+    poll: Duration,
+    log: &mut impl Write,
+) {
     let lock_path = cache.root().join("keeper.lock");
     let mut guard = match try_keeper_lock(&lock_path) {
         Some(guard) => guard,
         None => return, // another keeper is on duty
     };
     loop {
+        let kept_left = match kept.sweep(idle) {
+            Ok(report) => {
+                for name in &report.removed {
+                    let _ = writeln!(log, "sifrun cache keeper: removed kept container {name}");
+                }
+                report.kept
+            }
+            Err(e) => {
+                let _ = writeln!(log, "sifrun cache keeper: {}", e.message());
+                0
+            }
+        };
         match cache.sweep(idle) {
             Ok(report) => {
                 for key in &report.unmounted {
                     let _ = writeln!(log, "sifrun cache keeper: unmounted idle image {key}");
                 }
-                if report.mounted == 0 {
+                if report.mounted == 0 && kept_left == 0 {
                     // Hand over before leaving: a step that mounted an entry
-                    // just now may have seen our lock and not started a
-                    // keeper, so look once more after releasing it.
+                    // (or kept a container) just now may have seen our lock
+                    // and not started a keeper, so look once more after
+                    // releasing it.
                     drop(guard);
-                    if cache.mounted_count() == 0 {
+                    if cache.mounted_count() == 0 && kept.count() == 0 {
                         return;
                     }
                     guard = match try_keeper_lock(&lock_path) {

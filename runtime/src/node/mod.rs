@@ -1,6 +1,7 @@
 //! What runs as root on a Slurm node, on behalf of every job: the helper
 //! the SPANK plugin starts for each step ([`helper`]), the node-wide cache
-//! of mounted images ([`image_cache`]), opening user-named paths with the
+//! of mounted images ([`image_cache`]), the containers kept for a job's
+//! later steps ([`kept_containers`]), opening user-named paths with the
 //! job user's permissions ([`credentials`]), the execution control list
 //! ([`ecl`]), checks on the files root trusts ([`trusted`]), the job's
 //! private directories under Slurm's namespace plugins ([`job_namespace`])
@@ -15,5 +16,6 @@ pub mod ecl;
 pub mod helper;
 pub mod image_cache;
 pub mod job_namespace;
+pub mod kept_containers;
 pub mod namespace_sweep;
 pub mod trusted;

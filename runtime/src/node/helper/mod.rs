@@ -58,8 +58,10 @@ use crate::node::credentials::{PathHandle, UserCredentials};
 use crate::node::ecl::copy::{copy_image_objects, CopyLimits, CopyRecord};
 use crate::node::ecl::enforce::{EclCheck, ImageSource};
 use crate::node::image_cache::{
-    record_owner, same_file_identity, CacheKey, ImageCache, Lease, COPY_FILE, COPY_RECORD,
+    record_owner, same_file_identity, CacheKey, FileIdentity, ImageCache, Lease, COPY_FILE,
+    COPY_RECORD,
 };
+use crate::node::kept_containers::{self, KeptContainers, KeptLease};
 
 pub mod protocol;
 
@@ -83,12 +85,14 @@ pub fn run(opts: &SetupArgs) -> i32 {
                 ok: true,
                 error: None,
                 env: ready.env.clone(),
-                staging: Some(ready.staging.display().to_string()),
+                staging: ready.staging.as_ref().map(|s| s.display().to_string()),
                 cache_lock: ready
                     .lease
                     .as_ref()
                     .map(|l| l.lock_path().display().to_string()),
                 env_append: ready.env_append.clone(),
+                kept: ready.kept.as_ref().map(|k| k.dir().display().to_string()),
+                kept_new: ready.kept_new,
             };
             if write_report(&mut stdout, &report).is_err() {
                 return 1;
@@ -146,9 +150,14 @@ fn write_report(out: &mut impl Write, report: &SetupReport) -> std::io::Result<(
 struct Ready {
     env: Vec<(String, String)>,
     env_append: Vec<(String, String)>,
-    staging: PathBuf,
+    /// None for a kept container (nothing was built).
+    staging: Option<PathBuf>,
     /// Keeps the cached image mounted until the plugin holds its own lock.
     lease: Option<Lease>,
+    /// The kept container the step runs in (held until the plugin holds
+    /// its own lock), and whether it was built now.
+    kept: Option<KeptLease>,
+    kept_new: bool,
 }
 
 /// What [`build_in_new_namespace`] leaves for the report.
@@ -175,6 +184,23 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&image_file)
     ));
+    // The job's earlier steps may have kept the very container this one
+    // asks for: the image was opened as the user just now, and its
+    // identity is part of the key.
+    let kept_key = kept_key(opts, &image_file)?;
+    if let Some(key) = &kept_key {
+        if let Some((lease, record, _)) = KeptContainers::open(&opts.state_dir)?.find(key)? {
+            phases.mark("kept container found");
+            return Ok(Ready {
+                env: record.env,
+                env_append: record.env_append,
+                staging: None,
+                lease: None,
+                kept: Some(lease),
+                kept_new: false,
+            });
+        }
+    }
     let image = RunnableImage::open_maybe_encrypted(&image_fd_path)
         .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     phases.mark("image opened");
@@ -216,6 +242,24 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
         return setup_uncached(opts, &user, identity, image, device, overlay, phases);
     }
     setup_cached(opts, &user, identity, &image_file, image, ecl, phases)
+}
+
+/// The key of the container this step asks for, when it may be kept for
+/// the job's later steps ([`kept_containers::request_key`]).
+fn kept_key(opts: &SetupArgs, image_file: &std::fs::File) -> Result<Option<String>> {
+    if !opts.keep {
+        return Ok(None);
+    }
+    let node = nix::unistd::gethostname()
+        .context("reading the host name")?
+        .to_string_lossy()
+        .into_owned();
+    let meta = image_file.metadata().context("reading image metadata")?;
+    Ok(kept_containers::request_key(
+        opts,
+        &node,
+        &FileIdentity::of(&meta),
+    ))
 }
 
 /// The usual path: the image mounted once per node in the cache
@@ -360,6 +404,29 @@ fn setup_cached(
             (copy.env, overlay)
         }
     };
+    // Kept for later steps: made here, while the state directory is still
+    // in reach. Not where a list applies (it decides at every step), nor
+    // for an image with an overlay partition (what one step changes there
+    // must not reach the next).
+    let pending = match (kept_key(opts, image_file)?, &overlay, &ecl) {
+        (Some(key), None, None) => {
+            let pending = KeptContainers::open(&opts.state_dir)?.prepare(&key)?;
+            if pending.is_some() {
+                if !lease.mounted_now {
+                    // It removes the job's containers once unused.
+                    crate::node::image_cache::start_keeper_unless_running(
+                        &opts.state_dir,
+                        opts.cache_idle_secs,
+                    );
+                }
+                // The holder forked from us must outlive the step: out of
+                // the step's cgroup, which Slurm kills when the step ends.
+                crate::process::leave_job_cgroup();
+            }
+            pending
+        }
+        _ => None,
+    };
     let built = build_in_new_namespace(
         opts,
         user,
@@ -368,11 +435,20 @@ fn setup_cached(
         overlay,
         phases,
     )?;
+    let env = [env, built.script_env].concat();
+    let kept = pending.and_then(|p| {
+        // Not fatal: the step runs, the container is just not kept.
+        p.finish(env.clone(), built.env_append.clone())
+            .inspect_err(|e| eprintln!("not keeping the container: {}", e.message()))
+            .ok()
+    });
     Ok(Ready {
-        env: [env, built.script_env].concat(),
+        env,
         env_append: built.env_append,
-        staging: built.staging,
+        staging: Some(built.staging),
         lease: Some(lease),
+        kept_new: kept.is_some(),
+        kept,
     })
 }
 
@@ -487,8 +563,10 @@ fn setup_uncached(
             Ok(Ready {
                 env: [image.env, built.script_env].concat(),
                 env_append: built.env_append,
-                staging: built.staging,
+                staging: Some(built.staging),
                 lease: None,
+                kept: None,
+                kept_new: false,
             })
         }
         Err(e) => {

@@ -69,9 +69,14 @@ pub struct SetupArgs {
     /// Site ECL file: the job's partition decides which list applies.
     #[arg(long, value_name = "FILE", requires = "job_id")]
     pub ecl_config: Option<PathBuf>,
-    /// The job (its partition is asked from slurmctld).
+    /// The job (its partition is asked from slurmctld under an ECL; kept
+    /// containers belong to it).
     #[arg(long)]
     pub job_id: Option<u32>,
+    /// Keep this container for the job's later steps on this node, or join
+    /// one an earlier step kept (see `node::kept_containers`).
+    #[arg(long, requires = "job_id")]
+    pub keep: bool,
     /// The job's restart count (a requeued job may change partition).
     #[arg(long, default_value_t = 0)]
     pub restart_count: u32,
@@ -147,6 +152,7 @@ impl SetupArgs {
             cache_idle_secs: DEFAULT_CACHE_IDLE_SECS,
             ecl_config: None,
             job_id: None,
+            keep: false,
             restart_count: 0,
             gpus: Vec::new(),
             no_gpu_driver: false,
@@ -224,6 +230,7 @@ impl SetupArgs {
             ("--no-gpu-driver", self.no_gpu_driver),
             ("--rdma", self.rdma),
             ("--in-job-namespace", self.in_job_namespace),
+            ("--keep", self.keep),
         ] {
             if set {
                 args.push(flag.to_string());
@@ -288,6 +295,15 @@ pub struct SetupReport {
     /// (driver libraries on `LD_LIBRARY_PATH`, tools on `PATH`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_append: Vec<(String, String)>,
+    /// Directory of the kept container the step runs in: the plugin holds
+    /// a shared lock on its `lock` for the step's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
+    /// The container was built for this step and is to be kept: the plugin
+    /// pins the helper's namespace in `kept`. False: `kept` holds a
+    /// namespace pinned by an earlier step, to join.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_new: bool,
 }
 
 /// Longest report line the plugin reads.
@@ -363,6 +379,7 @@ mod tests {
         a.cache_idle_secs = 7;
         a.ecl_config = Some("/etc/slurm/ecl.toml".into());
         a.job_id = Some(42);
+        a.keep = true;
         a.restart_count = 3;
         a.gpus = vec![0, 1];
         a.no_gpu_driver = true;
@@ -391,6 +408,8 @@ mod tests {
             staging: Some("/run/sifrun/.stage-1".into()),
             cache_lock: Some("/run/sifrun/images/k/lock".into()),
             env_append: vec![("LD_LIBRARY_PATH".into(), "/.sifrun/gpu/lib".into())],
+            kept: Some("/run/sifrun/containers/42-0123".into()),
+            kept_new: true,
             ..SetupReport::default()
         };
         assert_eq!(SetupReport::from_line(&ready.to_line()).unwrap(), ready);

@@ -1,0 +1,317 @@
+//! Joining a container an earlier step of the job kept, without starting
+//! the helper (see `sifrun_runtime::node::kept_containers`).
+//!
+//! Starting `sifrun slurm-setup` costs a step about 1.5 ms per node (fork,
+//! exec, its start-up), most of what a kept container leaves of the
+//! overhead. What the helper would check before joining one needs no
+//! helper: the image opened as the job user (a forked child of slurmstepd
+//! that becomes the user, opens the file the way the helper does, and
+//! reports what it found), the key, the kept container's lock and holder.
+//! When anything is missing or different, the step goes the usual way
+//! through the helper, which builds (and keeps) a container.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sifrun_runtime::node::image_cache::FileIdentity;
+use sifrun_runtime::node::kept_containers::{self, KeptContainers};
+use sifrun_runtime::phases::Phases;
+use sifrun_runtime::pidfd::PidFd;
+use sifrun_runtime::process::wait_readable;
+
+use crate::config::Config;
+use crate::helper::{setup_request, Container, JobUser};
+use crate::request::ContainerRequest;
+
+/// The kept container this step asks for, joined; `None` when there is
+/// none to join (the caller starts the helper).
+pub fn join(
+    req: &ContainerRequest,
+    user: &JobUser,
+    config: &Config,
+    node: &str,
+    phases: &mut Phases,
+) -> Option<Container> {
+    let args = setup_request(req, user, config);
+    // Checked before the image is opened: most steps that cannot use a
+    // kept container are told so by their options alone.
+    if !kept_containers::may_keep(&args) {
+        return None;
+    }
+    let identity = identity_as_user(&req.image, user, config.setup_timeout()).ok()?;
+    phases.mark("image checked as the user");
+    let key = kept_containers::request_key(&args, node, &identity)?;
+    let (lease, record, mount_ns) = KeptContainers::open(&config.state_dir)
+        .ok()?
+        .find(&key)
+        .ok()??;
+    phases.mark("kept container found");
+    Some(Container {
+        mount_ns,
+        image_env: record.env,
+        cache_lease: None,
+        env_append: record.env_append,
+        kept_lease: Some(lease),
+        reused: true,
+    })
+}
+
+fn zeroed_stat() -> libc::stat {
+    // SAFETY: `stat` is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The identity of the regular file at `path`, opened as the job user the
+/// way the helper opens the image (read-only, not blocking, never through
+/// a `/proc` magic link), by a forked child of slurmstepd: the credentials
+/// change in the child alone, and a path that hangs (a dead NFS server)
+/// costs at most `timeout`, after which the child is killed.
+pub fn identity_as_user(
+    path: &Path,
+    user: &JobUser,
+    timeout: Duration,
+) -> Result<FileIdentity, String> {
+    // Everything the child needs, made before the fork: after it, in a
+    // copy of a multi-threaded process, the child only makes system calls.
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    // SAFETY: the child below only makes async-signal-safe system calls
+    // on data prepared above, then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    if pid == 0 {
+        drop(read_end);
+        child_open_and_report(&c_path, user.uid, user.gid, &groups, &write_end)
+    }
+    drop(write_end);
+    let pidfd = PidFd::open(pid);
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; REPORT_LEN];
+    let got = if wait_readable(&read_end, deadline) {
+        nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&read_end), &mut buf).unwrap_or(0)
+    } else {
+        0
+    };
+    let child = nix::unistd::Pid::from_raw(pid);
+    if got != REPORT_LEN {
+        // Stuck (a dead file server) or gone: killed, and reaped if it
+        // goes at once; one in uninterruptible sleep is left to
+        // slurmstepd, which reaps any child, rather than waited for.
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        if let Ok(fd) = &pidfd {
+            wait_readable(fd, Instant::now() + Duration::from_millis(100));
+        }
+        let _ = nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        return Err("the image could not be checked in time".into());
+    }
+    // Reaped here, at once: slurmstepd must not find it while it waits
+    // for its tasks (a child that is not a task costs a step 100 ms
+    // there). It has written its report and is exiting.
+    if let Ok(fd) = &pidfd {
+        wait_readable(fd, Instant::now() + Duration::from_secs(1));
+    }
+    let _ = nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    decode(&buf)
+}
+
+/// errno (4 bytes, 0 when found) then the seven numbers of a
+/// [`FileIdentity`]-to-be (dev, ino, size, mtime, mtime_nsec, ctime,
+/// ctime_nsec), native byte order.
+const REPORT_LEN: usize = 4 + 7 * 8;
+
+fn decode(buf: &[u8; REPORT_LEN]) -> Result<FileIdentity, String> {
+    let errno = i32::from_ne_bytes(buf[..4].try_into().unwrap_or_default());
+    if errno != 0 {
+        return Err(std::io::Error::from_raw_os_error(errno).to_string());
+    }
+    let mut st = zeroed_stat();
+    let field = |i: usize| {
+        let at = 4 + i * 8;
+        u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or_default())
+    };
+    st.st_dev = field(0);
+    st.st_ino = field(1);
+    st.st_size = field(2) as i64;
+    st.st_mtime = field(3) as i64;
+    st.st_mtime_nsec = field(4) as i64;
+    st.st_ctime = field(5) as i64;
+    st.st_ctime_nsec = field(6) as i64;
+    Ok(FileIdentity::of_stat(&st))
+}
+
+/// In the forked child: become the job user, open and check the file,
+/// write the report, exit. Only in a freshly forked child; never returns.
+fn child_open_and_report(
+    path: &CString,
+    uid: u32,
+    gid: u32,
+    groups: &[libc::gid_t],
+    out: &std::os::fd::OwnedFd,
+) -> ! {
+    let mut report = [0u8; REPORT_LEN];
+    let found = become_user(uid, gid, groups)
+        .and_then(|()| open_image(path))
+        .and_then(regular_file_stat);
+    let errno = match found {
+        Ok(st) => {
+            let fields = [
+                st.st_dev,
+                st.st_ino,
+                st.st_size as u64,
+                st.st_mtime as u64,
+                st.st_mtime_nsec as u64,
+                st.st_ctime as u64,
+                st.st_ctime_nsec as u64,
+            ];
+            for (i, f) in fields.iter().enumerate() {
+                report[4 + i * 8..12 + i * 8].copy_from_slice(&f.to_ne_bytes());
+            }
+            0
+        }
+        Err(errno) => errno,
+    };
+    report[..4].copy_from_slice(&errno.to_ne_bytes());
+    let _ = nix::unistd::write(out, &report);
+    // SAFETY: ends the child without running anything of the parent's.
+    unsafe { libc::_exit(0) }
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Raw system calls: the C library's wrappers would try to change every
+/// thread of the process this child was copied from.
+fn become_user(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result<(), i32> {
+    // SAFETY: a valid pointer and length; changes this process only.
+    if unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) } != 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: changes this process's group IDs only.
+    if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: changes this process's user IDs only.
+    if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// As the helper opens an image: read-only, not blocking, no controlling
+/// terminal, never through a `/proc` magic link.
+fn open_image(path: &CString) -> Result<i32, i32> {
+    // SAFETY: `open_how` is plain old data; all-zero is its default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid C string and a correctly sized `open_how`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    Ok(fd as i32)
+}
+
+fn regular_file_stat(fd: i32) -> Result<libc::stat, i32> {
+    let mut st = zeroed_stat();
+    // SAFETY: fstat fills `st`, which we own.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(last_errno());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(libc::ENXIO);
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(uid: u32, gid: u32) -> JobUser {
+        JobUser {
+            uid,
+            gid,
+            groups: vec![gid],
+            cwd: None,
+            job_id: 1,
+            restart_count: 0,
+            system_binds: Vec::new(),
+            gpus: Vec::new(),
+            job_namespace: None,
+        }
+    }
+
+    fn current_user() -> JobUser {
+        user(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    }
+
+    #[test]
+    fn the_identity_is_the_files_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("img.sif");
+        std::fs::write(&file, b"image").unwrap();
+        let got = identity_as_user(&file, &current_user(), Duration::from_secs(5)).unwrap();
+        assert_eq!(got, FileIdentity::of(&std::fs::metadata(&file).unwrap()));
+    }
+
+    #[test]
+    fn what_the_helper_refuses_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = current_user();
+        let timeout = Duration::from_secs(5);
+        assert!(identity_as_user(&dir.path().join("missing"), &me, timeout).is_err());
+        // A directory, a FIFO (never waited on), a /proc magic link.
+        assert!(identity_as_user(dir.path(), &me, timeout).is_err());
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(identity_as_user(&fifo, &me, timeout).is_err());
+        let file = dir.path().join("img.sif");
+        std::fs::write(&file, b"image").unwrap();
+        let held = std::fs::File::open(&file).unwrap();
+        let magic = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&held));
+        assert!(identity_as_user(Path::new(&magic), &me, timeout).is_err());
+    }
+
+    #[test]
+    fn a_file_the_user_cannot_read_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (to become another user)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret.sif");
+        std::fs::write(&file, b"image").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let nobody = user(65534, 65534);
+        let err = identity_as_user(&file, &nobody, Duration::from_secs(5)).unwrap_err();
+        assert!(err.contains("ermission denied"), "{err}");
+        // Root itself still can: the child changed its own credentials only.
+        assert!(identity_as_user(&file, &current_user(), Duration::from_secs(5)).is_ok());
+    }
+}
