@@ -19,7 +19,8 @@ if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif && -f $APP_SRC/apps.sif && -
 
     LAST=$(as_user env APPTAINERENV_REQUESTED=yes APPTAINERENV_PREPEND_PATH=/pre APPTAINER_BIND=/x MYVAR=host \
         timeout 60 srun -N1 --container="$APPT/docker.sif" \
-        sh -c 'echo "$REQUESTED ${PATH%%:*} $MYVAR $APPTAINER_NAME ${APPTAINER_BIND-unset} ${APPTAINERENV_REQUESTED-unset}"' 2>&1)
+        sh -c 'echo "$REQUESTED ${PATH%%:*} $MYVAR $APPTAINER_NAME ${APPTAINER_BIND-unset} ${APPTAINERENV_REQUESTED-unset}"' 2>&1 |
+        grep -v "^srun: job [0-9]* \(queued\|has been allocated\)")
     check "APPTAINERENV_X from the job sets X over the image; Apptainer's own variables stay out" \
         test "$LAST" = "yes /pre docker-value docker.sif unset unset"
 
