@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use sifrun_runtime::node::credentials::open_no_magiclinks_c;
 use sifrun_runtime::node::image_cache::FileIdentity;
 use sifrun_runtime::node::kept_containers::{self, KeptContainers};
 use sifrun_runtime::phases::Phases;
@@ -40,13 +41,16 @@ pub fn join(
     if !kept_containers::may_keep(&args) {
         return None;
     }
+    // A job's first step, or one on a partition with a list (where none
+    // is kept), costs no more than this look at a directory.
+    let kept = KeptContainers::open(&config.state_dir).ok()?;
+    if !kept.has_job(user.job_id) {
+        return None;
+    }
     let identity = identity_as_user(&req.image, user, config.setup_timeout()).ok()?;
     phases.mark("image checked as the user");
     let key = kept_containers::request_key(&args, node, &identity)?;
-    let (lease, record, mount_ns) = KeptContainers::open(&config.state_dir)
-        .ok()?
-        .find(&key)
-        .ok()??;
+    let (lease, record, mount_ns) = kept.find(&key).ok()??;
     phases.mark("kept container found");
     Some(Container {
         mount_ns,
@@ -129,19 +133,12 @@ fn decode(buf: &[u8; REPORT_LEN]) -> Result<FileIdentity, String> {
     if errno != 0 {
         return Err(std::io::Error::from_raw_os_error(errno).to_string());
     }
-    let mut st = zeroed_stat();
-    let field = |i: usize| {
+    let mut fields = [0u64; 7];
+    for (i, f) in fields.iter_mut().enumerate() {
         let at = 4 + i * 8;
-        u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or_default())
-    };
-    st.st_dev = field(0);
-    st.st_ino = field(1);
-    st.st_size = field(2) as i64;
-    st.st_mtime = field(3) as i64;
-    st.st_mtime_nsec = field(4) as i64;
-    st.st_ctime = field(5) as i64;
-    st.st_ctime_nsec = field(6) as i64;
-    Ok(FileIdentity::of_stat(&st))
+        *f = u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or_default());
+    }
+    Ok(FileIdentity::from_fields(fields))
 }
 
 /// In the forked child: become the job user, open and check the file,
@@ -159,15 +156,7 @@ fn child_open_and_report(
         .and_then(regular_file_stat);
     let errno = match found {
         Ok(st) => {
-            let fields = [
-                st.st_dev,
-                st.st_ino,
-                st.st_size as u64,
-                st.st_mtime as u64,
-                st.st_mtime_nsec as u64,
-                st.st_ctime as u64,
-                st.st_ctime_nsec as u64,
-            ];
+            let fields = FileIdentity::of_stat(&st).fields();
             for (i, f) in fields.iter().enumerate() {
                 report[4 + i * 8..12 + i * 8].copy_from_slice(&f.to_ne_bytes());
             }
@@ -207,31 +196,15 @@ fn become_user(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result<(), i32> {
 
 /// As the helper opens an image: read-only, not blocking, no controlling
 /// terminal, never through a `/proc` magic link.
-fn open_image(path: &CString) -> Result<i32, i32> {
-    // SAFETY: `open_how` is plain old data; all-zero is its default.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64;
-    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: a valid C string and a correctly sized `open_how`.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(last_errno());
-    }
-    Ok(fd as i32)
+fn open_image(path: &CString) -> Result<std::fs::File, i32> {
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+    open_no_magiclinks_c(path, flags).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn regular_file_stat(fd: i32) -> Result<libc::stat, i32> {
+fn regular_file_stat(file: std::fs::File) -> Result<libc::stat, i32> {
     let mut st = zeroed_stat();
     // SAFETY: fstat fills `st`, which we own.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&file), &mut st) } != 0 {
         return Err(last_errno());
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {

@@ -97,6 +97,12 @@ pub fn open_regular_file_with(path: &Path, extra: libc::c_int) -> std::io::Resul
 pub fn open_no_magiclinks(path: &Path, flags: libc::c_int) -> std::io::Result<File> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    open_no_magiclinks_c(&c, flags)
+}
+
+/// [`open_no_magiclinks`] of a path already in C form: allocates nothing,
+/// so a child forked from a multi-threaded process may call it.
+pub fn open_no_magiclinks_c(c: &std::ffi::CStr, flags: libc::c_int) -> std::io::Result<File> {
     // SAFETY: open_how is plain old data; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;

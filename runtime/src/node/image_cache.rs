@@ -199,6 +199,16 @@ impl FileIdentity {
             st.st_ctime_nsec as u64,
         ])
     }
+
+    /// The seven numbers, to pass between processes.
+    pub fn fields(&self) -> [u64; 7] {
+        self.0
+    }
+
+    /// An identity from [`FileIdentity::fields`].
+    pub fn from_fields(fields: [u64; 7]) -> Self {
+        FileIdentity(fields)
+    }
 }
 
 /// 32 hex digits naming the bytes of the file described by `meta` (see

@@ -368,6 +368,13 @@ impl KeptContainers {
         Ok(removed)
     }
 
+    /// Whether `job` has any container kept on this node (a look at this
+    /// directory only: the cheap test before anything else).
+    pub fn has_job(&self, job: u32) -> bool {
+        self.job_dirs(&job.to_string())
+            .is_ok_and(|dirs| !dirs.is_empty())
+    }
+
     /// Number of kept containers.
     pub fn count(&self) -> usize {
         self.job_dirs("").map_or(0, |d| d.len())
@@ -697,7 +704,9 @@ mod tests {
         assert_eq!(kept.forget_job(5).unwrap(), 0);
         drop(held);
         // The job's epilog removes what no step uses, and only the job's.
+        assert!(kept.has_job(5) && !kept.has_job(55));
         assert_eq!(kept.forget_job(5).unwrap(), MAX_PER_JOB);
         assert_eq!(kept.count(), 1);
+        assert!(!kept.has_job(5) && kept.has_job(6));
     }
 }
