@@ -101,7 +101,7 @@ pub fn evaluate(spec: &ContainerSpec, app: Option<&AppName>) -> Result<Vec<(Stri
         timeout: TIMEOUT,
         max_stdout: MAX_OUTPUT,
     };
-    let done = user_child::run(spec, Path::new("/"), &what, bounds, || {
+    let done = user_child::run(spec, Path::new("/"), &what, bounds, &[], || {
         evaluate_as_user(spec, app)
     })?;
     if done.status != 0 {

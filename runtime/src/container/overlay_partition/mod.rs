@@ -86,7 +86,9 @@ pub fn unpack_into(spec: &ContainerSpec, source: &OverlaySource, dir: &Path) -> 
         max_stdout: 4096,
     };
     let started = Instant::now();
-    let done = user_child::run(spec, dir, &what, bounds, || {
+    // Only the image file: nothing else of root's reaches the reader.
+    let keep = [std::os::fd::AsRawFd::as_raw_fd(&*source.file)];
+    let done = user_child::run(spec, dir, &what, bounds, &keep, || {
         let reader = PartitionReader {
             file: Arc::clone(&source.file),
             extent: source.extent,
