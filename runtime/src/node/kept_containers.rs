@@ -23,7 +23,7 @@
 //! key, [`key`]): the job, the node, the whole request as the plugin
 //! rendered it (user, groups, working directory, binds, GPUs, options) and
 //! the identity of the image file's bytes (device, inode, size, times: the
-//! node cache's rule, [`file_identity_digest`]). The helper opens the
+//! node cache's rule, [`FileIdentity`]). The helper opens the
 //! image **as the job user at every step** before it computes the key, so
 //! a user who can no longer read the image cannot run it, and any write to
 //! the image (which changes its change time) gives a new key and a new
