@@ -74,11 +74,18 @@ holder_status() {
     local rec pid
     rec=$(nsenter -t "$(slurmd_pid_of node1)" -m sh -c 'cat /run/sifrun/containers/*/record.json 2>/dev/null' | head -1)
     pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' <<<"$rec")
-    [[ -n $pid ]] && grep -E '^(CapEff|CapPrm|CapBnd)' "/proc/$pid/status" && cat "/proc/$pid/cgroup"
+    [[ -n $pid ]] || { echo "no holder in the record: ${rec:-no record}"; return; }
+    grep -E '^(CapEff|CapPrm|CapBnd)' "/proc/$pid/status"
+    cat "/proc/$pid/cgroup"
 }
-(cd /tmp && runuser -u "$TEST_USER" -- salloc -Q -N1 -w node1 sh -c "srun -Q --container=$IMG true; sleep 3") >/dev/null 2>&1 &
+(cd /tmp && runuser -u "$TEST_USER" -- salloc -Q -N1 -w node1 sh -c "srun -Q --container=$IMG true; sleep 6") >/dev/null 2>&1 &
 holder_job=$!
-for _ in $(seq 40); do [[ $(kept_dirs node1) -ge 1 ]] && break; sleep 0.1; done
+# The directory comes first, its record (with the holder) once the
+# container is built: wait for the record.
+for _ in $(seq 100); do
+    nsenter -t "$(slurmd_pid_of node1)" -m sh -c 'ls /run/sifrun/containers/*/record.json' >/dev/null 2>&1 && break
+    sleep 0.1
+done
 LAST=$(holder_status)
 check "the holder of a kept container has no capabilities and is outside the step's cgroup" \
     bash -c '[[ $1 == *"CapEff:	0000000000000000"* && $1 == *"CapPrm:	0000000000000000"* && $1 != *"step_"* ]]' _ "$LAST"
