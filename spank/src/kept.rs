@@ -81,7 +81,8 @@ pub fn identity_as_user(
     // copy of a multi-threaded process, the child only makes system calls.
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
     let groups: Vec<libc::gid_t> = user.groups.clone();
-    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     // SAFETY: the child below only makes async-signal-safe system calls
     // on data prepared above, then `_exit`s.
     let pid = unsafe { libc::fork() };
