@@ -19,8 +19,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use sifrun_runtime::container::loop_device::LoopAttachment;
-use sifrun_runtime::container::mount::mount_squashfs;
+use sifrun_runtime::container::mount::mount_squashfs_partition;
 use sifrun_runtime::container::staging::STAGING_BASE;
 use sifrun_runtime::error::{Error, Result};
 use sifrun_runtime::image::RunnableImage;
@@ -83,13 +82,12 @@ pub fn acquire(
                 per_user: 0,
             },
         )?;
-        let device =
-            LoopAttachment::attach(&image.path, image.partition_offset, image.partition_size)?;
-        // On success the mount holds the device (autoclear detaches it with
-        // the last unmount); on failure nothing holds it.
-        mount_squashfs(device.path(), dir).inspect_err(|_| {
-            let _ = device.detach();
-        })?;
+        mount_squashfs_partition(
+            &image.path,
+            image.partition_offset,
+            image.partition_size,
+            dir,
+        )?;
         record_owner(entry, 0)
     })?;
     if lease.mounted_now {

@@ -50,6 +50,18 @@ pub fn mount_squashfs(device: &Path, target: &Path) -> Result<()> {
     )
 }
 
+/// Attaches the SquashFS partition `[offset, offset + size)` of `file` to
+/// a read-only autoclear loop device and mounts it at `target`
+/// ([`mount_squashfs`]). On success the mount holds the device (autoclear
+/// detaches it with the last unmount); on failure it is detached here, as
+/// nothing else holds it.
+pub fn mount_squashfs_partition(file: &Path, offset: u64, size: u64, target: &Path) -> Result<()> {
+    let device = crate::container::loop_device::LoopAttachment::attach(file, offset, size)?;
+    mount_squashfs(device.path(), target).inspect_err(|_| {
+        let _ = device.detach();
+    })
+}
+
 /// Bind-mounts `source` on `target`, then applies `flags` (nosuid, nodev,
 /// rdonly, ...): the kernel ignores per-mount flags on the initial
 /// `MS_BIND` call.

@@ -46,7 +46,7 @@ use crate::container::gpu::{self, DriverList, GpuPlan, GpuSelection};
 use crate::container::identity::{group_entry, Identity};
 use crate::container::image_env::{self, scif::AppName};
 use crate::container::loop_device::LoopAttachment;
-use crate::container::mount::mount_squashfs;
+use crate::container::mount::mount_squashfs_partition;
 use crate::container::mount::rootfs::{BindMount, ContainerSpec};
 use crate::container::overlay_partition::OverlaySource;
 use crate::container::staging::StagingDir;
@@ -357,12 +357,7 @@ fn setup_cached(
                         (copy.partition_offset, copy.partition_size)
                     }
                 };
-                let device = LoopAttachment::attach(&backing(entry), offset, size)?;
-                // On success the mount holds the device (autoclear detaches
-                // it with the last unmount); on failure nothing holds it.
-                mount_squashfs(device.path(), dir).inspect_err(|_| {
-                    let _ = device.detach();
-                })?;
+                mount_squashfs_partition(&backing(entry), offset, size, dir)?;
                 record_owner(entry, opts.uid)
             })();
             if result.is_err() && source == ImageSource::Copy {
