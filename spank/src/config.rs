@@ -87,7 +87,7 @@ impl Default for Config {
             gpus: true,
             gpu_list: None,
             rdma: true,
-            copy_limit_mib: 0,
+            copy_limit_mib: protocol::DEFAULT_COPY_LIMIT_MIB,
             copy_quota_mib: 0,
             cache_max_images: protocol::DEFAULT_CACHE_MAX_IMAGES,
             cache_max_images_per_user: protocol::DEFAULT_CACHE_MAX_IMAGES_PER_USER,

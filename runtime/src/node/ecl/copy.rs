@@ -110,20 +110,23 @@ pub fn copy_image_objects(
         .unwrap_or(needed))
 }
 
+/// What a user refused a copy can do instead, said with the refusal.
+const NO_COPY_HINT: &str = "an image owned by root and not writable by group or others is verified in place, never copied: ask your admin to place it so";
+
 /// Refuses a copy of `needed` bytes that exceeds a limit or the space free
 /// in `dir` (keeping [`RESERVE_PERCENT`] of the filesystem free).
 fn check_limits(needed: u64, limits: &CopyLimits, dir: &Path) -> Result<()> {
     let mib = |b: u64| b.div_ceil(1 << 20);
     if limits.per_image > 0 && needed > limits.per_image {
         return Err(Error::image(format!(
-            "the image's objects take {} MiB, more than this node copies for verification ({} MiB, admin setting copy_limit_mib)",
+            "the image's objects take {} MiB, more than this node copies for verification ({} MiB, admin setting copy_limit_mib); {NO_COPY_HINT}",
             mib(needed),
             mib(limits.per_image)
         )));
     }
     if limits.per_user > 0 && limits.used_by_user + needed > limits.per_user {
         return Err(Error::image(format!(
-            "copying the image ({} MiB) for verification would exceed your share of this node's image copies ({} MiB held of {} MiB, admin setting copy_quota_mib)",
+            "copying the image ({} MiB) for verification would exceed your share of this node's image copies ({} MiB held of {} MiB, admin setting copy_quota_mib); {NO_COPY_HINT}",
             mib(needed),
             mib(limits.used_by_user),
             mib(limits.per_user)

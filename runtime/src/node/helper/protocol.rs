@@ -24,6 +24,11 @@ use crate::node::job_namespace::JobNamespace;
 pub const DEFAULT_CACHE_IDLE_SECS: u64 = 300;
 pub const DEFAULT_CACHE_MAX_IMAGES: usize = 512;
 pub const DEFAULT_CACHE_MAX_IMAGES_PER_USER: usize = 64;
+/// Default of `--copy-limit-mib` and the plugin's `copy_limit_mib`: under
+/// an ECL, images the user could change are copied whole into the node's
+/// state directory (usually RAM) before verification, on every node of a
+/// job (docs/scale.md): bounded unless the admin says otherwise.
+pub const DEFAULT_COPY_LIMIT_MIB: u64 = 4096;
 
 /// The request: what one step's container needs on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
@@ -98,7 +103,7 @@ pub struct SetupArgs {
     pub key_file: Option<PathBuf>,
     /// Under an ECL: largest image (its objects) copied for verification,
     /// in MiB (0: only free space limits it).
-    #[arg(long, default_value_t = 0, value_name = "MIB")]
+    #[arg(long, default_value_t = DEFAULT_COPY_LIMIT_MIB, value_name = "MIB")]
     pub copy_limit_mib: u64,
     /// Under an ECL: all copies one user may hold on the node, in MiB (0:
     /// no share).
@@ -159,7 +164,7 @@ impl SetupArgs {
             gpu_list: None,
             rdma: false,
             key_file: None,
-            copy_limit_mib: 0,
+            copy_limit_mib: DEFAULT_COPY_LIMIT_MIB,
             copy_quota_mib: 0,
             overlay_max_mib: crate::container::overlay_partition::DEFAULT_MAX_MIB,
             app: None,
