@@ -78,17 +78,23 @@ holder_status() {
     grep -E '^(CapEff|CapPrm|CapBnd)' "/proc/$pid/status"
     cat "/proc/$pid/cgroup"
 }
-(cd /tmp && runuser -u "$TEST_USER" -- salloc -Q -N1 -w node1 sh -c "srun -Q --container=$IMG true; sleep 6") >/dev/null 2>&1 &
+# The job lasts until the look at its holder is done (a marker file), so a
+# job that waits in the queue first cannot end the look early.
+rm -f "$WORK/holder-seen"
+(cd /tmp && runuser -u "$TEST_USER" -- timeout 120 salloc -Q -N1 -w node1 sh -c \
+    "srun -Q --container=$IMG true; for i in \$(seq 600); do [ -e $WORK/holder-seen ] && break; sleep 0.1; done") \
+    >/dev/null 2>&1 &
 holder_job=$!
 # The directory comes first, its record (with the holder) once the
 # container is built: wait for the record.
-for _ in $(seq 100); do
+for _ in $(seq 600); do
     nsenter -t "$(slurmd_pid_of node1)" -m sh -c 'ls /run/sifrun/containers/*/record.json' >/dev/null 2>&1 && break
     sleep 0.1
 done
 LAST=$(holder_status)
 check "the holder of a kept container has no capabilities and is outside the step's cgroup" \
     bash -c '[[ $1 == *"CapEff:	0000000000000000"* && $1 == *"CapPrm:	0000000000000000"* && $1 != *"step_"* ]]' _ "$LAST"
+touch "$WORK/holder-seen"
 wait "$holder_job"
 
 # Idle kept containers go after cache_idle_secs, even while their job runs;
