@@ -15,7 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use sifrun_runtime::container::namespaces::open_mount_namespace;
 use sifrun_runtime::node::helper::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use sifrun_runtime::node::job_namespace::JobNamespace;
-use sifrun_runtime::node::kept_containers::{self, KeptContainers, KeptLease};
+use sifrun_runtime::node::kept_containers::{KeptContainers, KeptLease};
 use sifrun_runtime::phases::Phases;
 use sifrun_runtime::process::wait_readable;
 use std::fs::File;
@@ -173,11 +173,7 @@ pub fn build_container(
             Some(dir) => Some(take_kept_lease(dir, config)?),
             None => None,
         };
-        let mount_ns = match &kept_lease {
-            // Kept by an earlier step: its holder's namespace.
-            Some(lease) if !report.kept_new => kept_containers::open_pinned(lease.dir()),
-            _ => open_mount_namespace(child.id()),
-        };
+        let mount_ns = open_mount_namespace(child.id());
         if let Some(dir) = report
             .staging
             .as_deref()
@@ -195,7 +191,7 @@ pub fn build_container(
             image_env: report.env,
             cache_lease,
             env_append: report.env_append,
-            reused: kept_lease.is_some() && !report.kept_new,
+            reused: false,
             kept_lease,
         })
     });

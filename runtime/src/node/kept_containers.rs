@@ -23,8 +23,10 @@
 //! key, [`key`]): the job, the node, the whole request as the plugin
 //! rendered it (user, groups, working directory, binds, GPUs, options) and
 //! the identity of the image file's bytes (device, inode, size, times: the
-//! node cache's rule, [`FileIdentity`]). The helper opens the
-//! image **as the job user at every step** before it computes the key, so
+//! node cache's rule, [`FileIdentity`]). The image is opened **as the job
+//! user at every step** before the key is computed (by the helper when it
+//! builds, by a forked child of slurmstepd when a later step joins:
+//! `spank/src/kept.rs`), so
 //! a user who can no longer read the image cannot run it, and any write to
 //! the image (which changes its change time) gives a new key and a new
 //! container. Containers are never kept where an execution control list

@@ -92,7 +92,6 @@ pub fn run(opts: &SetupArgs) -> i32 {
                     .map(|l| l.lock_path().display().to_string()),
                 env_append: ready.env_append.clone(),
                 kept: ready.kept.as_ref().map(|k| k.dir().display().to_string()),
-                kept_new: ready.kept_new,
             };
             if write_report(&mut stdout, &report).is_err() {
                 return 1;
@@ -154,10 +153,9 @@ struct Ready {
     staging: Option<PathBuf>,
     /// Keeps the cached image mounted until the plugin holds its own lock.
     lease: Option<Lease>,
-    /// The kept container the step runs in (held until the plugin holds
-    /// its own lock), and whether it was built now.
+    /// The container, built now, kept for the job's later steps (its lock
+    /// held until the plugin holds its own).
     kept: Option<KeptLease>,
-    kept_new: bool,
 }
 
 /// What [`build_in_new_namespace`] leaves for the report.
@@ -184,23 +182,6 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&image_file)
     ));
-    // The job's earlier steps may have kept the very container this one
-    // asks for: the image was opened as the user just now, and its
-    // identity is part of the key.
-    let kept_key = kept_key(opts, &image_file)?;
-    if let Some(key) = &kept_key {
-        if let Some((lease, record, _)) = KeptContainers::open(&opts.state_dir)?.find(key)? {
-            phases.mark("kept container found");
-            return Ok(Ready {
-                env: record.env,
-                env_append: record.env_append,
-                staging: None,
-                lease: None,
-                kept: Some(lease),
-                kept_new: false,
-            });
-        }
-    }
     let image = RunnableImage::open_maybe_encrypted(&image_fd_path)
         .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     phases.mark("image opened");
@@ -442,7 +423,6 @@ fn setup_cached(
         env_append: built.env_append,
         staging: Some(built.staging),
         lease: Some(lease),
-        kept_new: kept.is_some(),
         kept,
     })
 }
@@ -561,7 +541,6 @@ fn setup_uncached(
                 staging: Some(built.staging),
                 lease: None,
                 kept: None,
-                kept_new: false,
             })
         }
         Err(e) => {

@@ -300,15 +300,12 @@ pub struct SetupReport {
     /// (driver libraries on `LD_LIBRARY_PATH`, tools on `PATH`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_append: Vec<(String, String)>,
-    /// Directory of the kept container the step runs in: the plugin holds
-    /// a shared lock on its `lock` for the step's lifetime.
+    /// Directory of the container built for this step and kept for the
+    /// job's later steps (its holder started): the plugin holds a shared
+    /// lock on its `lock` for the step's lifetime. Later steps join it
+    /// without the helper (`spank/src/kept.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<String>,
-    /// The container was built for this step and is to be kept: the plugin
-    /// pins the helper's namespace in `kept`. False: `kept` holds a
-    /// namespace pinned by an earlier step, to join.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub kept_new: bool,
 }
 
 /// Longest report line the plugin reads.
@@ -414,7 +411,6 @@ mod tests {
             cache_lock: Some("/run/sifrun/images/k/lock".into()),
             env_append: vec![("LD_LIBRARY_PATH".into(), "/.sifrun/gpu/lib".into())],
             kept: Some("/run/sifrun/containers/42-0123".into()),
-            kept_new: true,
             ..SetupReport::default()
         };
         assert_eq!(SetupReport::from_line(&ready.to_line()).unwrap(), ready);
