@@ -77,6 +77,7 @@ holder_status() {
     [[ -n $pid ]] || { echo "no holder in the record: ${rec:-no record}"; return; }
     grep -E '^(CapEff|CapPrm|CapBnd)' "/proc/$pid/status"
     cat "/proc/$pid/cgroup"
+    echo "comm $(cat "/proc/$pid/comm")"
 }
 # The job lasts until the look at its holder is done (a marker file), so a
 # job that waits in the queue first cannot end the look early.
@@ -92,8 +93,8 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 LAST=$(holder_status)
-check "the holder of a kept container has no capabilities and is outside the step's cgroup" \
-    bash -c '[[ $1 == *"CapEff:	0000000000000000"* && $1 == *"CapPrm:	0000000000000000"* && $1 != *"step_"* ]]' _ "$LAST"
+check "the holder of a kept container has no capabilities, is outside the step's cgroup and is named sifrun-holder" \
+    bash -c '[[ $1 == *"CapEff:	0000000000000000"* && $1 == *"CapPrm:	0000000000000000"* && $1 != *"step_"* && $1 == *"comm sifrun-holder"* ]]' _ "$LAST"
 touch "$WORK/holder-seen"
 wait "$holder_job"
 

@@ -85,6 +85,8 @@ pub const MAX_PER_JOB: usize = 8;
 const RECORD_FILE: &str = "record.json";
 const LOCK_FILE: &str = "lock";
 const LAST_USED_FILE: &str = "last-used";
+/// The holder's process name (`/proc/PID/comm`).
+pub const HOLDER_NAME: &std::ffi::CStr = c"sifrun-holder";
 /// How often a holder checks that its directory still exists.
 const HOLDER_POLL: Duration = Duration::from_secs(10);
 
@@ -480,6 +482,9 @@ fn start_holder(dir_fd: &File) -> Result<Holder> {
 /// waits for the helper's pipes to close, and the cache entry's lock must
 /// not stay held); then nothing, until its directory is removed.
 fn hold(dir_fd: i32) -> ! {
+    // Its command line is the helper's (a fork): the name says what it is
+    // in `ps -o comm`, `pgrep`, `top`.
+    let _ = nix::sys::prctl::set_name(HOLDER_NAME);
     let _ = nix::unistd::setsid();
     let _ = nix::sys::prctl::set_pdeathsig(None);
     nix::unistd::alarm::cancel();
