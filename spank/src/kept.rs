@@ -80,7 +80,6 @@ pub fn identity_as_user(
     // Everything the child needs, made before the fork: after it, in a
     // copy of a multi-threaded process, the child only makes system calls.
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let groups: Vec<libc::gid_t> = user.groups.clone();
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     // SAFETY: the child below only makes async-signal-safe system calls
@@ -91,7 +90,7 @@ pub fn identity_as_user(
     }
     if pid == 0 {
         drop(read_end);
-        child_open_and_report(&c_path, user.uid, user.gid, &groups, &write_end)
+        child_open_and_report(&c_path, user.uid, user.gid, &user.groups, &write_end)
     }
     drop(write_end);
     let pidfd = PidFd::open(pid);
