@@ -5,8 +5,9 @@
 //! exec, its start-up), most of what a kept container leaves of the
 //! overhead. What the helper would check before joining one needs no
 //! helper: the image opened as the job user (a forked child of slurmstepd
-//! that becomes the user, opens the file the way the helper does, and
-//! reports what it found), the key, the kept container's lock and holder.
+//! that takes the user's file permissions, opens the file the way the
+//! helper does, and reports what it found), the key, the kept container's
+//! lock and holder.
 //! When anything is missing or different, the step goes the usual way
 //! through the helper, which builds (and keeps) a container.
 
@@ -176,22 +177,33 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// Raw system calls: the C library's wrappers would try to change every
-/// thread of the process this child was copied from.
+/// Takes the job user's groups and filesystem IDs, which decide what
+/// files it may open, with raw system calls (the C library's wrappers
+/// would try to change every thread of the process this child was copied
+/// from). Its real and effective IDs stay root's: the user's own processes
+/// can neither trace nor signal it, so they cannot make it report another
+/// file. Taking a non-root filesystem UID drops the capabilities that
+/// bypass file permissions, so its opens are checked as the user's.
 fn become_user(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result<(), i32> {
     // SAFETY: a valid pointer and length; changes this process only.
     if unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) } != 0 {
         return Err(last_errno());
     }
-    // SAFETY: changes this process's group IDs only.
-    if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: changes this process's user IDs only.
-    if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-        return Err(last_errno());
+    if !set_fs_id(libc::SYS_setfsgid, gid) || !set_fs_id(libc::SYS_setfsuid, uid) {
+        return Err(libc::EPERM);
     }
     Ok(())
+}
+
+/// `setfsgid` or `setfsuid` (`call`) to `id`; true when it took. Both
+/// answer with the previous ID, not an error: asking again with an invalid
+/// ID (which changes nothing) tells.
+fn set_fs_id(call: libc::c_long, id: u32) -> bool {
+    // SAFETY: changes this process's filesystem ID only.
+    unsafe { libc::syscall(call, id) };
+    // SAFETY: as above; an invalid ID changes nothing.
+    let now = unsafe { libc::syscall(call, u32::MAX) };
+    now == libc::c_long::from(id)
 }
 
 /// As the helper opens an image: read-only, not blocking, no controlling
@@ -286,5 +298,30 @@ mod tests {
         assert!(err.contains("ermission denied"), "{err}");
         // Root itself still can: the child changed its own credentials only.
         assert!(identity_as_user(&file, &current_user(), Duration::from_secs(5)).is_ok());
+    }
+
+    /// The child opens as the user but stays root to the rest of the
+    /// system (real and effective IDs): the user's processes cannot trace
+    /// it and make it report another file.
+    #[test]
+    fn the_check_takes_only_the_users_filesystem_ids() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        // SAFETY: the test's child only makes system calls, then exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = become_user(65534, 65534, &[65534]).is_ok()
+                    && nix::unistd::getuid().is_root()
+                    && nix::unistd::geteuid().is_root();
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(i32::from(!ok)) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 }
