@@ -136,6 +136,18 @@ pub enum Command {
         sifrun ecl check --config /etc/slurm/sifrun-ecl.toml --partition gpu app.sif\n  \
         sifrun ecl check --config /etc/slurm/sifrun-ecl.toml --partition gpu --json app.sif")]
     Ecl(EclArgs),
+    /// Staged catalogue (admins): verify an image once for every node.
+    ///
+    /// Under an execution control list every node otherwise hashes (or
+    /// copies) the whole image before it starts. An image staged into a
+    /// catalogue directory named in the site ECL file is verified once,
+    /// here; nodes then trust the record written beside it and read only
+    /// the pages the job touches.
+    #[command(after_help = "Examples:\n  \
+        sifrun catalogue stage --config /etc/slurm/sifrun-ecl.toml app.sif /shared/sif-catalogue\n  \
+        sifrun catalogue check --config /etc/slurm/sifrun-ecl.toml /shared/sif-catalogue/*.sif\n  \
+        sifrun catalogue check --config /etc/slurm/sifrun-ecl.toml --verify --json /shared/sif-catalogue/app.sif")]
+    Catalogue(CatalogueArgs),
     /// Write the man pages (sifrun.1, sifrun-exec.1, ...) into DIR.
     #[command(hide = true)]
     Manpages {
@@ -173,6 +185,61 @@ pub enum EclAction {
         record_dir: Option<PathBuf>,
         /// The SIF image.
         image: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CatalogueArgs {
+    #[command(subcommand)]
+    pub action: CatalogueAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogueAction {
+    /// Copy IMAGE into the catalogue directory DIR, read-only, verify the
+    /// copy against every activated list's keyrings and write the record
+    /// beside it (NAME.json).
+    ///
+    /// Run it as the account that owns DIR (the site file's
+    /// `[catalogue] owner`). Staging again under the same name replaces
+    /// the entry; steps already running keep the old file. Exit status: 0
+    /// staged (whatever the lists decide: see the summary), 1 an error.
+    Stage {
+        /// Site ECL file (the plugin's `ecl_config`).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The name in DIR (default: IMAGE's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The SIF image to stage.
+        image: PathBuf,
+        /// A catalogue directory.
+        dir: PathBuf,
+    },
+    /// Say what a node would conclude about each IMAGE: trusted (decided
+    /// from its record), unrecorded (verified in full, in place), untrusted
+    /// or not staged, and what each activated list decides.
+    ///
+    /// The images are opened as the caller. Exit status: 0 every image is
+    /// trusted (and, with --verify, matches its record), 1 otherwise, 2 an
+    /// error.
+    Check {
+        /// Site ECL file (the plugin's `ecl_config`).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Also hash and verify each trusted image again and compare with
+        /// its record (reads the whole file).
+        #[arg(long)]
+        verify: bool,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// Staged images.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
     },
 }
 

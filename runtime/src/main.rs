@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::error::ErrorKind as ClapErrorKind;
 use clap::Parser;
 
-use cli::{CacheAction, Cli, Command, EclAction};
-use commands::{build, cache, ecl, exec, inspect, manpages, sign, verify};
+use cli::{CacheAction, CatalogueAction, Cli, Command, EclAction};
+use commands::{build, cache, catalogue, ecl, exec, inspect, manpages, sign, verify};
 use sifrun_runtime::node::helper;
 use sifrun_runtime::Error;
 
@@ -79,6 +79,44 @@ fn main() -> ExitCode {
                 }
             },
         },
+        Command::Catalogue(args) => match args.action {
+            CatalogueAction::Stage {
+                config,
+                name,
+                json,
+                image,
+                dir,
+            } => finish(
+                catalogue::stage(&config, &image, &dir, name.as_deref()).map(|staged| {
+                    print_staged(&staged, json);
+                    0
+                }),
+                1,
+            ),
+            CatalogueAction::Check {
+                config,
+                verify,
+                json,
+                images,
+            } => finish(
+                catalogue::check(&config, &images, verify).map(|states| {
+                    let mut out = std::io::stdout().lock();
+                    if json {
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            serde_json::to_string_pretty(&states).unwrap_or_default()
+                        );
+                    } else {
+                        for state in &states {
+                            let _ = writeln!(out, "{}", state.line());
+                        }
+                    }
+                    i32::from(!states.iter().all(catalogue::EntryState::good))
+                }),
+                2,
+            ),
+        },
         Command::Cache(args) => finish(
             match args.action {
                 CacheAction::List { json } => cache::list(&args.state_dir, json),
@@ -104,6 +142,38 @@ fn main() -> ExitCode {
         Command::Exec(args) => run_container(args.into()),
         Command::Shell(args) => run_container(args.into()),
         Command::Run(args) => run_container(args.into()),
+    }
+}
+
+/// `sifrun catalogue stage`'s summary: one line, then one per list.
+fn print_staged(staged: &catalogue::Staged, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(staged).unwrap_or_default()
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "staged {} ({} MiB, sha256 {}) in {:.1} s; record {}",
+        staged.image.display(),
+        staged.bytes.div_ceil(1 << 20),
+        staged.sha256,
+        staged.seconds,
+        staged.record.display()
+    );
+    for p in &staged.partitions {
+        let _ = writeln!(
+            out,
+            "  partition {}: {} ({}): {}",
+            p.partition,
+            if p.allowed { "allowed" } else { "refused" },
+            p.rule,
+            p.reason
+        );
     }
 }
 

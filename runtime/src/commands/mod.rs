@@ -5,6 +5,7 @@
 pub mod build;
 pub mod cache;
 pub mod cached_image;
+pub mod catalogue;
 pub mod ecl;
 pub mod exec;
 pub mod inspect;

@@ -21,6 +21,10 @@
 //! [partitions.secure]
 //! file = "/etc/apptainer/ecl.toml"                # an Apptainer ecl.toml as is
 //! keyrings = ["/etc/slurm/sifrun/secure.asc"]     # replaces the global list
+//!
+//! [catalogue]                                     # images verified once for all nodes
+//! dirs = ["/shared/sif-catalogue"]                # as the nodes see them
+//! owner = "sifrun-stage"                          # the account that stages (or a uid)
 //! ```
 //!
 //! Every file named here is read by root and decides what may run, so each
@@ -30,10 +34,11 @@
 //! refuses every container run rather than running unchecked.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::catalogue::Catalogue;
 use crate::error::{Error, Result};
 
 /// How an execution group judges an image's signers.
@@ -109,6 +114,16 @@ struct SiteFile {
     default: Option<PartitionEntry>,
     #[serde(default)]
     partitions: BTreeMap<String, PartitionEntry>,
+    catalogue: Option<CatalogueEntry>,
+}
+
+/// `[catalogue]`: see [`super::catalogue`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueEntry {
+    dirs: Vec<PathBuf>,
+    /// A user name or a uid.
+    owner: String,
 }
 
 /// The policy that applies to one partition.
@@ -129,6 +144,8 @@ pub struct EclConfig {
     pub scontrol: PathBuf,
     default: Option<PartitionPolicy>,
     partitions: BTreeMap<String, PartitionPolicy>,
+    /// Where staged images live, and who stages them.
+    pub catalogue: Option<Catalogue>,
 }
 
 impl EclConfig {
@@ -193,7 +210,23 @@ impl EclConfig {
                 .unwrap_or_else(|| PathBuf::from("/usr/bin/scontrol")),
             default,
             partitions,
+            catalogue: site
+                .catalogue
+                .as_ref()
+                .map(|c| resolve_catalogue(path, c))
+                .transpose()?,
         })
+    }
+
+    /// Every activated list, by the partition it applies to (`default`
+    /// for the default entry's).
+    pub fn activated_policies(&self) -> Vec<(String, &PartitionPolicy)> {
+        self.default
+            .iter()
+            .map(|p| ("default".to_string(), p))
+            .chain(self.partitions.iter().map(|(n, p)| (n.clone(), p)))
+            .filter(|(_, p)| p.ecl.activated)
+            .collect()
     }
 
     /// True when some partition (or the default) has an activated list;
@@ -215,6 +248,43 @@ impl EclConfig {
     pub fn for_partition(&self, partition: &str) -> Option<&PartitionPolicy> {
         self.partitions.get(partition).or(self.default.as_ref())
     }
+}
+
+/// `[catalogue]`, checked: absolute plain directory paths, an owner that
+/// exists. The directories themselves are checked at each use (a node
+/// without the shared filesystem mounted must still run other images).
+fn resolve_catalogue(path: &Path, entry: &CatalogueEntry) -> Result<Catalogue> {
+    for dir in &entry.dirs {
+        let plain = dir.is_absolute()
+            && dir
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !plain {
+            return Err(bad(
+                path,
+                &format!(
+                    "catalogue dir {:?} must be an absolute path without . or ..",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let owner_uid = match entry.owner.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => match nix::unistd::User::from_name(&entry.owner) {
+            Ok(Some(user)) => user.uid.as_raw(),
+            _ => {
+                return Err(bad(
+                    path,
+                    &format!("catalogue owner {:?} is not a known user", entry.owner),
+                ))
+            }
+        },
+    };
+    Ok(Catalogue {
+        dirs: entry.dirs.clone(),
+        owner_uid,
+    })
 }
 
 /// Reads an Apptainer `ecl.toml`.

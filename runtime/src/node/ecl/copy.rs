@@ -111,7 +111,7 @@ pub fn copy_image_objects(
 }
 
 /// What a user refused a copy can do instead, said with the refusal.
-const NO_COPY_HINT: &str = "an image owned by root and not writable by group or others is verified in place, never copied: ask your admin to place it so";
+const NO_COPY_HINT: &str = "an image staged in the site's catalogue (sifrun catalogue stage), or owned by root and not writable by group or others, is never copied: ask your admin to stage it";
 
 /// Refuses a copy of `needed` bytes that exceeds a limit or the space free
 /// in `dir` (keeping [`RESERVE_PERCENT`] of the filesystem free).

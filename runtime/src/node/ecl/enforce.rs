@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use sif::integrity::{self, Format, Keyring, Report, VerifyOptions};
 use sif::Link;
 
+use super::catalogue::{Catalogue, Lookup, Record};
 use super::config::{EclConfig, PartitionPolicy};
 use super::decide::{decide, Decision, SigStatus, SignatureFact, SignerFacts};
 use crate::error::{Context, Error, Result};
@@ -70,6 +71,8 @@ pub struct EclCheck {
     keyrings: Vec<(PathBuf, Vec<u8>)>,
     /// Names this policy's verification records.
     digest: String,
+    /// Where images verified once for every node are staged.
+    catalogue: Option<Catalogue>,
 }
 
 /// An ECL decision and the verification facts it rests on.
@@ -81,8 +84,12 @@ pub struct Verdict {
     #[serde(flatten)]
     pub decision: Decision,
     pub facts: SignerFacts,
-    /// True when the facts came from the node's record (no hashing).
+    /// True when the facts came from the node's record or the catalogue's
+    /// (no hashing).
     pub cached: bool,
+    /// The catalogue record the facts came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalogue_record: Option<PathBuf>,
 }
 
 impl Verdict {
@@ -129,6 +136,15 @@ impl EclCheck {
         if !policy.ecl.activated {
             return Ok(None);
         }
+        Self::for_policy(partition, policy, config.catalogue.clone()).map(Some)
+    }
+
+    /// The check of `policy` (named by `partition`), activated or not.
+    pub fn for_policy(
+        partition: &str,
+        policy: &PartitionPolicy,
+        catalogue: Option<Catalogue>,
+    ) -> Result<Self> {
         let keyrings = policy
             .keyrings
             .iter()
@@ -138,12 +154,65 @@ impl EclCheck {
                     .with_context(|| format!("reading keyring {}", path.display()))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(EclCheck {
+        Ok(EclCheck {
             partition: partition.to_string(),
             digest: policy_digest(policy.ecl.legacyinsecure, &keyrings),
             keyrings,
             policy: policy.clone(),
-        }))
+            catalogue,
+        })
+    }
+
+    /// Names what this list's keys (and legacy setting) verify: records
+    /// are kept per digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// What the catalogue says about `image` (an open file) for this list:
+    /// a trusted record without facts for this list's keys is no use.
+    pub fn catalogue_lookup(&self, image: &std::fs::File) -> Lookup {
+        let Some(catalogue) = &self.catalogue else {
+            return Lookup::NotStaged;
+        };
+        match catalogue.lookup(image) {
+            Lookup::Trusted {
+                record_path,
+                record,
+            } if !record.verified.contains_key(&self.digest) => Lookup::Unrecorded {
+                reason: format!(
+                    "{}: staged for other keys than partition {}'s (stage the image again)",
+                    record_path.display(),
+                    self.partition
+                ),
+            },
+            other => other,
+        }
+    }
+
+    /// The decision from the facts a trusted catalogue `record` holds for
+    /// this list's keys (see [`Self::catalogue_lookup`]).
+    pub fn decide_staged(
+        &self,
+        record_path: &Path,
+        record: &Record,
+        image_dir: &Path,
+    ) -> Result<Verdict> {
+        let facts = record.verified.get(&self.digest).cloned().ok_or_else(|| {
+            Error::system(format!(
+                "{}: no facts for partition {}'s keys",
+                record_path.display(),
+                self.partition
+            ))
+        })?;
+        Ok(Verdict {
+            partition: self.partition.clone(),
+            ecl: self.policy.source.clone(),
+            decision: decide(&self.policy.ecl, image_dir, &facts),
+            facts,
+            cached: true,
+            catalogue_record: Some(record_path.to_path_buf()),
+        })
     }
 
     /// Verifies the image at `backing` (or reuses the record kept in
@@ -174,6 +243,7 @@ impl EclCheck {
             decision: decide(&self.policy.ecl, image_dir, &facts),
             facts,
             cached: was_cached,
+            catalogue_record: None,
         })
     }
 }
@@ -181,7 +251,7 @@ impl EclCheck {
 impl EclCheck {
     /// The partition's keyrings, parsed, and the verification options they
     /// imply.
-    fn verify_options(&self) -> Result<VerifyOptions> {
+    pub fn verify_options(&self) -> Result<VerifyOptions> {
         let mut opts = VerifyOptions {
             legacy: self.policy.ecl.legacyinsecure,
             ..VerifyOptions::default()

@@ -8,7 +8,10 @@
 //! * [`enforce`]: which bytes to trust (the file or a root-owned copy),
 //!   verification, the per-node record of it
 //! * [`partition`]: the job's partition, from slurmctld (never from the job)
+//! * [`catalogue`]: images staged and verified once for every node, and
+//!   when a node may trust what was recorded about them
 
+pub mod catalogue;
 pub mod config;
 pub mod copy;
 pub mod decide;

@@ -55,6 +55,7 @@ use crate::error::Context;
 use crate::error::{Error, Result};
 use crate::image::RunnableImage;
 use crate::node::credentials::{PathHandle, UserCredentials};
+use crate::node::ecl::catalogue::Lookup;
 use crate::node::ecl::copy::{copy_image_objects, CopyLimits, CopyRecord};
 use crate::node::ecl::enforce::{EclCheck, ImageSource};
 use crate::node::image_cache::{
@@ -260,14 +261,28 @@ fn setup_cached(
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(image_file)
     ));
+    // An image staged in the site's catalogue (ecl::catalogue) is decided
+    // from its record: no hashing, no copy, pages read on demand.
+    let staged = match &ecl {
+        Some(check) => check.catalogue_lookup(image_file),
+        None => Lookup::NotStaged,
+    };
+    match &staged {
+        Lookup::Unrecorded { reason } | Lookup::Untrusted { reason } => {
+            eprintln!("sifrun slurm-setup: catalogue record not used: {reason}");
+        }
+        Lookup::NotStaged | Lookup::Trusted { .. } => {}
+    }
     // Under an ECL, bytes the user could still change are copied first
     // (see ecl::enforce and ecl::copy): from then on the copy alone says
-    // what is verified, mounted and applied.
-    let source = match &ecl {
-        Some(_) => ImageSource::for_checked_image(
+    // what is verified, mounted and applied. Catalogue files can change
+    // only by its owner's hand, as root-owned files by root's.
+    let source = match (&ecl, &staged) {
+        (Some(_), Lookup::Trusted { .. } | Lookup::Unrecorded { .. }) => ImageSource::File,
+        (Some(_), _) => ImageSource::for_checked_image(
             &image_file.metadata().context("reading image metadata")?,
         ),
-        None => ImageSource::File,
+        (None, _) => ImageSource::File,
     };
     // The real directory of the opened file, for the list's dirpath rules:
     // established in this process's own mount namespace, never from a name
@@ -283,7 +298,13 @@ fn setup_cached(
     };
     let enforce = |entry: &Path| -> Result<()> {
         let Some(check) = &ecl else { return Ok(()) };
-        let verdict = check.check(&backing(entry), &image_dir, Some(entry))?;
+        let verdict = match &staged {
+            Lookup::Trusted {
+                record_path,
+                record,
+            } => check.decide_staged(record_path, record, &image_dir)?,
+            _ => check.check(&backing(entry), &image_dir, Some(entry))?,
+        };
         // The slurmd log gets everything (the plugin logs our stderr).
         eprintln!(
             "sifrun slurm-setup: ECL verdict for {}: {}",
