@@ -56,6 +56,8 @@ pub struct Config {
     /// ...and the most one user's copies may take on a node, in MiB (0: no
     /// per-user share). 10% of the filesystem is always kept free.
     pub copy_quota_mib: u64,
+    /// ...and where they go (empty: the cache entry in `state_dir`).
+    pub copy_dir: PathBuf,
     /// Images the node cache keeps mounted (0: no limit); idle ones are
     /// unmounted, least recently used first, to make room...
     pub cache_max_images: usize,
@@ -88,6 +90,7 @@ impl Default for Config {
             gpu_list: None,
             rdma: true,
             copy_limit_mib: protocol::DEFAULT_COPY_LIMIT_MIB,
+            copy_dir: PathBuf::from(protocol::DEFAULT_COPY_DIR),
             copy_quota_mib: 0,
             cache_max_images: protocol::DEFAULT_CACHE_MAX_IMAGES,
             cache_max_images_per_user: protocol::DEFAULT_CACHE_MAX_IMAGES_PER_USER,
@@ -192,6 +195,13 @@ impl Config {
             "copy_limit_mib" => {
                 self.copy_limit_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?
             }
+            "copy_dir" => {
+                let dir = PathBuf::from(value);
+                if !(dir.as_os_str().is_empty() || dir.is_absolute()) {
+                    return Err(bad("expected an absolute path, or nothing"));
+                }
+                self.copy_dir = dir
+            }
             "copy_quota_mib" => {
                 self.copy_quota_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?
             }
@@ -250,6 +260,14 @@ mod tests {
         let c = Config::from_plugin_args(&["overlay_max_mib=0"]).unwrap();
         assert_eq!(c.overlay_max_mib, 0);
         assert!(Config::from_plugin_args(&["overlay_max_mib=lots"]).is_err());
+        // Copies for verification: on the node's disk unless told otherwise.
+        assert_eq!(
+            Config::default().copy_dir,
+            PathBuf::from(protocol::DEFAULT_COPY_DIR)
+        );
+        let c = Config::from_plugin_args(&["copy_dir="]).unwrap();
+        assert_eq!(c.copy_dir, PathBuf::new());
+        assert!(Config::from_plugin_args(&["copy_dir=relative/dir"]).is_err());
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
         args.restart_count = user.restart_count;
         args.copy_limit_mib = config.copy_limit_mib;
         args.copy_quota_mib = config.copy_quota_mib;
+        args.copy_dir = config.copy_dir.clone();
     }
     // The helper's own deadline, a little after ours: it never outlives
     // the step's setup, whatever it is blocked on.

@@ -125,7 +125,7 @@ as_user timeout 60 srun -N1 -w node1 -p secure --container="$WORK/images/sparse.
 sparse_step=$!
 copy_kib=""
 for _ in $(seq 100); do
-    copy_kib=$(on_node1 sh -c 'du -k /run/sifrun/images/*/image.sif 2>/dev/null' | awk '{s += $1} END {print s + 0}')
+    copy_kib=$(on_node1 sh -c 'du -kL /run/sifrun/images/*/image.sif 2>/dev/null' | awk '{s += $1} END {print s + 0}')
     [[ $copy_kib -gt 0 ]] && break
     sleep 0.1
 done

@@ -648,6 +648,7 @@ fn loop_number(dir: &Path) -> Option<u32> {
 /// lock file last, so that [`try_lock_entry`]'s identity check catches
 /// anyone who opened it meanwhile.
 fn remove_entry(entry: &Path) {
+    remove_copy(entry);
     let _ = fs::remove_dir(entry.join("mnt"));
     if let Ok(items) = fs::read_dir(entry) {
         for item in items.flatten() {
@@ -659,6 +660,72 @@ fn remove_entry(entry: &Path) {
     }
     let _ = fs::remove_file(entry.join("lock"));
     let _ = fs::remove_dir(entry);
+}
+
+/// Removes the entry's verified copy: [`COPY_FILE`] in the entry, or the
+/// file on the node's disk it links to (`copy_dir`; only root writes the
+/// link, in this root-only directory) and the link.
+pub fn remove_copy(entry: &Path) {
+    let link = entry.join(COPY_FILE);
+    if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+        if let Ok(target) = fs::read_link(&link) {
+            let _ = fs::remove_file(target);
+        }
+    }
+    let _ = fs::remove_file(&link);
+    let _ = fs::remove_file(entry.join(COPY_RECORD));
+}
+
+/// Where the verified copy for the cache `entry` is written: in the entry
+/// itself, or, with a `copy_dir` (node-local disk instead of the RAM of a
+/// tmpfs `state_dir`), as `<copy_dir>/<key>.sif`, linked from the entry
+/// **before** anything is written, so the entry's removal always finds it.
+/// `copy_dir` serves one node cache: a copy there whose entry is gone (the
+/// node crashed mid-step) is removed here.
+pub fn prepare_copy_destination(entry: &Path, copy_dir: &Path) -> Result<PathBuf> {
+    if copy_dir.as_os_str().is_empty() {
+        return Ok(entry.join(COPY_FILE));
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(copy_dir)
+        .with_context(|| format!("creating copy_dir {}", copy_dir.display()))?;
+    let meta = fs::symlink_metadata(copy_dir)
+        .with_context(|| format!("reading copy_dir {}", copy_dir.display()))?;
+    if !meta.file_type().is_dir() || !crate::node::trusted::root_owned_not_writable(&meta) {
+        return Err(Error::usage(format!(
+            "copy_dir {} must be a directory (not a symlink) owned by root and not writable by group or others",
+            copy_dir.display()
+        )));
+    }
+    let (Some(key), Some(entries)) = (entry.file_name(), entry.parent()) else {
+        return Err(Error::system(format!(
+            "{}: not a cache entry",
+            entry.display()
+        )));
+    };
+    if let Ok(items) = fs::read_dir(copy_dir) {
+        for item in items.flatten() {
+            let name = item.file_name();
+            let orphan = Path::new(&name)
+                .file_stem()
+                .filter(|_| Path::new(&name).extension() == Some("sif".as_ref()))
+                .is_some_and(|stem| !entries.join(stem).exists());
+            if orphan {
+                let _ = fs::remove_file(item.path());
+            }
+        }
+    }
+    let mut name = key.to_os_string();
+    name.push(".sif");
+    let dest = copy_dir.join(name);
+    let _ = fs::remove_file(&dest);
+    let link = entry.join(COPY_FILE);
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&dest, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    Ok(dest)
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
@@ -793,6 +860,42 @@ pub fn keeper_poll_interval(idle: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_on_the_nodes_disk_go_with_their_entry_and_orphans_go() {
+        let state = tempfile::tempdir().unwrap();
+        let copies = tempfile::tempdir().unwrap();
+        let entries = state.path().join("images");
+        let entry = entries.join("k1");
+        fs::create_dir_all(&entry).unwrap();
+        if !nix::unistd::getuid().is_root() {
+            // Not root: the directory is not root-owned, so it is refused.
+            let e = prepare_copy_destination(&entry, copies.path()).unwrap_err();
+            assert!(e.message().contains("owned by root"), "{}", e.message());
+            return;
+        }
+        // A copy left by a crash: no entry of that key.
+        fs::write(copies.path().join("gone.sif"), b"old").unwrap();
+        let dest = prepare_copy_destination(&entry, copies.path()).unwrap();
+        assert_eq!(dest, copies.path().join("k1.sif"));
+        assert!(!copies.path().join("gone.sif").exists());
+        // Linked before anything is written.
+        assert_eq!(fs::read_link(entry.join(COPY_FILE)).unwrap(), dest);
+        fs::write(&dest, b"copy").unwrap();
+        fs::write(entry.join(COPY_RECORD), b"{}").unwrap();
+        remove_entry(&entry);
+        assert!(!dest.exists() && !entry.exists());
+        // Without a copy_dir the copy is the entry's own file.
+        fs::create_dir_all(&entry).unwrap();
+        assert_eq!(
+            prepare_copy_destination(&entry, Path::new("")).unwrap(),
+            entry.join(COPY_FILE)
+        );
+        // A copy_dir others may write is refused.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(copies.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(prepare_copy_destination(&entry, copies.path()).is_err());
+    }
 
     #[test]
     fn a_copy_key_is_shared_only_once_the_file_is_settled() {

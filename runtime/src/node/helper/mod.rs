@@ -59,8 +59,8 @@ use crate::node::ecl::catalogue::Lookup;
 use crate::node::ecl::copy::{copy_image_objects, CopyLimits, CopyRecord};
 use crate::node::ecl::enforce::{EclCheck, ImageSource};
 use crate::node::image_cache::{
-    record_owner, same_file_identity, CacheKey, FileIdentity, ImageCache, Lease, COPY_FILE,
-    COPY_RECORD,
+    prepare_copy_destination, record_owner, remove_copy, same_file_identity, CacheKey,
+    FileIdentity, ImageCache, Lease, COPY_FILE, COPY_RECORD,
 };
 use crate::node::kept_containers::{self, KeptContainers, KeptLease};
 
@@ -363,8 +363,7 @@ fn setup_cached(
                 record_owner(entry, opts.uid)
             })();
             if result.is_err() && source == ImageSource::Copy {
-                let _ = std::fs::remove_file(backing(entry));
-                let _ = std::fs::remove_file(entry.join(COPY_RECORD));
+                remove_copy(entry);
             }
             result
         })
@@ -463,7 +462,8 @@ fn copy_for_verification(
         per_user: opts.copy_quota_mib << 20,
         used_by_user: cache.copies_held_by(opts.uid),
     };
-    let bytes = copy_image_objects(image_file, &opts.image, &entry.join(COPY_FILE), &limits)?;
+    let dest = prepare_copy_destination(entry, &opts.copy_dir)?;
+    let bytes = copy_image_objects(image_file, &opts.image, &dest, &limits)?;
     let after = image_file.metadata().context("reading image metadata")?;
     if !same_file_identity(&before, &after) {
         return Err(Error::image(format!(

@@ -29,6 +29,10 @@ pub const DEFAULT_CACHE_MAX_IMAGES_PER_USER: usize = 64;
 /// state directory (usually RAM) before verification, on every node of a
 /// job (docs/scale.md): bounded unless the admin says otherwise.
 pub const DEFAULT_COPY_LIMIT_MIB: u64 = 4096;
+/// Default of `--copy-dir` and the plugin's `copy_dir`: where those copies
+/// go, on the node's disk rather than in `state_dir` (a tmpfs, so RAM, on
+/// most nodes). Empty: in the cache entry under `state_dir`.
+pub const DEFAULT_COPY_DIR: &str = "/var/lib/sifrun/copies";
 
 /// The request: what one step's container needs on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
@@ -109,6 +113,10 @@ pub struct SetupArgs {
     /// no share).
     #[arg(long, default_value_t = 0, value_name = "MIB")]
     pub copy_quota_mib: u64,
+    /// Under an ECL: the directory for those copies (root-owned, created
+    /// 0700 when missing); empty: the cache entry under --state-dir.
+    #[arg(long, default_value = DEFAULT_COPY_DIR, value_name = "DIR")]
+    pub copy_dir: PathBuf,
     /// Give up (the process kills itself) after this many seconds (0: never).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub timeout_secs: u64,
@@ -166,6 +174,7 @@ impl SetupArgs {
             key_file: None,
             copy_limit_mib: DEFAULT_COPY_LIMIT_MIB,
             copy_quota_mib: 0,
+            copy_dir: PathBuf::from(DEFAULT_COPY_DIR),
             overlay_max_mib: crate::container::overlay_partition::DEFAULT_MAX_MIB,
             app: None,
             job_namespace: None,
@@ -222,6 +231,7 @@ impl SetupArgs {
         opt("restart-count", Some(self.restart_count.to_string()));
         opt("copy-limit-mib", Some(self.copy_limit_mib.to_string()));
         opt("copy-quota-mib", Some(self.copy_quota_mib.to_string()));
+        opt("copy-dir", Some(path(&self.copy_dir)));
         opt("overlay-max-mib", Some(self.overlay_max_mib.to_string()));
         opt("timeout-secs", Some(self.timeout_secs.to_string()));
         opt("gpus", (!self.gpus.is_empty()).then(|| list(&self.gpus)));
