@@ -137,6 +137,7 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     // A path only: the helper opens it as the job user.
     args.key_file = req.key_file.clone();
     args.app = req.app.clone();
+    args.entrypoint = req.entrypoint;
     args.set_job_namespace(user.job_namespace.clone());
     args
 }
@@ -338,6 +339,8 @@ mod tests {
             mount_home: Some(false),
             key_file: None,
             app: Some("hello".into()),
+            remap_root: false,
+            entrypoint: true,
         };
         let user = JobUser {
             uid: 1001,
@@ -372,6 +375,7 @@ mod tests {
         expected.gpus = vec![0, 1];
         expected.rdma = true;
         expected.app = Some("hello".into());
+        expected.entrypoint = true;
         expected.job_namespace = Some("/var/jc/42/.ns".into());
         assert_eq!(setup_request(&req, &user, &config), expected);
     }
@@ -423,6 +427,8 @@ mod tests {
                 mount_home: None,
                 key_file: None,
                 app: None,
+                remap_root: false,
+                entrypoint: false,
             },
             JobUser {
                 uid: 0,

@@ -17,6 +17,7 @@ pub mod config;
 pub mod helper;
 pub mod job_namespace;
 pub mod kept;
+pub mod remap_root;
 pub mod request;
 pub mod task_env;
 
@@ -48,6 +49,8 @@ struct SifrunPlugin {
     /// `Some` once a container was asked for: the ready container or the
     /// one-line reason it could not be built.
     setup: Option<Result<Container, String>>,
+    /// `--container-remap-root`: the step's user namespace.
+    remap_userns: Option<std::fs::File>,
 }
 
 /// Slurm's special step ids (slurm.h): the batch script, the extern step
@@ -90,6 +93,18 @@ fn options() -> Vec<SpankOption> {
         SpankOption::new(OPT_APP)
             .takes_value("NAME")
             .usage("[sifrun] give the tasks the environment of the image's SCIF app NAME"),
+        SpankOption::new(OPT_READONLY)
+            .usage("[sifrun] keep the container root read-only (the default)"),
+        SpankOption::new(OPT_REMAP_ROOT).usage(
+            "[sifrun] appear as root inside the container (a user namespace: no privilege on the host)",
+        ),
+        SpankOption::new(OPT_NO_REMAP_ROOT)
+            .usage("[sifrun] run as yourself inside the container (the default)"),
+        SpankOption::new(OPT_ENTRYPOINT).usage(
+            "[sifrun] run the image's OCI entrypoint once per node first; tasks get its environment",
+        ),
+        SpankOption::new(OPT_NO_ENTRYPOINT)
+            .usage("[sifrun] do not run the image's entrypoint (the default)"),
     ]
 }
 
@@ -236,14 +251,11 @@ unsafe impl Plugin for SifrunPlugin {
 
     fn init_post_opt(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         let remote = spank.context()? == Context::Remote;
-        let set_flags = [
-            request::OPT_WRITABLE,
-            request::OPT_MOUNT_HOME,
-            request::OPT_NO_MOUNT_HOME,
-        ]
-        .into_iter()
-        .filter(|f| spank.is_option_set(f))
-        .collect();
+        let set_flags = request::FLAGS
+            .iter()
+            .copied()
+            .filter(|f| spank.is_option_set(f))
+            .collect();
         let source = SpankSource {
             spank: &*spank,
             set_flags,
@@ -330,6 +342,19 @@ unsafe impl Plugin for SifrunPlugin {
             Some(Err(e)) => Err(format!("plugin configuration: {e}")),
             None => Err("plugin configuration missing".to_string()),
         };
+        // Made by root for the user (see remap_root): tasks join it last.
+        let setup = match setup {
+            Ok(container) if request.remap_root => {
+                match job_user(spank).and_then(|u| remap_root::user_namespace(u.uid, u.gid)) {
+                    Ok(ns) => {
+                        self.remap_userns = Some(ns);
+                        Ok(container)
+                    }
+                    Err(e) => Err(format!("--container-remap-root: {e}")),
+                }
+            }
+            other => other,
+        };
         let image = request.image.display().to_string();
         self.setup = Some(setup.map_err(|e| {
             // Most helper errors already start with the image path.
@@ -410,6 +435,12 @@ unsafe impl Plugin for SifrunPlugin {
                         fail_task(&format!("--container-workdir {}: {e}", dir.display()));
                     }
                     spank.setenv("PWD", dir.as_os_str(), true)?;
+                }
+                if let Some(userns) = &self.remap_userns {
+                    // Last, as the job user (Slurm dropped root already).
+                    if let Err(e) = remap_root::join(userns) {
+                        fail_task(&format!("--container-remap-root: {e}"));
+                    }
                 }
                 Ok(())
             }

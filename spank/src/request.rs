@@ -23,6 +23,26 @@ pub const OPT_NO_MOUNT_HOME: &str = "no-container-mount-home";
 pub const OPT_KEY_FILE: &str = "container-key-file";
 /// SCIF app of an Apptainer image (`apptainer exec --app NAME`).
 pub const OPT_APP: &str = "container-app";
+/// The explicit opposite of `--container-writable` (pyxis).
+pub const OPT_READONLY: &str = "container-readonly";
+/// The job user appears as root inside the container (pyxis).
+pub const OPT_REMAP_ROOT: &str = "container-remap-root";
+pub const OPT_NO_REMAP_ROOT: &str = "no-container-remap-root";
+/// Run the image's OCI entrypoint once per node before the tasks (pyxis).
+pub const OPT_ENTRYPOINT: &str = "container-entrypoint";
+pub const OPT_NO_ENTRYPOINT: &str = "no-container-entrypoint";
+
+/// Flag options (no value), for the plugin to ask Slurm about.
+pub const FLAGS: &[&str] = &[
+    OPT_WRITABLE,
+    OPT_READONLY,
+    OPT_MOUNT_HOME,
+    OPT_NO_MOUNT_HOME,
+    OPT_REMAP_ROOT,
+    OPT_NO_REMAP_ROOT,
+    OPT_ENTRYPOINT,
+    OPT_NO_ENTRYPOINT,
+];
 
 /// Environment variable that carries Slurm's built-in `--container` value.
 pub const SLURM_CONTAINER_ENV: &str = "SLURM_CONTAINER";
@@ -75,6 +95,11 @@ pub struct ContainerRequest {
     pub key_file: Option<PathBuf>,
     /// SCIF app whose environment the tasks get.
     pub app: Option<String>,
+    /// Each task sees its user as root (a user namespace of its own).
+    pub remap_root: bool,
+    /// The image's OCI entrypoint runs once per node, before the tasks,
+    /// which get the environment it leaves.
+    pub entrypoint: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,8 +108,8 @@ pub enum RequestError {
     BadMount { spec: String, why: String },
     #[error("--{option}: {why}")]
     BadValue { option: &'static str, why: String },
-    #[error("--container-mount-home and --no-container-mount-home both given")]
-    ConflictingHome,
+    #[error("--{0} and --{1} both given")]
+    Conflicting(&'static str, &'static str),
     #[error("image path {0:?} is relative and the job's working directory is unknown")]
     RelativeImage(String),
     #[error("--container-key-file {0:?} is relative and the job's working directory is unknown")]
@@ -122,6 +147,26 @@ fn parse_flag(src: &dyn OptionSource, name: &'static str) -> Result<Option<bool>
                 env_default_for(name)
             ),
         }),
+    }
+}
+
+/// A pair of opposite flags (`--X` / `--no-X`, `--container-writable` /
+/// `--container-readonly`): the command line decides when either is given
+/// (both is an error); otherwise `on`'s environment default, then `off`'s
+/// (negated); otherwise `None`, the admin's or built-in default.
+fn switch(
+    src: &dyn OptionSource,
+    on: &'static str,
+    off: &'static str,
+) -> Result<Option<bool>, RequestError> {
+    match (src.option(on).is_some(), src.option(off).is_some()) {
+        (true, true) => Err(RequestError::Conflicting(on, off)),
+        (true, false) => Ok(Some(true)),
+        (false, true) => Ok(Some(false)),
+        (false, false) => match parse_flag(src, on)? {
+            Some(value) => Ok(Some(value)),
+            None => Ok(parse_flag(src, off)?.map(|v| !v)),
+        },
     }
 }
 
@@ -220,16 +265,10 @@ impl ContainerRequest {
                 }
             })
             .transpose()?;
-        let writable = parse_flag(src, OPT_WRITABLE)?.unwrap_or(false);
-        let mount_home = match (
-            src.option(OPT_MOUNT_HOME).is_some(),
-            src.option(OPT_NO_MOUNT_HOME).is_some(),
-        ) {
-            (true, true) => return Err(RequestError::ConflictingHome),
-            (true, false) => Some(true),
-            (false, true) => Some(false),
-            (false, false) => parse_flag(src, OPT_MOUNT_HOME)?,
-        };
+        let writable = switch(src, OPT_WRITABLE, OPT_READONLY)?.unwrap_or(false);
+        let mount_home = switch(src, OPT_MOUNT_HOME, OPT_NO_MOUNT_HOME)?;
+        let remap_root = switch(src, OPT_REMAP_ROOT, OPT_NO_REMAP_ROOT)?.unwrap_or(false);
+        let entrypoint = switch(src, OPT_ENTRYPOINT, OPT_NO_ENTRYPOINT)?.unwrap_or(false);
 
         Ok(ContainerRequest {
             image: PathBuf::new(),
@@ -240,6 +279,8 @@ impl ContainerRequest {
             mount_home,
             key_file: None,
             app,
+            remap_root,
+            entrypoint,
         })
     }
 }
@@ -365,7 +406,7 @@ mod tests {
         src.options.insert(OPT_NO_MOUNT_HOME, "");
         assert_eq!(
             ContainerRequest::from_source(&src, true),
-            Err(RequestError::ConflictingHome)
+            Err(RequestError::Conflicting(OPT_MOUNT_HOME, OPT_NO_MOUNT_HOME))
         );
         let src = with_env(&[
             ("SLURM_CONTAINER", "/a.sif"),
@@ -373,6 +414,47 @@ mod tests {
         ]);
         let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
         assert_eq!(req.mount_home, Some(false));
+    }
+
+    #[test]
+    fn pyxis_switches_command_line_over_environment() {
+        let image = ("SLURM_CONTAINER", "/a.sif");
+        // Off unless asked for.
+        let req = ContainerRequest::from_source(&with_env(&[image]), true)
+            .unwrap()
+            .unwrap();
+        assert!(!req.writable && !req.remap_root && !req.entrypoint);
+        // From the environment...
+        let src = with_env(&[
+            image,
+            ("SIFRUN_CONTAINER_REMAP_ROOT", "1"),
+            ("SIFRUN_CONTAINER_ENTRYPOINT", "yes"),
+            ("SIFRUN_CONTAINER_WRITABLE", "1"),
+        ]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert!(req.writable && req.remap_root && req.entrypoint);
+        // ...and the command line wins over it, in both directions.
+        let mut src = src;
+        src.options.insert(OPT_READONLY, "");
+        src.options.insert(OPT_NO_REMAP_ROOT, "");
+        src.options.insert(OPT_NO_ENTRYPOINT, "");
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert!(!req.writable && !req.remap_root && !req.entrypoint);
+        // The opposite's variable counts, negated, when the flag's is unset.
+        let src = with_env(&[image, ("SIFRUN_CONTAINER_READONLY", "0")]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert!(req.writable);
+        // Both of a pair on the command line is an error naming both.
+        let mut src = with_env(&[image]);
+        src.options.insert(OPT_WRITABLE, "");
+        src.options.insert(OPT_READONLY, "");
+        let e = ContainerRequest::from_source(&src, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--container-writable and --container-readonly both given"
+        );
+        let src = with_env(&[image, ("SIFRUN_CONTAINER_REMAP_ROOT", "maybe")]);
+        assert!(ContainerRequest::from_source(&src, true).is_err());
     }
 
     #[test]

@@ -52,6 +52,33 @@ if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif && -f $APP_SRC/apps.sif && -
     secure --container="$APPT/overlay-unsigned.sif" cat /opt/data/x.txt
     check "under an ECL, an image with an unsigned overlay partition is refused" refused overlay-unsigned.sif unsigned
 
+    # --container-entrypoint (pyxis' semantics): the image's OCI
+    # entrypoint runs once per node before the tasks, which get what it
+    # exported.
+    if [[ -f $APP_SRC/entry.sif ]]; then
+        cp "$APP_SRC/entry.sif" "$APPT/"; chmod 644 "$APPT/entry.sif"
+        mkdir -p "$APPT/entry-log"; chown "$TEST_USER" "$APPT/entry-log"; rm -f "$APPT/entry-log/ran"
+        run srun -N2 -n4 --container="$APPT/entry.sif" --container-entrypoint \
+            --container-mounts="$APPT/entry-log:/entry-log" sh -c 'echo "$ENTRY_VAR|$IMG_VAR"'
+        LAST+=" | entrypoint ran on: $(sort "$APPT/entry-log/ran" 2>/dev/null | tr '\n' ' ')"
+        check "--container-entrypoint: the entrypoint ran once per node and every rank has what it exported" \
+            test "$LAST" = "$(printf 'set-by-entrypoint|entry saw from-image\n%.0s' 1 2 3 4) | entrypoint ran on: node1 node2 "
+        run srun -N1 --container="$APPT/entry.sif" sh -c 'echo "${ENTRY_VAR-unset}|$IMG_VAR"'
+        check "without --container-entrypoint the entrypoint does not run (the image's own variables stay)" \
+            test "$LAST" = "unset|from-image"
+        LAST=$(as_user env SIFRUN_CONTAINER_ENTRYPOINT=1 timeout 60 srun -N1 --container="$APPT/entry.sif" \
+            sh -c 'echo "$ENTRY_VAR"' 2>&1)
+        check "SIFRUN_CONTAINER_ENTRYPOINT=1 in the job's environment asks for it too" test "$LAST" = "set-by-entrypoint"
+        run srun -N1 --container="$APPT/docker.sif" --container-entrypoint true
+        check "an entrypoint that never runs its arguments fails the step in one line that says so" \
+            bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"ended without running the command it was given"* && "$1" == *"myprog: MYVAR="* ]]' _ "$LAST"
+        run srun -N1 --container="$APPT/def.sif" --container-entrypoint true
+        check "--container-entrypoint on an image with a hand-written runscript is refused in one line" \
+            bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"is not an OCI entrypoint"* ]]' _ "$LAST"
+    else
+        fail "--container-entrypoint" "no entry.sif in $APP_SRC (run ci/build-apptainer-images again)"
+    fi
+
     # A hostile image: its environment script hangs. The step fails with
     # one line after the evaluation's time limit, nothing is left behind.
     mkdir -p "$APPT/hang-root"; cp -a "$WORK/rootfs/." "$APPT/hang-root/"

@@ -41,6 +41,29 @@ check "container root is read-only" grep -q "Read-only file system" <<<"$LAST"
 run srun -N1 --container="$IMG" --container-writable sh -c 'awk "\$5 == \"/\" {print \$6}" /proc/self/mountinfo'
 check "--container-writable makes the root writable" grep -q "^rw" <<<"$LAST"
 
+# --container-readonly (pyxis): the explicit opposite, over the environment.
+LAST=$(as_user env SIFRUN_CONTAINER_WRITABLE=1 timeout 60 srun -N1 --container="$IMG" --container-readonly \
+    sh -c 'touch /probe 2>&1' 2>&1)
+check "--container-readonly wins over SIFRUN_CONTAINER_WRITABLE=1 in the environment" \
+    grep -q "Read-only file system" <<<"$LAST"
+run srun -N1 --container="$IMG" --container-writable --container-readonly sh -c 'echo RAN'
+check "--container-writable with --container-readonly is one error line, nothing runs" \
+    bash -c '[[ $(grep -c "sifrun: --container-writable and --container-readonly both given" <<<"$1") -eq 1 && "$1" != *RAN* ]]' _ "$LAST"
+
+# --container-remap-root (pyxis): root inside a user namespace of the task,
+# the job user on the host, and no privilege gained.
+mkdir -p "$WORK/remap" "$WORK/remap-root-owned"; chown "$TEST_USER" "$WORK/remap"; chmod 755 "$WORK/remap-root-owned"
+rm -f "$WORK/remap"/*
+run srun -N2 -n4 --container="$IMG" --container-remap-root --container-mounts="$WORK/remap:/remap" \
+    sh -c 'echo "$(id -u) $(awk "{print \$1, \$2, \$3}" /proc/self/uid_map)"; touch /remap/made-by-$SLURM_PROCID'
+LAST+=" | on the host: $(stat -c %u "$WORK/remap"/made-by-* 2>/dev/null | sort -u | tr '\n' ' ')"
+check "--container-remap-root: id -u is 0 in every task, mapped from the job user; its files are the user's on the host" \
+    test "$LAST" = "$(printf "0 0 $TEST_UID 1\n%.0s" 1 2 3 4) | on the host: $TEST_UID "
+run srun -N1 --container="$IMG" --container-remap-root --container-mounts="$WORK/remap-root-owned:/rootowned" \
+    sh -c 'touch /rootowned/x 2>&1; grep NoNewPrivs /proc/self/status'
+check "... and gives no privilege: a root-owned host directory stays closed, no_new_privs stays set" \
+    bash -c '[[ "$1" == *"Permission denied"* && "$1" == *"NoNewPrivs:	1"* && ! -e $2/x ]]' _ "$LAST" "$WORK/remap-root-owned"
+
 run srun -N2 -n8 --container="$IMG" sh -c 'echo $SLURMD_NODENAME $(readlink /proc/self/ns/mnt)'
 check "8 tasks on 2 nodes: one mount namespace per node" \
     test "$(sort -u <<<"$LAST" | wc -l)" -eq 2

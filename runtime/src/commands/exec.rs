@@ -524,7 +524,7 @@ impl Launch<'_> {
         let mut env = self.env;
         if image_env::has_scripts() || self.app.is_some() {
             env.image
-                .extend(image_env::evaluate(self.spec, self.app.as_ref())?);
+                .extend(image_env::evaluate(self.spec, self.app.as_ref(), false)?);
         }
         let env = env.build(&self.spec.identity);
         let argv = self.target.argv(self.app.as_ref())?;

@@ -44,8 +44,8 @@ const MAX_OUTPUT: usize = 1 << 20;
 /// Sources the scripts the way Apptainer's action script does (name
 /// order; after the Docker file, the default PATH entries it lacks are
 /// appended), with the scripts' own output sent to stderr, then prints the
-/// exported variables on the original stdout.
-const SCRIPT: &str = r#"exec 3>&1 1>&2
+/// exported variables on the original stdout (fd 3: see [`script`]).
+const SOURCE_SCRIPTS: &str = r#"exec 3>&1 1>&2
 __sifrun_fixpath() {
     for __d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
         case ":$PATH:" in *":$__d:"*) ;; *) PATH="${PATH:+$PATH:}$__d" ;; esac
@@ -61,8 +61,43 @@ for __f in /.singularity.d/env/*.sh; do
     esac
 done
 unset __f __d
-export -p >&3
 "#;
+
+/// [`SOURCE_SCRIPTS`], then the exported variables printed on fd 3: by the
+/// shell itself, or (`entrypoint`) by a command the image's entrypoint is
+/// given to run once it has done its work.
+fn script(entrypoint: bool) -> String {
+    if entrypoint {
+        // No quotes or `$` in the command: Apptainer's runscript passes
+        // its arguments through `eval` inside double quotes.
+        format!(
+            "{SOURCE_SCRIPTS}exec {RUNSCRIPT} /bin/sh -c 'export -p >&3; echo {ENTRYPOINT_DONE} >&3'\n"
+        )
+    } else {
+        format!("{SOURCE_SCRIPTS}export -p >&3\n")
+    }
+}
+
+/// Where Apptainer keeps an image's runscript. For an image built from an
+/// OCI (Docker) image it runs the image's ENTRYPOINT (and CMD) with its
+/// arguments, and the ENTRYPOINT of a well-behaved image ends with
+/// `exec "$@"`.
+pub const RUNSCRIPT: &str = "/.singularity.d/runscript";
+
+/// What marks a runscript Apptainer wrote for an OCI image.
+const OCI_MARK: &str = "OCI_ENTRYPOINT=";
+
+/// How long an entrypoint may take (`--container-entrypoint`): they set up
+/// the environment, sometimes a few files, and then run their arguments.
+pub const ENTRYPOINT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The last line our command prints once the entrypoint ran it: without
+/// it, the entrypoint ended on its own and never ran its arguments.
+const ENTRYPOINT_DONE: &str = "__sifrun_entrypoint_ran_its_arguments";
+
+/// Exit status of the evaluating child when `--container-entrypoint` cannot
+/// be honoured; its last stderr line says why.
+const ENTRYPOINT_REFUSED: i32 = 4;
 
 /// Exit status of the evaluating child when the app asked for cannot be
 /// used (not in the image, or no shell to source it with); its last
@@ -95,19 +130,48 @@ pub fn has_scripts() -> bool {
 /// `APPTAINER_APPNAME`) naming it, as under Apptainer, so the image's
 /// `95-apps.sh` adds the app's environment; an app the image lacks is a
 /// usage error naming the apps it has.
-pub fn evaluate(spec: &ContainerSpec, app: Option<&AppName>) -> Result<Vec<(String, String)>> {
-    let what = format!("the image's environment scripts ({ENV_DIR})");
+///
+/// With `entrypoint` (`--container-entrypoint`, pyxis' semantics), the
+/// image's OCI entrypoint then runs, through Apptainer's runscript, as the
+/// same user in the same child, given a command that prints the
+/// environment it was started with: what the entrypoint exported is what
+/// the tasks get. It runs once per container (not per task) and its output
+/// is not shown; it has [`ENTRYPOINT_TIMEOUT`]. Images whose runscript is
+/// not Apptainer's OCI one are refused: a hand-written runscript is the
+/// application itself, not something to run before it.
+pub fn evaluate(
+    spec: &ContainerSpec,
+    app: Option<&AppName>,
+    entrypoint: bool,
+) -> Result<Vec<(String, String)>> {
+    let what = if entrypoint {
+        format!("the image's entrypoint ({RUNSCRIPT})")
+    } else {
+        format!("the image's environment scripts ({ENV_DIR})")
+    };
     let bounds = Bounds {
-        timeout: TIMEOUT,
+        timeout: if entrypoint {
+            ENTRYPOINT_TIMEOUT
+        } else {
+            TIMEOUT
+        },
         max_stdout: MAX_OUTPUT,
     };
     let done = user_child::run(spec, Path::new("/"), &what, bounds, &[], || {
-        evaluate_as_user(spec, app)
+        evaluate_as_user(spec, app, entrypoint)
     })?;
     if done.status != 0 {
         let last_line = done.last_error_line();
         if done.status == APP_REFUSED && app.is_some() {
             if let Some(line) = last_line.as_ref().filter(|l| l.starts_with("SCIF app ")) {
+                return Err(Error::usage(line.clone()));
+            }
+        }
+        if done.status == ENTRYPOINT_REFUSED && entrypoint {
+            if let Some(line) = last_line
+                .as_ref()
+                .filter(|l| l.starts_with("--container-entrypoint"))
+            {
                 return Err(Error::usage(line.clone()));
             }
         }
@@ -117,7 +181,16 @@ pub fn evaluate(spec: &ContainerSpec, app: Option<&AppName>) -> Result<Vec<(Stri
             done.status
         )));
     }
-    Ok(parse_export_p(&String::from_utf8_lossy(&done.stdout))
+    let text = String::from_utf8_lossy(&done.stdout);
+    if entrypoint && text.lines().last() != Some(ENTRYPOINT_DONE) {
+        return Err(Error::image(format!(
+            "--container-entrypoint: the image's entrypoint ended without running the command it was given (an entrypoint for this option must end with exec \"$@\"){}",
+            done.last_error_line()
+                .map(|l| format!("; its last line: {l}"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(parse_export_p(&text)
         .into_iter()
         .filter(|(name, _)| !SHELL_OWNED.contains(&name.as_str()) && !name.starts_with("__"))
         .collect())
@@ -126,11 +199,19 @@ pub fn evaluate(spec: &ContainerSpec, app: Option<&AppName>) -> Result<Vec<(Stri
 /// In the [`user_child`], already the user: the app check, then the
 /// image's `/bin/sh` over the scripts or, in an image without one,
 /// [`subset`]. Returns the exit status (or execs).
-fn evaluate_as_user(spec: &ContainerSpec, app: Option<&AppName>) -> i32 {
+fn evaluate_as_user(spec: &ContainerSpec, app: Option<&AppName>, entrypoint: bool) -> i32 {
     let refuse = |status: i32, why: &str| {
         eprintln!("{why}");
         status
     };
+    if entrypoint {
+        if let Err(why) = check_oci_runscript() {
+            return refuse(
+                ENTRYPOINT_REFUSED,
+                &format!("--container-entrypoint: {why}"),
+            );
+        }
+    }
     if let Some(app) = app {
         if !app.root().is_dir() {
             return refuse(APP_REFUSED, &scif::missing_line(app));
@@ -162,7 +243,7 @@ fn evaluate_as_user(spec: &ContainerSpec, app: Option<&AppName>) -> i32 {
         let argv = [
             c"sh".to_owned(),
             c"-c".to_owned(),
-            CString::new(SCRIPT).unwrap_or_default(),
+            CString::new(script(entrypoint)).unwrap_or_default(),
         ];
         let e = nix::unistd::execve(c"/bin/sh", &argv, &envp).unwrap_err();
         return refuse(126, &format!("executing /bin/sh: {}", e.desc()));
@@ -181,6 +262,25 @@ fn evaluate_as_user(spec: &ContainerSpec, app: Option<&AppName>) -> i32 {
         }
         Err(why) => refuse(126, &format!("the image has no /bin/sh and {why}")),
     }
+}
+
+/// Inside the container, as the user: the image has Apptainer's runscript
+/// for an OCI image (and a shell to run it with).
+fn check_oci_runscript() -> std::result::Result<(), String> {
+    use std::io::Read;
+    let file = std::fs::File::open(RUNSCRIPT)
+        .map_err(|e| format!("the image has no runscript ({RUNSCRIPT}: {e})"))?;
+    let mut text = String::new();
+    let _ = file.take(MAX_OUTPUT as u64).read_to_string(&mut text);
+    if !text.lines().any(|l| l.trim_start().starts_with(OCI_MARK)) {
+        return Err(format!(
+            "{RUNSCRIPT} is not an OCI entrypoint (the image was not built from a container image): run it as the command instead (srun --container=IMAGE {RUNSCRIPT} ARGS)"
+        ));
+    }
+    if !Path::new("/bin/sh").exists() {
+        return Err("the image has no /bin/sh to run its runscript with".into());
+    }
+    Ok(())
 }
 
 /// Parses what a POSIX shell's `export -p` prints: one `export NAME=WORD`

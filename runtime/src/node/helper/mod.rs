@@ -678,14 +678,21 @@ fn build_in_new_namespace(
         .as_deref()
         .map(|a| AppName::parse(a, "--container-app"))
         .transpose()?;
-    let script_env = if image_env::has_scripts() || app.is_some() {
+    // With --container-entrypoint the image's entrypoint runs after them,
+    // in the same child, and what it exports is the tasks' (pyxis' rule).
+    let script_env = if image_env::has_scripts() || app.is_some() || opts.entrypoint {
         let started = std::time::Instant::now();
-        let vars = image_env::evaluate(&spec, app.as_ref())?;
+        let vars = image_env::evaluate(&spec, app.as_ref(), opts.entrypoint)?;
         // To the slurmd log (the plugin logs the helper's stderr).
         eprintln!(
-            "image environment: {} variables from {} in {:.1} ms",
+            "image environment: {} variables from {}{} in {:.1} ms",
             vars.len(),
             image_env::ENV_DIR,
+            if opts.entrypoint {
+                " and the entrypoint"
+            } else {
+                ""
+            },
             started.elapsed().as_secs_f64() * 1000.0
         );
         vars

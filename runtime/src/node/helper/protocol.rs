@@ -113,6 +113,10 @@ pub struct SetupArgs {
     /// no share).
     #[arg(long, default_value_t = 0, value_name = "MIB")]
     pub copy_quota_mib: u64,
+    /// Run the image's OCI entrypoint once, before the tasks, and give them
+    /// the environment it leaves (`--container-entrypoint`).
+    #[arg(long)]
+    pub entrypoint: bool,
     /// Under an ECL: the directory for those copies (root-owned, created
     /// 0700 when missing); empty: the cache entry under --state-dir.
     #[arg(long, default_value = DEFAULT_COPY_DIR, value_name = "DIR")]
@@ -175,6 +179,7 @@ impl SetupArgs {
             copy_limit_mib: DEFAULT_COPY_LIMIT_MIB,
             copy_quota_mib: 0,
             copy_dir: PathBuf::from(DEFAULT_COPY_DIR),
+            entrypoint: false,
             overlay_max_mib: crate::container::overlay_partition::DEFAULT_MAX_MIB,
             app: None,
             job_namespace: None,
@@ -243,6 +248,7 @@ impl SetupArgs {
             ("--no-home", self.no_home),
             ("--writable-tmpfs", self.writable_tmpfs),
             ("--no-gpu-driver", self.no_gpu_driver),
+            ("--entrypoint", self.entrypoint),
             ("--rdma", self.rdma),
             ("--in-job-namespace", self.in_job_namespace),
             ("--keep", self.keep),
@@ -395,6 +401,7 @@ mod tests {
         a.restart_count = 3;
         a.gpus = vec![0, 1];
         a.no_gpu_driver = true;
+        a.entrypoint = true;
         a.gpu_list = Some("/etc/nvliblist.conf".into());
         a.rdma = true;
         a.key_file = Some("/home/u/key.pem".into());
