@@ -35,6 +35,9 @@ pub struct Config {
     /// Keep a step's container for the job's later steps on the node that
     /// ask for the same one (see `node::kept_containers`).
     pub keep_containers: bool,
+    /// Set PyTorch's distributed variables (RANK, WORLD_SIZE,
+    /// MASTER_ADDR, ...) from Slurm's in every container task.
+    pub pytorch_env: bool,
     /// Site file of per-partition execution control lists (see
     /// `sifrun ecl check`); none: any image the user can read runs.
     pub ecl_config: Option<PathBuf>,
@@ -84,6 +87,7 @@ impl Default for Config {
             use_builtin_container_option: true,
             cache_idle_secs: protocol::DEFAULT_CACHE_IDLE_SECS,
             keep_containers: true,
+            pytorch_env: false,
             ecl_config: None,
             slurm_conf: PathBuf::from("/etc/slurm/slurm.conf"),
             gpus: true,
@@ -167,6 +171,7 @@ impl Config {
             "state_dir" => self.state_dir = PathBuf::from(value),
             "mount_home" => self.mount_home = parse_bool(value)?,
             "keep_containers" => self.keep_containers = parse_bool(value)?,
+            "pytorch_env" => self.pytorch_env = parse_bool(value)?,
             "use_builtin_container_option" => {
                 self.use_builtin_container_option = parse_bool(value)?
             }

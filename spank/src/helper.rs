@@ -12,7 +12,7 @@
 use crate::config::Config;
 use crate::request::ContainerRequest;
 use nix::fcntl::{Flock, FlockArg};
-use sifrun_runtime::container::namespaces::open_mount_namespace;
+use sifrun_runtime::container::namespaces::{open_mount_namespace, open_namespace, Unshared};
 use sifrun_runtime::node::helper::protocol::{SetupArgs, SetupReport, MAX_REPORT_LINE};
 use sifrun_runtime::node::job_namespace::JobNamespace;
 use sifrun_runtime::node::kept_containers::{KeptContainers, KeptLease};
@@ -84,6 +84,9 @@ pub struct JobUser {
 #[derive(Debug)]
 pub struct Container {
     pub mount_ns: File,
+    /// The container's other namespaces (`--container-unshare`), joined
+    /// after the mount namespace.
+    pub other_ns: Vec<(Unshared, File)>,
     pub image_env: Vec<(String, String)>,
     /// Shared lock on the node cache entry: keeps the image mounted while
     /// the step runs, released by the kernel when slurmstepd exits (even if
@@ -138,6 +141,8 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     args.key_file = req.key_file.clone();
     args.app = req.app.clone();
     args.entrypoint = req.entrypoint;
+    args.unshare = req.unshare.clone();
+    args.name = req.name.as_ref().map(|n| n.name.clone());
     args.set_job_namespace(user.job_namespace.clone());
     args
 }
@@ -176,6 +181,12 @@ pub fn build_container(
             None => None,
         };
         let mount_ns = open_mount_namespace(child.id());
+        let other_ns = req
+            .unshare
+            .iter()
+            .filter_map(|name| Unshared::parse(name))
+            .map(|kind| open_namespace(child.id(), kind).map(|ns| (kind, ns)))
+            .collect::<Result<Vec<_>, _>>();
         if let Some(dir) = report
             .staging
             .as_deref()
@@ -190,6 +201,7 @@ pub fn build_container(
         };
         Ok(Container {
             mount_ns: mount_ns?,
+            other_ns: other_ns?,
             image_env: report.env,
             cache_lease,
             env_append: report.env_append,
@@ -341,6 +353,8 @@ mod tests {
             app: Some("hello".into()),
             remap_root: false,
             entrypoint: true,
+            unshare: vec!["net".into()],
+            name: None,
         };
         let user = JobUser {
             uid: 1001,
@@ -376,6 +390,7 @@ mod tests {
         expected.rdma = true;
         expected.app = Some("hello".into());
         expected.entrypoint = true;
+        expected.unshare = vec!["net".into()];
         expected.job_namespace = Some("/var/jc/42/.ns".into());
         assert_eq!(setup_request(&req, &user, &config), expected);
     }
@@ -429,6 +444,8 @@ mod tests {
                 app: None,
                 remap_root: false,
                 entrypoint: false,
+                unshare: vec![],
+                name: None,
             },
             JobUser {
                 uid: 0,

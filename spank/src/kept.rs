@@ -25,7 +25,7 @@ use sifrun_runtime::process::wait_readable;
 
 use crate::config::Config;
 use crate::helper::{setup_request, Container, JobUser};
-use crate::request::ContainerRequest;
+use crate::request::{ContainerRequest, NameMode};
 
 /// The kept container this step asks for, joined; `None` when there is
 /// none to join (the caller starts the helper).
@@ -55,12 +55,72 @@ pub fn join(
     phases.mark("kept container found");
     Some(Container {
         mount_ns,
+        other_ns: Vec::new(),
         image_env: record.env,
         cache_lease: None,
         env_append: record.env_append,
         kept_lease: Some(lease),
         reused: true,
     })
+}
+
+/// The container named by `--container-name` in this job on this node,
+/// joined (`Some`), or `None` when the helper is to make it. Errors are the
+/// step's one line: no such container when one must exist (`:exec`, or no
+/// image given to make it), one exists with `:create`, it was made from
+/// another image than the one given, or the job user can no longer read
+/// its image (checked at every step, as for every container).
+pub fn join_named(
+    req: &ContainerRequest,
+    user: &JobUser,
+    config: &Config,
+    node: &str,
+    phases: &mut Phases,
+) -> Result<Option<Container>, String> {
+    let Some(name) = &req.name else {
+        return Ok(None);
+    };
+    let said = |why: String| format!("--container-name={}: {why}", name.name);
+    let key = kept_containers::named_key(user.job_id, node, user.uid, &name.name);
+    let kept =
+        KeptContainers::open(&config.state_dir).map_err(|e| said(e.message().to_string()))?;
+    let no_image = req.image.as_os_str().is_empty();
+    let (lease, record, mount_ns) = match (kept.find(&key).ok().flatten(), name.mode) {
+        (None, NameMode::Exec) => {
+            return Err(said("no such container in this job on this node".into()))
+        }
+        (None, _) if no_image => return Err(said(
+            "no such container in this job on this node yet: give --container=IMAGE.sif to make it"
+                .into(),
+        )),
+        (None, _) => return Ok(None),
+        (Some(_), NameMode::Create) => {
+            return Err(said(
+                "a container of that name exists in this job on this node already".into(),
+            ))
+        }
+        (Some(found), _) => found,
+    };
+    let image = record.named_image.clone().unwrap_or_default();
+    if !no_image && req.image != image {
+        return Err(said(format!(
+            "it was made from {}, not {}",
+            image.display(),
+            req.image.display()
+        )));
+    }
+    identity_as_user(&image, user, config.setup_timeout())
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+    phases.mark("named container found");
+    Ok(Some(Container {
+        mount_ns,
+        other_ns: Vec::new(),
+        image_env: record.env,
+        cache_lease: None,
+        env_append: record.env_append,
+        kept_lease: Some(lease),
+        reused: true,
+    }))
 }
 
 fn zeroed_stat() -> libc::stat {
@@ -132,7 +192,9 @@ const REPORT_LEN: usize = 4 + 7 * 8;
 fn decode(buf: &[u8; REPORT_LEN]) -> Result<FileIdentity, String> {
     let errno = i32::from_ne_bytes(buf[..4].try_into().unwrap_or_default());
     if errno != 0 {
-        return Err(std::io::Error::from_raw_os_error(errno).to_string());
+        return Err(sifrun_runtime::node::credentials::reason(
+            &std::io::Error::from_raw_os_error(errno),
+        ));
     }
     let mut fields = [0u64; 7];
     for (i, f) in fields.iter_mut().enumerate() {

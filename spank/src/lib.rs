@@ -17,6 +17,7 @@ pub mod config;
 pub mod helper;
 pub mod job_namespace;
 pub mod kept;
+pub mod pytorch_env;
 pub mod remap_root;
 pub mod request;
 pub mod task_env;
@@ -24,7 +25,7 @@ pub mod task_env;
 use config::Config;
 use helper::{Container, JobUser};
 use request::{ContainerRequest, OptionSource};
-use sifrun_runtime::container::namespaces::join_mount_namespace;
+use sifrun_runtime::container::namespaces::{join_mount_namespace, join_namespace};
 use sifrun_runtime::node::helper::TIMING_PREFIX;
 use sifrun_runtime::node::kept_containers::KeptContainers;
 use sifrun_runtime::phases::Phases;
@@ -105,6 +106,12 @@ fn options() -> Vec<SpankOption> {
         ),
         SpankOption::new(OPT_NO_ENTRYPOINT)
             .usage("[sifrun] do not run the image's entrypoint (the default)"),
+        SpankOption::new(OPT_NAME)
+            .takes_value("NAME[:auto|create|exec]")
+            .usage("[sifrun] keep the container under NAME for the job's later steps, which join it"),
+        SpankOption::new(OPT_UNSHARE)
+            .takes_value("NS,...")
+            .usage("[sifrun] give the container its own namespaces: net (loopback only), ipc, uts"),
     ]
 }
 
@@ -221,6 +228,12 @@ fn fail_task(msg: &str) -> ! {
     unsafe { libc::_exit(1) }
 }
 
+/// [`fail_task`] without the line (another task of the node says it).
+fn fail_task_quietly() -> ! {
+    // SAFETY: as in fail_task: ends this forked task at once.
+    unsafe { libc::_exit(1) }
+}
+
 // SAFETY: the plugin starts no thread in slurmstepd: the callbacks that
 // run in forked tasks (task_init_privileged, task_init) find only the
 // state slurmstepd itself set up, and take no lock another thread could
@@ -312,7 +325,12 @@ unsafe impl Plugin for SifrunPlugin {
                     &node_name()?,
                 )?;
                 phases.mark("job and node settings");
-                let kept = kept::join(&request, &user, config, &node_name()?, &mut phases);
+                let kept = match &request.name {
+                    Some(_) => {
+                        kept::join_named(&request, &user, config, &node_name()?, &mut phases)?
+                    }
+                    None => kept::join(&request, &user, config, &node_name()?, &mut phases),
+                };
                 if kept.is_none() {
                     phases.mark("no kept container");
                 }
@@ -324,7 +342,8 @@ unsafe impl Plugin for SifrunPlugin {
                         config,
                         &mut log_helper_line,
                         &mut phases,
-                    ),
+                    )
+                    .map_err(|e| e.to_string()),
                 };
                 spank_log_verbose!(
                     "sifrun: container for {} ready in {} ms{}",
@@ -337,7 +356,7 @@ unsafe impl Plugin for SifrunPlugin {
                 );
                 spank_log_debug!("sifrun: step setup timing: {}", phases.line());
                 // Rendered here: this line is what srun shows.
-                c.map_err(|e| e.to_string())
+                c
             }),
             Some(Err(e)) => Err(format!("plugin configuration: {e}")),
             None => Err("plugin configuration missing".to_string()),
@@ -381,6 +400,11 @@ unsafe impl Plugin for SifrunPlugin {
         if let Err(e) = join_mount_namespace(&container.mount_ns) {
             fail_task(&format!("joining the container failed: {e}"));
         }
+        for (kind, ns) in &container.other_ns {
+            if let Err(e) = join_namespace(ns, *kind) {
+                fail_task(&format!("joining the container failed: {e}"));
+            }
+        }
         if let Err(e) = nix::sys::prctl::set_no_new_privs() {
             fail_task(&format!("PR_SET_NO_NEW_PRIVS failed: {}", e.desc()));
         }
@@ -390,6 +414,10 @@ unsafe impl Plugin for SifrunPlugin {
     fn task_init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         match &self.setup {
             None => Ok(()),
+            // One line per node, not per task: with 1,000 ranks the user
+            // would get 1,000 copies. The node's first task says it; the
+            // others end without a word (srun counts them all).
+            Some(Err(_)) if spank.task_id().is_ok_and(|id| id != 0) => fail_task_quietly(),
             Some(Err(msg)) => fail_task(msg),
             Some(Ok(container)) => {
                 let job_env = |name: &str| spank.getenv(name).ok().flatten();
@@ -428,6 +456,11 @@ unsafe impl Plugin for SifrunPlugin {
                     spank.setenv(name, value, true)?;
                 }
                 spank.setenv("SIFRUN_CONTAINER", "1", true)?;
+                if matches!(&self.config, Some(Ok(c)) if c.pytorch_env) {
+                    for (k, v) in pytorch_env::pytorch_vars(&job_env) {
+                        spank.setenv(k, v, false)?;
+                    }
+                }
                 if let Some(dir) = self.request.as_ref().and_then(|r| r.workdir.as_ref()) {
                     // As the job user, inside the container: the helper has
                     // checked that the directory exists in the image.

@@ -7,6 +7,7 @@
 use sifrun_runtime::container::env::is_valid_name;
 use sifrun_runtime::container::image_env::scif::AppName;
 use sifrun_runtime::container::mount::rootfs::BindMount;
+use sifrun_runtime::container::namespaces::Unshared;
 use std::path::{Component, Path, PathBuf};
 
 /// Plugin-owned image option, for sites where Slurm's `--container` cannot
@@ -31,6 +32,67 @@ pub const OPT_NO_REMAP_ROOT: &str = "no-container-remap-root";
 /// Run the image's OCI entrypoint once per node before the tasks (pyxis).
 pub const OPT_ENTRYPOINT: &str = "container-entrypoint";
 pub const OPT_NO_ENTRYPOINT: &str = "no-container-entrypoint";
+/// Namespaces of the container's own besides the mount namespace (pyxis).
+pub const OPT_UNSHARE: &str = "container-unshare";
+/// A container kept by name for the job's later steps (pyxis).
+pub const OPT_NAME: &str = "container-name";
+
+/// What `--container-name=NAME[:MODE]` asks for when a container of that
+/// name exists (or not) in the job on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameMode {
+    /// Join it if it exists, else make it (pyxis' default).
+    Auto,
+    /// Make it; an error if it exists.
+    Create,
+    /// Join it; an error if it does not exist.
+    Exec,
+}
+
+/// `--container-name`'s value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerName {
+    pub name: String,
+    pub mode: NameMode,
+}
+
+impl ContainerName {
+    /// The longest name taken.
+    pub const MAX_LEN: usize = 64;
+
+    /// `NAME[:auto|create|exec]`; NAME is letters, digits, `_`, `-`, `.`
+    /// (not first).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let (name, mode) = match value.split_once(':') {
+            None => (value, NameMode::Auto),
+            Some((name, "auto")) => (name, NameMode::Auto),
+            Some((name, "create")) => (name, NameMode::Create),
+            Some((name, "exec")) => (name, NameMode::Exec),
+            Some((_, "no_exec")) => {
+                return Err("the no_exec mode is not offered: a container's files live in its namespace, which later steps join".into())
+            }
+            Some((_, other)) => {
+                return Err(format!("{other:?} is not a mode (auto, create, exec)"))
+            }
+        };
+        let ok = !name.is_empty()
+            && name.len() <= Self::MAX_LEN
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a container name (up to {} letters, digits, '_', '-', '.'; not starting with '.')",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(ContainerName {
+            name: name.to_string(),
+            mode,
+        })
+    }
+}
 
 /// Flag options (no value), for the plugin to ask Slurm about.
 pub const FLAGS: &[&str] = &[
@@ -58,15 +120,78 @@ pub fn env_default_for(option: &str) -> String {
     )
 }
 
-/// One `SRC[:DST[:ro|rw]]` entry of `--container-mounts`: the grammar of
-/// `sifrun --bind` (the helper parses it back with the same code), plus what
-/// root code must be able to rely on: both paths absolute, without `..`.
+/// Mount flags pyxis users write that change nothing here: binds are
+/// always recursive, `nosuid` and `nodev`, and never propagate back to the
+/// host.
+const IMPLIED_FLAGS: &[&str] = &[
+    "bind", "rbind", "nosuid", "nodev", "private", "rprivate", "slave", "rslave",
+];
+
+/// One `SRC[:DST[:FLAGS]]` entry of `--container-mounts` without a working
+/// directory to resolve a relative SRC against (see [`parse_mount_in`]).
 pub fn parse_mount(spec: &str) -> Result<BindMount, RequestError> {
+    parse_mount_in(spec, None)
+}
+
+/// One `SRC[:DST[:FLAGS]]` entry of `--container-mounts`, pyxis' grammar:
+/// FLAGS joined with `+` (`ro`, `rw`, and flags that change nothing here,
+/// [`IMPLIED_FLAGS`]); a relative SRC (`./data`) is taken from the job's
+/// working directory `cwd`, and DST defaults to SRC made absolute. What
+/// root code relies on afterwards: both paths absolute, without `..`; the
+/// entry renders as `sifrun --bind`'s `SRC:DST:ro|rw`, which the helper
+/// parses back with the same code.
+pub fn parse_mount_in(spec: &str, cwd: Option<&str>) -> Result<BindMount, RequestError> {
     let bad = |why: String| RequestError::BadMount {
         spec: spec.to_string(),
         why,
     };
-    let mount = BindMount::parse_unresolved(spec).map_err(|e| bad(e.message().to_string()))?;
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, dst, flags) = match parts.as_slice() {
+        [src] => (*src, None, None),
+        [src, dst] => (*src, Some(*dst), None),
+        [src, dst, flags] => (*src, Some(*dst), Some(*flags)),
+        _ => return Err(bad("expected SRC[:DST[:FLAGS]]".to_string())),
+    };
+    let mut read_only = None;
+    for flag in flags
+        .map(|f| f.split('+').collect())
+        .unwrap_or_else(Vec::new)
+    {
+        match flag {
+            "ro" | "rw" => {
+                if read_only.is_some_and(|ro| ro != (flag == "ro")) {
+                    return Err(bad("both ro and rw".to_string()));
+                }
+                read_only = Some(flag == "ro");
+            }
+            f if IMPLIED_FLAGS.contains(&f) => {}
+            f => {
+                return Err(bad(format!(
+                    "unknown flag {f:?} (ro, rw, or one of {})",
+                    IMPLIED_FLAGS.join(", ")
+                )))
+            }
+        }
+    }
+    let source = match (Path::new(src).is_absolute(), cwd) {
+        (false, Some(cwd)) if !src.is_empty() && cwd.starts_with('/') => {
+            // components() drops the `./` of `./data`.
+            Path::new(cwd)
+                .join(src)
+                .components()
+                .collect::<PathBuf>()
+                .display()
+                .to_string()
+        }
+        _ => src.to_string(),
+    };
+    let canonical = format!(
+        "{source}:{}:{}",
+        dst.unwrap_or(&source),
+        if read_only == Some(true) { "ro" } else { "rw" }
+    );
+    let mount =
+        BindMount::parse_unresolved(&canonical).map_err(|e| bad(e.message().to_string()))?;
     for path in [&mount.source, &mount.destination] {
         if !path.is_absolute() {
             return Err(bad("paths must be absolute".to_string()));
@@ -100,6 +225,11 @@ pub struct ContainerRequest {
     /// The image's OCI entrypoint runs once per node, before the tasks,
     /// which get the environment it leaves.
     pub entrypoint: bool,
+    /// `net`, `ipc`, `uts`: namespaces the container gets of its own.
+    pub unshare: Vec<String>,
+    /// `--container-name`: kept by name for the job's later steps. With a
+    /// name, `image` may be empty: the named container's.
+    pub name: Option<ContainerName>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,6 +280,27 @@ fn parse_flag(src: &dyn OptionSource, name: &'static str) -> Result<Option<bool>
     }
 }
 
+/// A comma-separated option's entries (none when it is not given). An
+/// empty value or an empty entry (`--container-env=`, `--container-env=A,`)
+/// is refused, as pyxis does: it is a typo more often than a wish.
+fn list(src: &dyn OptionSource, name: &'static str) -> Result<Vec<String>, RequestError> {
+    let Some(value) = src.option_or_env(name) else {
+        return Ok(Vec::new());
+    };
+    let entries: Vec<String> = value.split(',').map(str::to_string).collect();
+    if entries.iter().any(String::is_empty) {
+        return Err(RequestError::BadValue {
+            option: name,
+            why: if value.is_empty() {
+                "empty value".to_string()
+            } else {
+                format!("empty entry in {value:?}")
+            },
+        });
+    }
+    Ok(entries)
+}
+
 /// A pair of opposite flags (`--X` / `--no-X`, `--container-writable` /
 /// `--container-readonly`): the command line decides when either is given
 /// (both is an error); otherwise `on`'s environment default, then `off`'s
@@ -178,17 +329,27 @@ impl ContainerRequest {
         src: &dyn OptionSource,
         use_builtin: bool,
     ) -> Result<Option<ContainerRequest>, RequestError> {
-        let image = src.option_or_env(OPT_IMAGE).or_else(|| {
-            if use_builtin {
-                src.env(SLURM_CONTAINER_ENV).filter(|v| names_sif_image(v))
-            } else {
-                None
-            }
-        });
-        let Some(image) = image else {
-            return Ok(None);
+        // The command line first (--sif-image, then Slurm's --container,
+        // seen as SLURM_CONTAINER), then the environment default.
+        let image = src
+            .option(OPT_IMAGE)
+            .or_else(|| {
+                if use_builtin {
+                    src.env(SLURM_CONTAINER_ENV).filter(|v| names_sif_image(v))
+                } else {
+                    None
+                }
+            })
+            .or_else(|| {
+                src.env(&env_default_for(OPT_IMAGE))
+                    .filter(|v| !v.is_empty())
+            });
+        let image = match image {
+            Some(image) => absolute_image_path(image.trim(), src.env("PWD").as_deref())?,
+            // A named container may be asked for by its name alone.
+            None if src.option_or_env(OPT_NAME).is_some() => PathBuf::new(),
+            None => return Ok(None),
         };
-        let image = absolute_image_path(image.trim(), src.env("PWD").as_deref())?;
         let mut request = ContainerRequest::options_only(src)?;
         request.image = image;
         if let Some(key) = src.option_or_env(OPT_KEY_FILE) {
@@ -210,47 +371,29 @@ impl ContainerRequest {
     /// Parse and validate every option except the image. srun runs this
     /// before submitting, so a typo fails at once, with or without an image.
     pub fn options_only(src: &dyn OptionSource) -> Result<ContainerRequest, RequestError> {
-        let mounts = src
-            .option_or_env(OPT_MOUNTS)
-            .map(|v| {
-                v.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(parse_mount)
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let cwd = src.env("PWD");
+        let mounts = list(src, OPT_MOUNTS)?
+            .iter()
+            .map(|m| parse_mount_in(m, cwd.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
 
-        let workdir = match src.option_or_env(OPT_WORKDIR) {
-            None => None,
-            Some(dir) if dir.starts_with('/') => Some(PathBuf::from(dir)),
-            Some(dir) => {
-                return Err(RequestError::BadValue {
-                    option: OPT_WORKDIR,
-                    why: format!("{dir:?} is not an absolute path"),
-                })
-            }
-        };
+        let workdir = src
+            .option_or_env(OPT_WORKDIR)
+            .map(|dir| container_path(&dir));
 
-        let host_env = src
-            .option_or_env(OPT_ENV)
-            .map(|v| {
-                v.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|name| {
-                        if is_valid_name(name) {
-                            Ok(name.to_string())
-                        } else {
-                            Err(RequestError::BadValue {
-                                option: OPT_ENV,
-                                why: format!("{name:?} is not a variable name"),
-                            })
-                        }
+        let host_env = list(src, OPT_ENV)?
+            .into_iter()
+            .map(|name| {
+                if is_valid_name(&name) {
+                    Ok(name)
+                } else {
+                    Err(RequestError::BadValue {
+                        option: OPT_ENV,
+                        why: format!("{name:?} is not a variable name"),
                     })
-                    .collect::<Result<Vec<_>, _>>()
+                }
             })
-            .transpose()?
-            .unwrap_or_default();
+            .collect::<Result<Vec<_>, _>>()?;
 
         let app = src
             .option_or_env(OPT_APP)
@@ -263,6 +406,33 @@ impl ContainerRequest {
                         why: format!("{name:?} is not an app name ({})", AppName::ALLOWED),
                     })
                 }
+            })
+            .transpose()?;
+        let unshare = match src.option_or_env(OPT_UNSHARE) {
+            None => Vec::new(),
+            Some(list) => {
+                let mut kinds: Vec<String> = Vec::new();
+                for name in list.split(',') {
+                    if Unshared::parse(name).is_none() {
+                        return Err(RequestError::BadValue {
+                            option: OPT_UNSHARE,
+                            why: format!("{name:?} is not one of net, ipc, uts"),
+                        });
+                    }
+                    if !kinds.iter().any(|k| k == name) {
+                        kinds.push(name.to_string());
+                    }
+                }
+                kinds
+            }
+        };
+        let name = src
+            .option_or_env(OPT_NAME)
+            .map(|v| {
+                ContainerName::parse(&v).map_err(|why| RequestError::BadValue {
+                    option: OPT_NAME,
+                    why,
+                })
             })
             .transpose()?;
         let writable = switch(src, OPT_WRITABLE, OPT_READONLY)?.unwrap_or(false);
@@ -281,8 +451,27 @@ impl ContainerRequest {
             app,
             remap_root,
             entrypoint,
+            unshare,
+            name,
         })
     }
+}
+
+/// `--container-workdir` as pyxis takes it: a relative path is taken from
+/// the container's `/`, and `..` never climbs above it (`../x` is `/x`).
+/// The result is absolute and free of `.` and `..`.
+pub fn container_path(dir: &str) -> PathBuf {
+    let mut path = PathBuf::from("/");
+    for component in Path::new(dir).components() {
+        match component {
+            Component::Normal(name) => path.push(name),
+            Component::ParentDir => {
+                path.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    path
 }
 
 /// A relative image path resolves against the job's working directory.
@@ -383,6 +572,30 @@ mod tests {
     }
 
     #[test]
+    fn pyxis_mount_grammar_relative_sources_and_flags() {
+        let m = parse_mount_in("./data:/data:ro+rprivate", Some("/home/u/run")).unwrap();
+        assert_eq!(m.to_spec(), "/home/u/run/data:/data:ro");
+        let m = parse_mount_in("file", Some("/home/u")).unwrap();
+        assert_eq!(m.to_spec(), "/home/u/file:/home/u/file");
+        let m = parse_mount_in("/a:/b:rbind+nosuid", None).unwrap();
+        assert!(!m.read_only);
+        for spec in ["/a:/b:ro+rw", "/a:/b:ro+exec", "../x:/x", "./x:/x"] {
+            assert!(
+                parse_mount_in(
+                    spec,
+                    if spec.starts_with("./") {
+                        None
+                    } else {
+                        Some("/h")
+                    }
+                )
+                .is_err(),
+                "{spec} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn bad_mounts_are_refused_with_the_entry_named() {
         for spec in ["data:/data", "/a:/b:rx", "/a:/b:ro:x", "/a/../etc:/e"] {
             let err = parse_mount(spec).unwrap_err();
@@ -455,6 +668,115 @@ mod tests {
         );
         let src = with_env(&[image, ("SIFRUN_CONTAINER_REMAP_ROOT", "maybe")]);
         assert!(ContainerRequest::from_source(&src, true).is_err());
+    }
+
+    #[test]
+    fn the_command_line_image_wins_over_the_environment_default() {
+        let src = with_env(&[
+            ("SIFRUN_SIF_IMAGE", "/env.sif"),
+            ("SLURM_CONTAINER", "/cli.sif"),
+        ]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.image, PathBuf::from("/cli.sif"));
+        let mut src = with_env(&[
+            ("SIFRUN_SIF_IMAGE", "/env.sif"),
+            ("SLURM_CONTAINER", "/cli.sif"),
+        ]);
+        src.options.insert(OPT_IMAGE, "/opt.sif");
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.image, PathBuf::from("/opt.sif"));
+        let src = with_env(&[("SIFRUN_SIF_IMAGE", "/env.sif")]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.image, PathBuf::from("/env.sif"));
+    }
+
+    #[test]
+    fn workdir_is_taken_from_the_container_root_and_never_leaves_it() {
+        for (given, taken) in [
+            ("/work", "/work"),
+            ("sub/dir", "/sub/dir"),
+            ("../", "/"),
+            ("../../etc", "/etc"),
+            ("/a/../../b/./c", "/b/c"),
+            (".", "/"),
+        ] {
+            assert_eq!(container_path(given), PathBuf::from(taken), "{given}");
+        }
+    }
+
+    #[test]
+    fn empty_values_and_entries_are_refused() {
+        for (option, value) in [
+            (OPT_MOUNTS, ""),
+            (OPT_MOUNTS, "/a,"),
+            (OPT_ENV, ""),
+            (OPT_ENV, "FOO,"),
+            (OPT_ENV, ",FOO"),
+        ] {
+            let mut src = with_env(&[("SLURM_CONTAINER", "/a.sif")]);
+            src.options.insert(option, value);
+            let e = ContainerRequest::from_source(&src, true).unwrap_err();
+            assert!(e.to_string().contains("empty"), "{option}={value:?}: {e}");
+        }
+        // An empty variable is unset, not an error.
+        let src = with_env(&[("SLURM_CONTAINER", "/a.sif"), ("SIFRUN_CONTAINER_ENV", "")]);
+        assert!(ContainerRequest::from_source(&src, true).is_ok());
+    }
+
+    #[test]
+    fn a_named_container_needs_no_image_and_a_plain_name() {
+        let mut src = with_env(&[]);
+        src.options.insert(OPT_NAME, "build-env:exec");
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.image, PathBuf::new());
+        assert_eq!(
+            req.name,
+            Some(ContainerName {
+                name: "build-env".into(),
+                mode: NameMode::Exec
+            })
+        );
+        for bad in [
+            "",
+            ".x",
+            "a/b",
+            "../x",
+            "x:no_exec",
+            "x:later",
+            &"n".repeat(65),
+        ] {
+            assert!(ContainerName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(ContainerName::parse("x").unwrap().mode, NameMode::Auto);
+        assert_eq!(
+            ContainerName::parse("x:create").unwrap().mode,
+            NameMode::Create
+        );
+        // Without an image or a name, no container.
+        assert_eq!(
+            ContainerRequest::from_source(&with_env(&[]), true).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn unshare_takes_pyxis_namespaces_only() {
+        let image = ("SLURM_CONTAINER", "/a.sif");
+        let mut src = with_env(&[image]);
+        src.options.insert(OPT_UNSHARE, "net,uts,net");
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.unshare, ["net", "uts"]);
+        for bad in ["pid", "net,", "", "user"] {
+            let mut src = with_env(&[image]);
+            src.options.insert(OPT_UNSHARE, bad);
+            assert!(
+                ContainerRequest::from_source(&src, true).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let src = with_env(&[image, ("SIFRUN_CONTAINER_UNSHARE", "ipc")]);
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.unshare, ["ipc"]);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! with `--container-env`, Slurm's and the process managers' wiring
 //! (`SLURM_*`, `PMIX_*`, `PMI_*`: per-rank values that a per-node image must
 //! never override), and loader variables from the host (`LD_PRELOAD`,
-//! `LD_LIBRARY_PATH`) that point at host paths and are dropped unless named.
+//! `LD_LIBRARY_PATH`) that point at host paths, and its locale (`LANG`,
+//! `LANGUAGE`, `LC_ALL`), which the image may lack: dropped unless named.
 //! Slurm's per-task GPU selection (`CUDA_VISIBLE_DEVICES`, ...) is host-owned
 //! too, and the interconnect libraries' settings (`UCX_*`, `FI_*`) from the
 //! host win over the image's when the host sets them.
@@ -29,8 +30,18 @@ const HOST_OWNED_NAMES: &[&str] = &[
 /// interconnect tuning); the image's applies otherwise.
 const HOST_WINS_PREFIXES: &[&str] = &["UCX_", "FI_"];
 
-/// Host loader variables that make no sense inside the image.
-const HOST_LOADER_VARS: &[&str] = &["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"];
+/// Host variables dropped unless the image sets them or the user names
+/// them with `--container-env`: the host's loader settings point at host
+/// paths, and the host's locale may not exist in the image (pyxis drops
+/// the same three locale variables; the image's own `LANG` still applies).
+const HOST_ONLY_VARS: &[&str] = &[
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+];
 
 /// PATH used when neither the image nor `--container-env` provides one:
 /// the same as `sifrun exec`'s.
@@ -62,7 +73,7 @@ pub fn task_env_changes(
             || HOST_WINS_PREFIXES.iter().any(|p| name.starts_with(p))
     };
     let mut changes = Vec::new();
-    for var in HOST_LOADER_VARS {
+    for var in HOST_ONLY_VARS {
         let image_sets = image_env.iter().any(|(k, _)| k == var);
         if !keep_host(var) && !image_sets && job_env(var).is_some() {
             changes.push(EnvChange::Unset(var.to_string()));
@@ -202,6 +213,32 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_locale_is_dropped_unless_named_or_set_by_the_image() {
+        let job = |name: &str| match name {
+            "LANG" | "LC_ALL" => Some("xx_YY.UTF-8".to_string()),
+            _ => None,
+        };
+        let changes = task_env_changes(&[], &["PATH".into()], &job);
+        assert_eq!(
+            changes,
+            vec![
+                EnvChange::Unset("LANG".into()),
+                EnvChange::Unset("LC_ALL".into())
+            ]
+        );
+        // Named: the host's stays; set by the image: the image's applies.
+        let changes = task_env_changes(
+            &pairs(&[("LANG", "C.UTF-8")]),
+            &["PATH".into(), "LC_ALL".into()],
+            &job,
+        );
+        assert_eq!(
+            changes,
+            vec![EnvChange::Set("LANG".into(), "C.UTF-8".into())]
+        );
+    }
+
+    #[test]
     fn gpu_selection_is_the_hosts_and_interconnect_settings_win_when_set() {
         let job = |name: &str| match name {
             "CUDA_VISIBLE_DEVICES" => Some("1".to_string()),
@@ -229,7 +266,11 @@ mod tests {
     fn default_path_when_image_has_none_unless_host_path_requested() {
         let changes = task_env_changes(&[], &[], &job);
         assert!(changes.contains(&EnvChange::Set("PATH".into(), DEFAULT_PATH.into())));
-        let changes = task_env_changes(&[], &["PATH".into(), "LD_LIBRARY_PATH".into()], &job);
+        let changes = task_env_changes(
+            &[],
+            &["PATH".into(), "LD_LIBRARY_PATH".into(), "LANG".into()],
+            &job,
+        );
         assert!(changes.is_empty(), "{changes:?}");
     }
 

@@ -5,6 +5,10 @@
 run srun -N1 --container="$WORK/images/missing.sif" true
 check "missing image: clear error" grep -q "sifrun: error: .*missing.sif.*No such file" <<<"$LAST"
 
+run srun -N2 -n8 --container="$WORK/images/missing.sif" true
+check "a setup error is one line per node, not one per task (8 tasks on 2 nodes: 2 lines)" \
+    test "$(grep -c "sifrun: error: .*missing.sif.*No such file" <<<"$LAST")" -eq 2
+
 run srun -N1 --container="$WORK/images/private.sif" true
 check "image the user cannot read is refused" grep -qi "sifrun: error: .*private.sif.*permission denied" <<<"$LAST"
 
@@ -22,7 +26,7 @@ check "an image cached for its owner's job is still refused to a user who cannot
     bash -c '[[ "$1" == *"sifrun busybox demo"* && $(grep -ci "sifrun: error: .*others.sif.*permission denied" <<<"$2") -eq 1 && $3 -eq 1 ]]' \
     _ "$other_out" "$LAST" "$(loops_of "$WORK/images/others.sif")"
 
-run srun -N1 --container-mounts=relative:/x true
+run srun -N1 --container-mounts=/data:/x:exec true
 check "bad --container-mounts refused by srun" grep -q "container-mounts entry" <<<"$LAST"
 
 run srun -N1 --container="$IMG" --container-mounts="$WORK/private/secret:/s" true

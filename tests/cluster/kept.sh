@@ -106,4 +106,36 @@ srun -Q --container=$IMG sh -c '$ns_of; echo ran'"
 check "a kept container idle for cache_idle_secs is removed, and the job's next step builds another" \
     bash -c 'l=($1); [[ ${#l[@]} -eq 3 && ${l[0]} == mnt:* && ${l[2]} == ran ]]' _ "$(tr '\n' ' ' <<<"$LAST")"
 check "no holder or kept container outlives its job" gone_kept
+
+# Named containers (--container-name, pyxis): kept by name, writable, and
+# joined by later steps that give only the name; idle time does not end
+# them, the job's end does. The image has a directory anyone may write.
+mkdir -p "$WORK/rootfs-named"; cp -a "$WORK/rootfs/." "$WORK/rootfs-named/"
+mkdir -m 1777 "$WORK/rootfs-named/work-area"
+"$SIFRUN" build --force "$WORK/rootfs-named" -o "$WORK/images/named.sif" >/dev/null; chmod 644 "$WORK/images/named.sif"
+NAMED=$WORK/images/named.sif
+job "srun -Q --container=$NAMED --container-name=dev --container-writable sh -c 'echo installed > /work-area/tool; $ns_of'
+srun -Q --container=$NAMED --container-mounts=/tmp:/other --container-name=dev sh -c '$ns_of'
+sleep $((CACHE_IDLE + 3))
+srun -Q --container-name=dev:exec sh -c 'cat /work-area/tool; $ns_of'
+srun -Q --container=$NAMED --container-writable sh -c 'cat /work-area/tool 2>&1 | grep -c \"No such\"'"
+check "--container-name: a later step of the job, by name alone, sees what the first step wrote, in the same container, after the idle time" \
+    bash -c 'l=($1); [[ ${#l[@]} -eq 5 && ${l[0]} == mnt:* && ${l[1]} == "${l[0]}" && ${l[2]} == installed && ${l[3]} == "${l[0]}" && ${l[4]} == 1 ]]' _ "$(tr '\n' ' ' <<<"$LAST")"
+job "srun -Q --container=$NAMED --container-name=dev true"
+LAST+=" | $(as_user timeout 60 salloc -Q -N1 -w node1 srun -Q --container-name=dev true 2>&1)"
+check "a named container belongs to its job: another job finds none by that name" \
+    bash -c '[[ $1 == *"--container-name=dev: no such container in this job on this node yet"* ]]' _ "$LAST"
+job "srun -Q --container-name=fresh:exec true; echo \"status \$?\"
+srun -Q --container=$IMG --container-name=fresh true
+srun -Q --container=$IMG --container-name=fresh:create true; echo \"status \$?\"
+srun -Q --container=$WORK/images/private.sif --container-name=fresh true; echo \"status \$?\""
+check "--container-name modes: :exec needs the container, :create refuses an existing one, another image is refused" \
+    bash -c '[[ $(grep -c "status 1" <<<"$1") -eq 3 && $1 == *"fresh: no such container in this job on this node"* && $1 == *"exists in this job on this node already"* && $1 == *"it was made from"* ]]' _ "$LAST"
+cp "$IMG" "$WORK/images/named-mine.sif"; chown "$TEST_USER" "$WORK/images/named-mine.sif"; chmod 644 "$WORK/images/named-mine.sif"
+job "srun -Q --container=$WORK/images/named-mine.sif --container-name=n1 true
+chmod 000 $WORK/images/named-mine.sif
+srun -Q --container-name=n1 true; echo \"status \$?\""
+check "a user who can no longer read its image cannot join a named container" \
+    bash -c '[[ $1 == *"named-mine.sif"*"permission denied"* && $1 == *"status 1"* ]]' _ "$LAST"
+check "no named container outlives its job" gone_kept
 check "nothing is left mounted or attached after the kept-container checks" settled

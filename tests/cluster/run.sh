@@ -41,6 +41,22 @@ check "container root is read-only" grep -q "Read-only file system" <<<"$LAST"
 run srun -N1 --container="$IMG" --container-writable sh -c 'awk "\$5 == \"/\" {print \$6}" /proc/self/mountinfo'
 check "--container-writable makes the root writable" grep -q "^rw" <<<"$LAST"
 
+# pyxis' --container-mounts grammar: a relative source from the submit
+# directory, flags joined with '+'.
+LAST=$(cd "$WORK/data" && runuser -u "$TEST_USER" -- timeout 60 srun -N1 --container="$IMG" \
+    --container-mounts=./hello.txt:/in.txt:ro+rprivate sh -c 'cat /in.txt; echo x 2>/dev/null >/in.txt || echo read-only' 2>&1)
+check "--container-mounts=./file:/dst:ro+rprivate binds the submit directory's file, read-only" \
+    test "$LAST" = "host data
+read-only"
+
+# The host's locale stays out unless named (pyxis): the image may lack it.
+LAST=$(as_user env LANG=xx_YY.UTF-8 LC_ALL=xx_YY.UTF-8 timeout 60 srun -N1 --container="$IMG" \
+    sh -c 'echo "${LANG-unset} ${LC_ALL-unset}"' 2>&1)
+check "the job's LANG and LC_ALL stay out of the container" test "$LAST" = "unset unset"
+LAST=$(as_user env LANG=xx_YY.UTF-8 timeout 60 srun -N1 --container="$IMG" --container-env=LANG \
+    sh -c 'echo "${LANG-unset}"' 2>&1)
+check "... unless named with --container-env" test "$LAST" = "xx_YY.UTF-8"
+
 # --container-readonly (pyxis): the explicit opposite, over the environment.
 LAST=$(as_user env SIFRUN_CONTAINER_WRITABLE=1 timeout 60 srun -N1 --container="$IMG" --container-readonly \
     sh -c 'touch /probe 2>&1' 2>&1)
@@ -49,6 +65,24 @@ check "--container-readonly wins over SIFRUN_CONTAINER_WRITABLE=1 in the environ
 run srun -N1 --container="$IMG" --container-writable --container-readonly sh -c 'echo RAN'
 check "--container-writable with --container-readonly is one error line, nothing runs" \
     bash -c '[[ $(grep -c "sifrun: --container-writable and --container-readonly both given" <<<"$1") -eq 1 && "$1" != *RAN* ]]' _ "$LAST"
+
+# --container-unshare (pyxis): the container's own network (loopback only,
+# up), IPC and host name namespaces, shared by the step's tasks on a node.
+ns_ids='echo "$(readlink /proc/self/ns/net) $(readlink /proc/self/ns/ipc) $(readlink /proc/self/ns/uts)"'
+run srun -N1 -n2 --container="$IMG" sh -c "$ns_ids"
+shared_ns=$(sort -u <<<"$LAST")
+run srun -N1 -n2 --container="$IMG" --container-unshare=net,ipc,uts sh -c "$ns_ids"
+own_ns=$(sort -u <<<"$LAST")
+LAST="without: $shared_ns | with: $own_ns"
+check "--container-unshare=net,ipc,uts: the step's tasks share new network, IPC and host name namespaces" \
+    bash -c 'read -r n1 i1 u1 <<<"$1"; read -r n2 i2 u2 <<<"$2"; [[ $(wc -l <<<"$2") -eq 1 && $n2 == net:* && $n1 != "$n2" && $i1 != "$i2" && $u1 != "$u2" ]]' \
+    _ "$shared_ns" "$own_ns"
+run srun -N1 --container="$IMG" --container-unshare=net sh -c "ip -o link | cut -d' ' -f2,3"
+check "... the network namespace has only the loopback interface, up" \
+    bash -c '[[ $1 == "lo: <LOOPBACK,UP"* && $(wc -l <<<"$1") -eq 1 ]]' _ "$LAST"
+run srun -N1 --container="$IMG" --container-unshare=pid true
+check "--container-unshare with a namespace pyxis does not offer is refused before the job starts" \
+    grep -q '"pid" is not one of net, ipc, uts' <<<"$LAST"
 
 # --container-remap-root (pyxis): root inside a user namespace of the task,
 # the job user on the host, and no privilege gained.
@@ -80,6 +114,8 @@ check "--container-mounts binds read-only" \
 
 run srun -N1 --container="$IMG" --container-workdir=/opt pwd
 check "--container-workdir" test "$LAST" = "/opt"
+run srun -N1 --container="$IMG" --container-workdir=../../opt/. pwd
+check "a relative --container-workdir is taken from the container's / and never climbs above it (pyxis)" test "$LAST" = "/opt"
 
 run srun -N1 --container="$IMG" sh -c 'echo $HOME; test -d "$HOME" && echo home-mounted'
 check "home directory mounted by default" grep -q home-mounted <<<"$LAST"
@@ -98,5 +134,17 @@ check "without --container the plugin does nothing" test "$LAST" = "host"
 run srun -N1 --container="$IMG" sh -c 'exit 7'
 rc=$?
 check "exit status of the command is the step's" test "$rc" -eq 7
+
+# pytorch_env (admin setting): PyTorch's variables from Slurm's.
+cp "$WORK/sifrun.toml" "$WORK/sifrun.toml.plain"
+undo "mv -f '$WORK/sifrun.toml.plain' '$WORK/sifrun.toml'"
+echo 'pytorch_env = true' >>"$WORK/sifrun.toml"
+run srun -N2 -n4 --ntasks-per-node=2 --container="$IMG" \
+    sh -c 'echo "$RANK $LOCAL_RANK $WORLD_SIZE $LOCAL_WORLD_SIZE $MASTER_ADDR $((MASTER_PORT >= 49152))"'
+mv -f "$WORK/sifrun.toml.plain" "$WORK/sifrun.toml"
+check "pytorch_env: RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT from Slurm's in every task" \
+    test "$(sort <<<"$LAST" | tr '\n' ' ')" = "0 0 4 2 node1 1 1 1 4 2 node1 1 2 0 4 2 node1 1 3 1 4 2 node1 1 "
+run srun -N1 --container="$IMG" sh -c 'echo "${RANK-unset}"'
+check "... and none without it" test "$LAST" = "unset"
 
 check "the idle cache unmounts every image: no loop device or mount left" settled

@@ -166,7 +166,9 @@ impl PathHandle {
     }
 }
 
-fn reason(e: &std::io::Error) -> String {
+/// Why a user-named file could not be opened as the job user, in the
+/// words every such error uses.
+pub fn reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "No such file or directory".to_string(),
         std::io::ErrorKind::PermissionDenied => {

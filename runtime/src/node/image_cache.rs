@@ -170,7 +170,7 @@ pub fn same_file_identity(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 /// What says a file's bytes are unchanged: device, inode, size,
 /// modification and change times (any write changes the change time, which
 /// no user can set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FileIdentity([u64; 7]);
 
 impl FileIdentity {

@@ -89,6 +89,10 @@ const LAST_USED_FILE: &str = "last-used";
 pub const HOLDER_NAME: &std::ffi::CStr = c"sifrun-holder";
 /// How often a holder checks that its directory still exists.
 const HOLDER_POLL: Duration = Duration::from_secs(10);
+/// A named container (`--container-name`) holds what the job's steps
+/// wrote in it: the keeper leaves it alone this long unused, not just the
+/// cache's idle time (the job's epilog removes it at the job's end).
+pub const NAMED_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// What a step in a kept container needs besides the container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +103,10 @@ pub struct KeptRecord {
     pub env_append: Vec<(String, String)>,
     /// The process that keeps the namespace alive.
     pub holder: Holder,
+    /// For a named container: the image it was built from, as the user
+    /// named it (a later step must still be able to read it).
+    #[serde(default)]
+    pub named_image: Option<PathBuf>,
 }
 
 /// The holder of a kept container's namespace, as recorded when it
@@ -121,6 +129,9 @@ pub struct Holder {
 /// (the helper decides that), and an edited file decides afresh.
 pub fn request_key(opts: &SetupArgs, node: &str, image: &FileIdentity) -> Option<String> {
     let job = opts.job_id.filter(|_| may_keep(opts))?;
+    if let Some(name) = &opts.name {
+        return Some(named_key(job, node, opts.uid, name));
+    }
     let list = match &opts.ecl_config {
         Some(path) => Some(FileIdentity::of(&fs::metadata(path).ok()?)),
         None => None,
@@ -141,11 +152,22 @@ pub fn request_key(opts: &SetupArgs, node: &str, image: &FileIdentity) -> Option
 /// where a list applies to the job's partition (its decision is made at
 /// every step) or for an image with an overlay partition.
 pub fn may_keep(opts: &SetupArgs) -> bool {
+    if opts.name.is_some() {
+        // Asked for by name: kept whatever the site's `keep_containers`,
+        // writable too (that is the point); not where the step's own
+        // processes or namespaces would have to outlive it.
+        return opts.job_id.is_some()
+            && opts.key_file.is_none()
+            && opts.cache_idle_secs > 0
+            && opts.unshare.is_empty();
+    }
     opts.keep
         && opts.job_id.is_some()
         && opts.key_file.is_none()
         && !opts.writable_tmpfs
         && opts.cache_idle_secs > 0
+        // Its other namespaces would have to be kept and joined too.
+        && opts.unshare.is_empty()
 }
 
 /// The key of a container built for `job` on `node` from `request` (the
@@ -166,6 +188,17 @@ pub fn key(job: u32, node: &str, request: &[String], image: &FileIdentity) -> St
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("{job}-{digest}")
+}
+
+/// The key of the container named `name` by `uid` in `job` on `node`
+/// (`--container-name`): the name alone decides, not the request.
+pub fn named_key(job: u32, node: &str, uid: u32, name: &str) -> String {
+    key(
+        job,
+        node,
+        &["--named".to_string(), uid.to_string(), name.to_string()],
+        &FileIdentity::default(),
+    )
 }
 
 /// A step's claim on a kept container: a shared lock on its `lock`,
@@ -202,12 +235,14 @@ impl Pending {
         self,
         env: Vec<(String, String)>,
         env_append: Vec<(String, String)>,
+        named_image: Option<PathBuf>,
     ) -> Result<KeptLease> {
         let holder = start_holder(&self.dir_fd)?;
         let record = KeptRecord {
             env,
             env_append,
             holder,
+            named_image,
         };
         let text = serde_json::to_vec(&record).map_err(|e| Error::system(e.to_string()))?;
         // Relative to the directory we hold open: the path is not
@@ -346,7 +381,11 @@ impl KeptContainers {
                 }
                 continue;
             };
-            if is_held(&dir) && idle_for(&dir) < idle {
+            let limit = match read_record(&dir) {
+                Some(record) if record.named_image.is_some() => idle.max(NAMED_IDLE),
+                _ => idle,
+            };
+            if is_held(&dir) && idle_for(&dir) < limit {
                 report.kept += 1;
                 continue;
             }
@@ -598,6 +637,46 @@ mod tests {
 
     fn meta(path: &Path) -> FileIdentity {
         FileIdentity::of(&fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn a_named_container_is_keyed_by_its_name_and_may_be_writable() {
+        let mut opts = SetupArgs::new("/img/a.sif".into(), 1000, 1000);
+        opts.job_id = Some(7);
+        opts.name = Some("env".into());
+        opts.writable_tmpfs = true;
+        opts.keep = false;
+        // Kept by name whatever the site's keep_containers, writable too.
+        assert!(may_keep(&opts));
+        let image = FileIdentity::default();
+        let base = request_key(&opts, "node1", &image).unwrap();
+        assert_eq!(base, named_key(7, "node1", 1000, "env"));
+        // The rest of the request does not matter; job, node, user and
+        // name do.
+        let mut other = opts.clone();
+        other.binds = vec!["/data".into()];
+        other.image = "/img/b.sif".into();
+        assert_eq!(request_key(&other, "node1", &image).unwrap(), base);
+        assert!(base.starts_with("7-") && valid_name(&base));
+        for k in [
+            named_key(8, "node1", 1000, "env"),
+            named_key(7, "node2", 1000, "env"),
+            named_key(7, "node1", 1001, "env"),
+            named_key(7, "node1", 1000, "env2"),
+        ] {
+            assert_ne!(k, base);
+        }
+        // Not where the step's namespaces or decryption would have to
+        // outlive it.
+        for change in [
+            |o: &mut SetupArgs| o.unshare = vec!["net".into()],
+            |o: &mut SetupArgs| o.key_file = Some("/k".into()),
+            |o: &mut SetupArgs| o.cache_idle_secs = 0,
+        ] {
+            let mut o = opts.clone();
+            change(&mut o);
+            assert!(!may_keep(&o));
+        }
     }
 
     #[test]

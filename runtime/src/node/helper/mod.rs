@@ -48,6 +48,7 @@ use crate::container::image_env::{self, scif::AppName};
 use crate::container::loop_device::LoopAttachment;
 use crate::container::mount::mount_squashfs_partition;
 use crate::container::mount::rootfs::{BindMount, ContainerSpec};
+use crate::container::namespaces::Unshared;
 use crate::container::overlay_partition::OverlaySource;
 use crate::container::staging::StagingDir;
 use crate::crypt;
@@ -159,6 +160,20 @@ struct Ready {
     kept: Option<KeptLease>,
 }
 
+/// The kinds of `--unshare`, checked.
+fn unshared(opts: &SetupArgs) -> Result<Vec<Unshared>> {
+    opts.unshare
+        .iter()
+        .map(|name| {
+            Unshared::parse(name).ok_or_else(|| {
+                Error::usage(format!(
+                    "--container-unshare: {name:?} is not one of net, ipc, uts"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// What [`build_in_new_namespace`] leaves for the report.
 struct Built {
     /// Host staging directory (the plugin removes it).
@@ -205,6 +220,9 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
         _ => None,
     };
     phases.mark("identity and list");
+    if let Some(name) = &opts.name {
+        check_named(opts, name, &image, ecl.is_some())?;
+    }
     if image.encryption.is_some() {
         if ecl.is_some() {
             return Err(Error::image(format!(
@@ -226,10 +244,29 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
     setup_cached(opts, &user, identity, &image_file, image, ecl, phases)
 }
 
+/// Refuses, in one line, a named container (`--container-name`) that
+/// could not be kept for the job's later steps.
+fn check_named(opts: &SetupArgs, name: &str, image: &RunnableImage, ecl: bool) -> Result<()> {
+    let why = if opts.job_id.is_none() {
+        "needs a job"
+    } else if image.encryption.is_some() {
+        "encrypted images are decrypted for one step at a time"
+    } else if ecl {
+        "not available on a partition with an execution control list yet (the list decides at every step)"
+    } else if opts.cache_idle_secs == 0 {
+        "needs the node's image cache (the site's cache_idle_secs is 0)"
+    } else if !opts.unshare.is_empty() {
+        "not available with --container-unshare yet"
+    } else {
+        return Ok(());
+    };
+    Err(Error::usage(format!("--container-name={name}: {why}")))
+}
+
 /// The key of the container this step asks for, when it may be kept for
 /// the job's later steps ([`kept_containers::request_key`]).
 fn kept_key(opts: &SetupArgs, image_file: &std::fs::File) -> Result<Option<String>> {
-    if !opts.keep {
+    if !opts.keep && opts.name.is_none() {
         return Ok(None);
     }
     let node = nix::unistd::gethostname()
@@ -401,12 +438,18 @@ fn setup_cached(
         }
     };
     // Kept for later steps: made here, while the state directory is still
-    // in reach. Not where a list applies (it decides at every step), nor
-    // for an image with an overlay partition (what one step changes there
-    // must not reach the next).
+    // in reach. Not where a list applies (it decides at every step), nor,
+    // unless asked for by name, for an image with an overlay partition
+    // (what one step changes there must not reach the next).
     let pending = match (kept_key(opts, image_file)?, &overlay, &ecl) {
-        (Some(key), None, None) => {
+        (Some(key), overlay, None) if overlay.is_none() || opts.name.is_some() => {
             let pending = KeptContainers::open(&opts.state_dir)?.prepare(&key)?;
+            if let (None, Some(name)) = (&pending, &opts.name) {
+                return Err(Error::usage(format!(
+                    "--container-name={name}: another step of the job is making that container on this node (or the job keeps {} containers here already); try again",
+                    kept_containers::MAX_PER_JOB
+                )));
+            }
             if pending.is_some() {
                 if !lease.mounted_now {
                     // It removes the job's containers once unused.
@@ -432,12 +475,19 @@ fn setup_cached(
         phases,
     )?;
     let env = [env, built.script_env].concat();
-    let kept = pending.and_then(|p| {
-        // Not fatal: the step runs, the container is just not kept.
-        p.finish(env.clone(), built.env_append.clone())
+    let named_image = opts.name.as_ref().map(|_| opts.image.clone());
+    let kept = match pending {
+        None => None,
+        // Asked for by name, a container that is not kept is an error.
+        Some(p) if named_image.is_some() => {
+            Some(p.finish(env.clone(), built.env_append.clone(), named_image)?)
+        }
+        // Otherwise not fatal: the step runs, the container is just not kept.
+        Some(p) => p
+            .finish(env.clone(), built.env_append.clone(), None)
             .inspect_err(|e| eprintln!("not keeping the container: {}", e.message()))
-            .ok()
-    });
+            .ok(),
+    };
     Ok(Ready {
         env,
         env_append: built.env_append,
@@ -595,6 +645,7 @@ fn build_in_new_namespace(
     let staging = StagingDir::create_in(&opts.state_dir)?;
     phases.mark("staging");
     container::enter_namespaces(&image, &identity)?;
+    container::namespaces::unshare_others(&unshared(opts)?)?;
     phases.mark("namespace");
 
     // Handles must stay open until the binds are made (they are the sources).

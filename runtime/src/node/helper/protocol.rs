@@ -113,6 +113,16 @@ pub struct SetupArgs {
     /// no share).
     #[arg(long, default_value_t = 0, value_name = "MIB")]
     pub copy_quota_mib: u64,
+    /// Keep the container for the job's later steps on this node under
+    /// this name (`--container-name`): they join it whatever they ask
+    /// for, and what one step writes in it (`--writable-tmpfs`) the next
+    /// sees.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Namespaces the container gets of its own besides the mount
+    /// namespace: net, ipc, uts (`--container-unshare`).
+    #[arg(long, value_delimiter = ',', value_name = "NS,...")]
+    pub unshare: Vec<String>,
     /// Run the image's OCI entrypoint once, before the tasks, and give them
     /// the environment it leaves (`--container-entrypoint`).
     #[arg(long)]
@@ -180,6 +190,8 @@ impl SetupArgs {
             copy_quota_mib: 0,
             copy_dir: PathBuf::from(DEFAULT_COPY_DIR),
             entrypoint: false,
+            unshare: Vec::new(),
+            name: None,
             overlay_max_mib: crate::container::overlay_partition::DEFAULT_MAX_MIB,
             app: None,
             job_namespace: None,
@@ -237,6 +249,11 @@ impl SetupArgs {
         opt("copy-limit-mib", Some(self.copy_limit_mib.to_string()));
         opt("copy-quota-mib", Some(self.copy_quota_mib.to_string()));
         opt("copy-dir", Some(path(&self.copy_dir)));
+        opt("name", self.name.clone());
+        opt(
+            "unshare",
+            (!self.unshare.is_empty()).then(|| self.unshare.join(",")),
+        );
         opt("overlay-max-mib", Some(self.overlay_max_mib.to_string()));
         opt("timeout-secs", Some(self.timeout_secs.to_string()));
         opt("gpus", (!self.gpus.is_empty()).then(|| list(&self.gpus)));
@@ -402,6 +419,8 @@ mod tests {
         a.gpus = vec![0, 1];
         a.no_gpu_driver = true;
         a.entrypoint = true;
+        a.name = Some("build-env".into());
+        a.unshare = vec!["net".into(), "uts".into()];
         a.gpu_list = Some("/etc/nvliblist.conf".into());
         a.rdma = true;
         a.key_file = Some("/home/u/key.pem".into());
