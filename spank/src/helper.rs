@@ -92,6 +92,8 @@ pub struct Container {
     /// the step runs, released by the kernel when slurmstepd exits (even if
     /// it is killed).
     pub cache_lease: Option<Flock<File>>,
+    /// The same for the images bound beside the main one.
+    pub extra_cache_leases: Vec<Flock<File>>,
     /// `(variable, directory)` to append in each task (driver libraries on
     /// `LD_LIBRARY_PATH`, tools on `PATH`).
     pub env_append: Vec<(String, String)>,
@@ -199,9 +201,15 @@ pub fn build_container(
             Some(lock) => Some(take_cache_lease(lock, config)?),
             None => None,
         };
+        let extra_cache_leases = report
+            .extra_cache_locks
+            .iter()
+            .map(|lock| take_cache_lease(lock, config))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Container {
             mount_ns: mount_ns?,
             other_ns: other_ns?,
+            extra_cache_leases,
             image_env: report.env,
             cache_lease,
             env_append: report.env_append,

@@ -123,7 +123,7 @@ pub fn env_default_for(option: &str) -> String {
 /// Mount flags pyxis users write that change nothing here: binds are
 /// always recursive, `nosuid` and `nodev`, and never propagate back to the
 /// host.
-const IMPLIED_FLAGS: &[&str] = &[
+pub const IMPLIED_FLAGS: &[&str] = &[
     "bind", "rbind", "nosuid", "nodev", "private", "rprivate", "slave", "rslave",
 ];
 

@@ -8,6 +8,14 @@ check "ECL whitelist: image signed by a listed key runs" grep -q "sifrun busybox
 secure --container="$IMG" true
 check "ECL: unsigned image refused (image, partition, rule named)" \
     refused "$IMG" 'execgroup "site" (whitelist)' unsigned
+# Images in --container-mounts are judged by the same list.
+secure --container="$WORK/images/signed-a.sif" --container-mounts="$IMG:/data" true
+check "ECL: an unsigned image in --container-mounts is refused beside a signed main image" \
+    refused "$IMG" 'execgroup "site" (whitelist)' unsigned
+cp "$WORK/images/signed-a.sif" "$WORK/images/data-signed-a.sif"
+secure --container="$WORK/images/signed-a.sif" --container-mounts="$WORK/images/data-signed-a.sif:/data" \
+    sh -c 'grep -c "sifrun busybox demo" /data/etc/os-release'
+check "ECL: a signed image in --container-mounts is mounted" test "$LAST" = "1"
 secure --container="$WORK/images/signed-b.sif" true
 check "ECL whitelist: image signed only by an unlisted key refused" refused signed-b.sif "no key the list allows"
 secure --container="$WORK/ecl-images/strict/signed-a.sif" true

@@ -49,6 +49,19 @@ check "--container-mounts=./file:/dst:ro+rprivate binds the submit directory's f
     test "$LAST" = "host data
 read-only"
 
+# More images in one container: a SIF in --container-mounts is mounted
+# (read-only, through the node cache, opened as the user), not bound.
+mkdir -p "$WORK/datadir/sets"; echo "data from an image" >"$WORK/datadir/sets/hello.txt"
+"$SIFRUN" build --force "$WORK/datadir" -o "$WORK/images/data.sif" >/dev/null 2>&1; chmod 644 "$WORK/images/data.sif"
+cp "$WORK/images/data.sif" "$WORK/images/data-private.sif"; chmod 600 "$WORK/images/data-private.sif"
+run srun -N2 --container="$IMG" --container-mounts="$WORK/images/data.sif:/data" \
+    sh -c 'cat /data/sets/hello.txt; touch /data/x 2>/dev/null || echo read-only; cat /etc/os-release | grep -c "sifrun busybox demo"'
+check "--container-mounts=data.sif:/data mounts that image beside the main one, read-only, on every node" \
+    test "$(sort <<<"$LAST" | uniq -c | awk '{print $1, $2}' | tr '\n' ' ')" = "2 1 2 data 2 read-only "
+run srun -N1 --container="$IMG" --container-mounts="$WORK/images/data-private.sif:/data" true
+check "a data image the user cannot read is refused in one line" \
+    bash -c '[[ $(grep -c "sifrun: error:.*data-private.sif.*permission denied" <<<"$1") -eq 1 ]]' _ "$LAST"
+
 # The host's locale stays out unless named (pyxis): the image may lack it.
 LAST=$(as_user env LANG=xx_YY.UTF-8 LC_ALL=xx_YY.UTF-8 timeout 60 srun -N1 --container="$IMG" \
     sh -c 'echo "${LANG-unset} ${LC_ALL-unset}"' 2>&1)

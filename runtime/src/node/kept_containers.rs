@@ -168,6 +168,9 @@ pub fn may_keep(opts: &SetupArgs) -> bool {
         && opts.cache_idle_secs > 0
         // Its other namespaces would have to be kept and joined too.
         && opts.unshare.is_empty()
+        // Images bound beside the main one are opened as the user and
+        // decided at every step.
+        && !opts.has_image_binds()
 }
 
 /// The key of a container built for `job` on `node` from `request` (the

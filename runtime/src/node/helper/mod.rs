@@ -94,6 +94,11 @@ pub fn run(opts: &SetupArgs) -> i32 {
                     .map(|l| l.lock_path().display().to_string()),
                 env_append: ready.env_append.clone(),
                 kept: ready.kept.as_ref().map(|k| k.dir().display().to_string()),
+                extra_cache_locks: ready
+                    .extra_leases
+                    .iter()
+                    .map(|l| l.lock_path().display().to_string())
+                    .collect(),
             };
             if write_report(&mut stdout, &report).is_err() {
                 return 1;
@@ -155,6 +160,8 @@ struct Ready {
     staging: Option<PathBuf>,
     /// Keeps the cached image mounted until the plugin holds its own lock.
     lease: Option<Lease>,
+    /// The same for the images bound beside it (`data.sif:/data`).
+    extra_leases: Vec<Lease>,
     /// The container, built now, kept for the job's later steps (its lock
     /// held until the plugin holds its own).
     kept: Option<KeptLease>,
@@ -182,6 +189,8 @@ struct Built {
     env_append: Vec<(String, String)>,
     /// What the image's `/.singularity.d/env` scripts export.
     script_env: Vec<(String, String)>,
+    /// The node cache leases of the images bound beside the main one.
+    data_leases: Vec<Lease>,
 }
 
 /// The setup proper; [`run`] has made this process root-only first.
@@ -244,6 +253,46 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
     setup_cached(opts, &user, identity, &image_file, image, ecl, phases)
 }
 
+/// An image bound into the container beside the main one
+/// (`--container-mounts=data.sif:/data`), mounted through the node cache.
+struct DataImage {
+    lease: Lease,
+    destination: PathBuf,
+}
+
+/// The `--container-mounts` entries whose source is a SIF image: each
+/// opened as the job user and mounted through the node cache under the
+/// same rules as the main image (the partition's list, the verified copy,
+/// the catalogue), to be bound read-only at its destination.
+fn mount_data_images(
+    opts: &SetupArgs,
+    user: &UserCredentials,
+    ecl: Option<&EclCheck>,
+) -> Result<Vec<DataImage>> {
+    let mut data = Vec::new();
+    for spec in opts.binds.iter().filter(|b| SetupArgs::is_image_bind(b)) {
+        let bind = BindMount::parse_unresolved(spec)?;
+        let shown = &bind.source;
+        if opts.cache_idle_secs == 0 {
+            return Err(Error::usage(format!(
+                "--container-mounts {spec}: images are mounted through the node's image cache, which is off here (cache_idle_secs = 0)"
+            )));
+        }
+        let file = user.open_file(shown)?;
+        let fd_path = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
+        let image = RunnableImage::open(&fd_path).map_err(|e| e.shown_as(&fd_path, shown))?;
+        let (lease, _) = mount_checked(opts, shown, &file, &image, ecl)?;
+        data.push(DataImage {
+            lease,
+            destination: bind.destination,
+        });
+    }
+    Ok(data)
+}
+
 /// Refuses, in one line, a named container (`--container-name`) that
 /// could not be kept for the job's later steps.
 fn check_named(opts: &SetupArgs, name: &str, image: &RunnableImage, ecl: bool) -> Result<()> {
@@ -257,6 +306,8 @@ fn check_named(opts: &SetupArgs, name: &str, image: &RunnableImage, ecl: bool) -
         "needs the node's image cache (the site's cache_idle_secs is 0)"
     } else if !opts.unshare.is_empty() {
         "not available with --container-unshare yet"
+    } else if opts.has_image_binds() {
+        "not available with images in --container-mounts yet (each step checks those afresh)"
     } else {
         return Ok(());
     };
@@ -281,19 +332,18 @@ fn kept_key(opts: &SetupArgs, image_file: &std::fs::File) -> Result<Option<Strin
     ))
 }
 
-/// The usual path: the image mounted once per node in the cache
-/// ([`ImageCache`]), checked against the partition's list (if any) before
-/// anything of it is mounted, and bound as the lower layer of the step's
-/// root.
-fn setup_cached(
+/// One image through the node cache ([`ImageCache`]): checked against the
+/// partition's list (if any) before anything of it is mounted, mounted
+/// once per node, and leased for the step. `shown` is the image as the
+/// user named it (for messages). Returns the lease and where the mounted
+/// bytes come from (for a copy, read everything else from it too).
+fn mount_checked(
     opts: &SetupArgs,
-    user: &UserCredentials,
-    identity: Identity,
+    shown: &Path,
     image_file: &std::fs::File,
-    image: RunnableImage,
-    ecl: Option<EclCheck>,
-    phases: &mut Phases,
-) -> Result<Ready> {
+    image: &RunnableImage,
+    ecl: Option<&EclCheck>,
+) -> Result<(Lease, ImageSource)> {
     let image_fd_path = PathBuf::from(format!(
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(image_file)
@@ -345,7 +395,7 @@ fn setup_cached(
         // The slurmd log gets everything (the plugin logs our stderr).
         eprintln!(
             "sifrun slurm-setup: ECL verdict for {}: {}",
-            opts.image.display(),
+            shown.display(),
             serde_json::to_string(&verdict).unwrap_or_default()
         );
         if verdict.decision.allowed {
@@ -353,7 +403,7 @@ fn setup_cached(
         } else {
             Err(Error::image(format!(
                 "{}: {}",
-                opts.image.display(),
+                shown.display(),
                 verdict.refusal()
             )))
         }
@@ -381,7 +431,7 @@ fn setup_cached(
                 // with thousands of mounted images.
                 cache.make_room(opts.uid, &opts.cache_limits())?;
                 if source == ImageSource::Copy {
-                    copy_for_verification(opts, &cache, image_file, entry)?;
+                    copy_for_verification(opts, shown, &cache, image_file, entry)?;
                 }
                 // Nothing of the image is mounted before the list allows it.
                 enforce(entry)?;
@@ -392,7 +442,7 @@ fn setup_cached(
                     ImageSource::File => (image.partition_offset, image.partition_size),
                     ImageSource::Copy => {
                         let copy = RunnableImage::open(&backing(entry))
-                            .map_err(|e| e.shown_as(&backing(entry), &opts.image))?;
+                            .map_err(|e| e.shown_as(&backing(entry), shown))?;
                         (copy.partition_offset, copy.partition_size)
                     }
                 };
@@ -404,7 +454,7 @@ fn setup_cached(
             }
             result
         })
-        .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
+        .map_err(|e| e.shown_as(&image_fd_path, shown))?;
     if lease.mounted_now {
         // This step's list already decided, inside the mount function.
         // Here, before we leave the node's mount namespace: the keeper
@@ -414,8 +464,33 @@ fn setup_cached(
         // Already mounted (by another step, maybe under another
         // partition's list or none): this step's list decides too, from
         // the node's record of the verified bytes when there is one.
-        enforce(lease.entry_dir()).map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
+        enforce(lease.entry_dir()).map_err(|e| e.shown_as(&image_fd_path, shown))?;
     }
+    Ok((lease, source))
+}
+
+/// The usual path: the image mounted once per node in the cache
+/// ([`ImageCache`]), checked against the partition's list (if any) before
+/// anything of it is mounted, and bound as the lower layer of the step's
+/// root.
+fn setup_cached(
+    opts: &SetupArgs,
+    user: &UserCredentials,
+    identity: Identity,
+    image_file: &std::fs::File,
+    image: RunnableImage,
+    ecl: Option<EclCheck>,
+    phases: &mut Phases,
+) -> Result<Ready> {
+    let (lease, source) = mount_checked(opts, &opts.image, image_file, &image, ecl.as_ref())?;
+    let image_fd_path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(image_file)
+    ));
+    let backing = |entry: &Path| match source {
+        ImageSource::File => image_fd_path.clone(),
+        ImageSource::Copy => entry.join(COPY_FILE),
+    };
     phases.mark(if lease.mounted_now {
         "image mounted"
     } else {
@@ -472,6 +547,7 @@ fn setup_cached(
         identity,
         container::ImageSource::Mounted(&lease.mount_dir()),
         overlay,
+        ecl.as_ref(),
         phases,
     )?;
     let env = [env, built.script_env].concat();
@@ -493,6 +569,7 @@ fn setup_cached(
         env_append: built.env_append,
         staging: Some(built.staging),
         lease: Some(lease),
+        extra_leases: built.data_leases,
         kept,
     })
 }
@@ -502,6 +579,7 @@ fn setup_cached(
 /// of a file that changed while it was read.
 fn copy_for_verification(
     opts: &SetupArgs,
+    shown: &Path,
     cache: &ImageCache,
     image_file: &std::fs::File,
     entry: &Path,
@@ -513,12 +591,12 @@ fn copy_for_verification(
         used_by_user: cache.copies_held_by(opts.uid),
     };
     let dest = prepare_copy_destination(entry, &opts.copy_dir)?;
-    let bytes = copy_image_objects(image_file, &opts.image, &dest, &limits)?;
+    let bytes = copy_image_objects(image_file, shown, &dest, &limits)?;
     let after = image_file.metadata().context("reading image metadata")?;
     if !same_file_identity(&before, &after) {
         return Err(Error::image(format!(
             "{}: the image changed while it was being copied for verification; try again once it is no longer being written",
-            opts.image.display()
+            shown.display()
         )));
     }
     let record = serde_json::to_vec(&CopyRecord {
@@ -599,6 +677,7 @@ fn setup_uncached(
         identity,
         container::ImageSource::Device(device.path()),
         overlay,
+        None,
         phases,
     );
     match result {
@@ -611,6 +690,7 @@ fn setup_uncached(
                 env_append: built.env_append,
                 staging: Some(built.staging),
                 lease: None,
+                extra_leases: built.data_leases,
                 kept: None,
             })
         }
@@ -631,6 +711,7 @@ fn build_in_new_namespace(
     identity: Identity,
     image: container::ImageSource,
     overlay: Option<OverlaySource>,
+    ecl: Option<&EclCheck>,
     phases: &mut Phases,
 ) -> Result<Built> {
     if !opts.state_dir.is_absolute() {
@@ -642,6 +723,9 @@ fn build_in_new_namespace(
         Some(job_ns) => crate::node::job_namespace::capture(&job_ns)?,
         None => Vec::new(),
     };
+    // Images bound beside the main one, under the same rules, mounted in
+    // the node's cache while we are still in the node's namespace.
+    let data = mount_data_images(opts, user, ecl)?;
     let staging = StagingDir::create_in(&opts.state_dir)?;
     phases.mark("staging");
     container::enter_namespaces(&image, &identity)?;
@@ -657,6 +741,9 @@ fn build_in_new_namespace(
     ];
     for (specs, what) in as_user {
         for spec in specs {
+            if what == "--container-mounts" && SetupArgs::is_image_bind(spec) {
+                continue; // mounted already (mount_data_images)
+            }
             let mut bind = BindMount::parse_unresolved(spec)?;
             let handle = user
                 .open_path(&bind.source)
@@ -668,6 +755,14 @@ fn build_in_new_namespace(
     }
     for spec in &opts.admin_binds {
         binds.push(BindMount::parse(spec)?);
+    }
+    // Mounted by root in the node cache: bound read-only, as the image is.
+    for d in &data {
+        binds.push(BindMount {
+            source: d.lease.mount_dir(),
+            destination: d.destination.clone(),
+            read_only: true,
+        });
     }
 
     let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
@@ -761,6 +856,7 @@ fn build_in_new_namespace(
         staging: staging_path,
         env_append,
         script_env,
+        data_leases: data.into_iter().map(|d| d.lease).collect(),
     })
 }
 

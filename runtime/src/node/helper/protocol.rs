@@ -8,7 +8,7 @@
 //! * the answer is one [`SetupReport`] as a JSON line on the helper's
 //!   stdout, serialized and read by the same struct.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,23 @@ pub struct SetupArgs {
     pub in_job_namespace: bool,
     /// The SIF image.
     pub image: PathBuf,
+}
+
+impl SetupArgs {
+    /// Whether a `--bind` entry's source is an image to mount beside the
+    /// main one (`data.sif:/data`) rather than a path to bind: its name
+    /// ends in `.sif`.
+    pub fn is_image_bind(spec: &str) -> bool {
+        let source = spec.split(':').next().unwrap_or_default();
+        Path::new(source)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("sif"))
+    }
+
+    /// Whether the request binds an image beside the main one.
+    pub fn has_image_binds(&self) -> bool {
+        self.binds.iter().any(|b| Self::is_image_bind(b))
+    }
 }
 
 impl SetupArgs {
@@ -339,6 +356,11 @@ pub struct SetupReport {
     /// without the helper (`spank/src/kept.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<String>,
+    /// Lock files of the cache entries of the images bound beside the
+    /// main one (`--container-mounts=data.sif:/data`): held like
+    /// `cache_lock`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_cache_locks: Vec<String>,
 }
 
 /// Longest report line the plugin reads.
