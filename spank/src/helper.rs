@@ -363,6 +363,7 @@ mod tests {
             entrypoint: true,
             unshare: vec!["net".into()],
             name: None,
+            save: None,
         };
         let user = JobUser {
             uid: 1001,
@@ -454,6 +455,7 @@ mod tests {
                 entrypoint: false,
                 unshare: vec![],
                 name: None,
+                save: None,
             },
             JobUser {
                 uid: 0,

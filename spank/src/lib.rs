@@ -20,6 +20,7 @@ pub mod kept;
 pub mod pytorch_env;
 pub mod remap_root;
 pub mod request;
+pub mod save;
 pub mod task_env;
 
 use config::Config;
@@ -30,8 +31,8 @@ use sifrun_runtime::node::helper::TIMING_PREFIX;
 use sifrun_runtime::node::kept_containers::KeptContainers;
 use sifrun_runtime::phases::Phases;
 use slurm_spank::{
-    spank_log_debug, spank_log_error, spank_log_info, spank_log_verbose, Context, Plugin,
-    SpankHandle, SpankOption, SPANK_PLUGIN,
+    spank_log_debug, spank_log_error, spank_log_info, spank_log_user, spank_log_verbose, Context,
+    Plugin, SpankHandle, SpankOption, SPANK_PLUGIN,
 };
 use std::error::Error;
 use task_env::EnvChange;
@@ -52,6 +53,9 @@ struct SifrunPlugin {
     setup: Option<Result<Container, String>>,
     /// `--container-remap-root`: the step's user namespace.
     remap_userns: Option<std::fs::File>,
+    /// Tasks of the step that have ended on this node (`--container-save`
+    /// waits for the last).
+    tasks_ended: u32,
 }
 
 /// Slurm's special step ids (slurm.h): the batch script, the extern step
@@ -109,6 +113,9 @@ fn options() -> Vec<SpankOption> {
         SpankOption::new(OPT_NAME)
             .takes_value("NAME[:auto|create|exec]")
             .usage("[sifrun] keep the container under NAME for the job's later steps, which join it"),
+        SpankOption::new(OPT_SAVE)
+            .takes_value("PATH.sif")
+            .usage("[sifrun] once the step ends, save its container (the image and what the step wrote) as a new SIF image"),
         SpankOption::new(OPT_UNSHARE)
             .takes_value("NS,...")
             .usage("[sifrun] give the container its own namespaces: net (loopback only), ipc, uts"),
@@ -511,6 +518,41 @@ unsafe impl Plugin for SifrunPlugin {
                     "sifrun: epilog: job {job}: partition record and {n} kept container(s) removed"
                 ),
                 Err(e) => spank_log_error!("sifrun: epilog: job {job}: {}", e.message()),
+            }
+        }
+        Ok(())
+    }
+
+    fn task_exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // --container-save: after the last task of the step on its first
+        // node (in slurmstepd, as root; the build runs as the user).
+        let (Some(Ok(container)), Some(request), Some(Ok(config))) =
+            (&self.setup, &self.request, &self.config)
+        else {
+            return Ok(());
+        };
+        let Some(dest) = &request.save else {
+            return Ok(());
+        };
+        self.tasks_ended += 1;
+        let last = self.tasks_ended >= spank.job_local_task_count().unwrap_or(u32::MAX);
+        if !last || spank.job_nodeid().unwrap_or(1) != 0 {
+            return Ok(());
+        }
+        let saved = job_user(spank).and_then(|user| {
+            save::save_container(
+                &container.mount_ns,
+                &user,
+                &config.sifrun,
+                &config.state_dir,
+                dest,
+            )
+        });
+        match saved {
+            Ok(()) => spank_log_user!("sifrun: saved the container to {}", dest.display()),
+            Err(e) => {
+                spank_log_user!("sifrun: error: --container-save={}: {e}", dest.display());
+                spank_log_error!("sifrun: --container-save={}: {e}", dest.display());
             }
         }
         Ok(())

@@ -36,6 +36,8 @@ pub const OPT_NO_ENTRYPOINT: &str = "no-container-entrypoint";
 pub const OPT_UNSHARE: &str = "container-unshare";
 /// A container kept by name for the job's later steps (pyxis).
 pub const OPT_NAME: &str = "container-name";
+/// Save the container as a new SIF image once the step ends (pyxis).
+pub const OPT_SAVE: &str = "container-save";
 
 /// What `--container-name=NAME[:MODE]` asks for when a container of that
 /// name exists (or not) in the job on the node.
@@ -230,6 +232,9 @@ pub struct ContainerRequest {
     /// `--container-name`: kept by name for the job's later steps. With a
     /// name, `image` may be empty: the named container's.
     pub name: Option<ContainerName>,
+    /// `--container-save`: where the container goes as a new SIF image
+    /// when the step ends (absolute: a relative path is the job's cwd's).
+    pub save: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -352,6 +357,15 @@ impl ContainerRequest {
         };
         let mut request = ContainerRequest::options_only(src)?;
         request.image = image;
+        if let Some(save) = src.option_or_env(OPT_SAVE) {
+            let save = save.trim();
+            request.save = Some(absolute_path(save, src.env("PWD").as_deref()).ok_or_else(
+                || RequestError::BadValue {
+                    option: OPT_SAVE,
+                    why: format!("{save:?} is relative and the job's working directory is unknown"),
+                },
+            )?);
+        }
         if let Some(key) = src.option_or_env(OPT_KEY_FILE) {
             let key = key.trim();
             if key.is_empty() {
@@ -453,6 +467,7 @@ impl ContainerRequest {
             entrypoint,
             unshare,
             name,
+            save: None,
         })
     }
 }

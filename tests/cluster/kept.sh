@@ -138,4 +138,19 @@ srun -Q --container-name=n1 true; echo \"status \$?\""
 check "a user who can no longer read its image cannot join a named container" \
     bash -c '[[ $1 == *"named-mine.sif"*"permission denied"* && $1 == *"status 1"* ]]' _ "$LAST"
 check "no named container outlives its job" gone_kept
+
+# --container-save (pyxis): the step's container, without its binds,
+# becomes a SIF image built as the user.
+mkdir -p "$WORK/save-out"; chown "$TEST_USER" "$WORK/save-out"; rm -f "$WORK/save-out"/*
+run srun -N1 --container="$NAMED" --container-writable --container-mounts="$WORK/data:/hostdata" \
+    --container-save="$WORK/save-out/saved.sif" sh -c 'echo from-the-step > /work-area/made'
+saved_line=$LAST
+run srun -N1 --container="$WORK/save-out/saved.sif" \
+    sh -c 'cat /work-area/made; ls /hostdata | wc -l; grep -c "sifrun busybox demo" /etc/os-release'
+LAST="save: $saved_line | run: $(tr '\n' ' ' <<<"$LAST") | owner $(stat -c %u "$WORK/save-out/saved.sif" 2>&1)"
+check "--container-save: the saved image has what the step wrote and the image, not the binds, and is the user's" \
+    test "$LAST" = "save: sifrun: saved the container to $WORK/save-out/saved.sif | run: from-the-step 0 1  | owner $TEST_UID"
+run srun -N1 --container="$NAMED" --container-save=/proc/nowhere/saved.sif true
+check "--container-save where the user cannot write fails in one line" \
+    bash -c '[[ $(grep -c "sifrun: error: --container-save=/proc/nowhere/saved.sif" <<<"$1") -eq 1 ]]' _ "$LAST"
 check "nothing is left mounted or attached after the kept-container checks" settled
