@@ -145,6 +145,12 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     args.entrypoint = req.entrypoint;
     args.unshare = req.unshare.clone();
     args.name = req.name.as_ref().map(|n| n.name.clone());
+    args.tmpfs = req.tmpfs.clone();
+    args.umount = req
+        .umounts
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     args.set_job_namespace(user.job_namespace.clone());
     args
 }
@@ -364,6 +370,8 @@ mod tests {
             unshare: vec!["net".into()],
             name: None,
             save: None,
+            tmpfs: vec![],
+            umounts: vec![],
         };
         let user = JobUser {
             uid: 1001,
@@ -456,6 +464,8 @@ mod tests {
                 unshare: vec![],
                 name: None,
                 save: None,
+                tmpfs: vec![],
+                umounts: vec![],
             },
             JobUser {
                 uid: 0,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sifrun_runtime::node::credentials::open_no_magiclinks_c;
 use sifrun_runtime::node::image_cache::FileIdentity;
-use sifrun_runtime::node::kept_containers::{self, KeptContainers};
+use sifrun_runtime::node::kept_containers::{self, KeptContainers, KeptLease, KeptRecord};
 use sifrun_runtime::phases::Phases;
 use sifrun_runtime::pidfd::PidFd;
 use sifrun_runtime::process::wait_readable;
@@ -53,7 +53,12 @@ pub fn join(
     let key = kept_containers::request_key(&args, node, &identity)?;
     let (lease, record, mount_ns) = kept.find(&key).ok()??;
     phases.mark("kept container found");
-    Some(Container {
+    Some(joined(lease, record, mount_ns))
+}
+
+/// A step's view of the kept container it joins.
+fn joined(lease: KeptLease, record: KeptRecord, mount_ns: std::fs::File) -> Container {
+    Container {
         mount_ns,
         other_ns: Vec::new(),
         image_env: record.env,
@@ -62,7 +67,7 @@ pub fn join(
         env_append: record.env_append,
         kept_lease: Some(lease),
         reused: true,
-    })
+    }
 }
 
 /// The container named by `--container-name` in this job on this node,
@@ -113,16 +118,7 @@ pub fn join_named(
     identity_as_user(&image, user, config.setup_timeout())
         .map_err(|e| format!("{}: {e}", image.display()))?;
     phases.mark("named container found");
-    Ok(Some(Container {
-        mount_ns,
-        other_ns: Vec::new(),
-        image_env: record.env,
-        cache_lease: None,
-        extra_cache_leases: Vec::new(),
-        env_append: record.env_append,
-        kept_lease: Some(lease),
-        reused: true,
-    }))
+    Ok(Some(joined(lease, record, mount_ns)))
 }
 
 fn zeroed_stat() -> libc::stat {

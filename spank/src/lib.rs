@@ -14,6 +14,7 @@
 //! `task_init`, where the task's stderr is the user's srun stderr.
 
 pub mod config;
+pub mod fake_ids;
 pub mod helper;
 pub mod job_namespace;
 pub mod kept;
@@ -478,7 +479,9 @@ unsafe impl Plugin for SifrunPlugin {
                 }
                 if let Some(userns) = &self.remap_userns {
                     // Last, as the job user (Slurm dropped root already).
-                    if let Err(e) = remap_root::join(userns) {
+                    // Package managers running as this "root" then find
+                    // their chown/setuid calls succeed (without effect).
+                    if let Err(e) = remap_root::join(userns).and_then(|()| fake_ids::install()) {
                         fail_task(&format!("--container-remap-root: {e}"));
                     }
                 }

@@ -6,7 +6,7 @@
 
 use sifrun_runtime::container::env::is_valid_name;
 use sifrun_runtime::container::image_env::scif::AppName;
-use sifrun_runtime::container::mount::rootfs::BindMount;
+use sifrun_runtime::container::mount::rootfs::{BindMount, TmpfsMount};
 use sifrun_runtime::container::namespaces::Unshared;
 use std::path::{Component, Path, PathBuf};
 
@@ -232,6 +232,11 @@ pub struct ContainerRequest {
     /// `--container-name`: kept by name for the job's later steps. With a
     /// name, `image` may be empty: the named container's.
     pub name: Option<ContainerName>,
+    /// `tmpfs:DST[:OPTIONS]` entries of `--container-mounts` (checked,
+    /// canonical).
+    pub tmpfs: Vec<String>,
+    /// `umount:DST` entries of `--container-mounts`.
+    pub umounts: Vec<PathBuf>,
     /// `--container-save`: where the container goes as a new SIF image
     /// when the step ends (absolute: a relative path is the job's cwd's).
     pub save: Option<PathBuf>,
@@ -386,10 +391,30 @@ impl ContainerRequest {
     /// before submitting, so a typo fails at once, with or without an image.
     pub fn options_only(src: &dyn OptionSource) -> Result<ContainerRequest, RequestError> {
         let cwd = src.env("PWD");
-        let mounts = list(src, OPT_MOUNTS)?
-            .iter()
-            .map(|m| parse_mount_in(m, cwd.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut mounts, mut tmpfs, mut umounts) = (Vec::new(), Vec::new(), Vec::new());
+        for entry in list(src, OPT_MOUNTS)? {
+            let bad = |why: String| RequestError::BadMount {
+                spec: entry.clone(),
+                why,
+            };
+            if let Some(rest) = entry.strip_prefix("tmpfs:") {
+                let t = TmpfsMount::parse(rest).map_err(|e| bad(e.message().to_string()))?;
+                tmpfs.push(t.to_spec());
+            } else if let Some(dst) = entry.strip_prefix("umount:") {
+                let dst = PathBuf::from(dst);
+                if !dst.is_absolute()
+                    || dst.components().any(|c| c == Component::ParentDir)
+                    || dst == Path::new("/")
+                {
+                    return Err(bad(
+                        "the path must be absolute, without '..', and not /".into()
+                    ));
+                }
+                umounts.push(dst);
+            } else {
+                mounts.push(parse_mount_in(&entry, cwd.as_deref())?);
+            }
+        }
 
         let workdir = src
             .option_or_env(OPT_WORKDIR)
@@ -468,6 +493,8 @@ impl ContainerRequest {
             unshare,
             name,
             save: None,
+            tmpfs,
+            umounts,
         })
     }
 }
@@ -606,6 +633,33 @@ mod tests {
                 )
                 .is_err(),
                 "{spec} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn tmpfs_and_umount_entries() {
+        let mut src = with_env(&[("SLURM_CONTAINER", "/a.sif")]);
+        src.options.insert(
+            OPT_MOUNTS,
+            "/data:/d,tmpfs:/scratch:size=1g+mode=0700,umount:/home/u",
+        );
+        let req = ContainerRequest::from_source(&src, true).unwrap().unwrap();
+        assert_eq!(req.mounts.len(), 1);
+        assert_eq!(req.tmpfs, ["/scratch:size=1g+mode=700"]);
+        assert_eq!(req.umounts, [PathBuf::from("/home/u")]);
+        for bad in [
+            "tmpfs:rel",
+            "tmpfs:/t:size=big",
+            "umount:rel",
+            "umount:/a/../b",
+            "umount:/",
+        ] {
+            let mut src = with_env(&[("SLURM_CONTAINER", "/a.sif")]);
+            src.options.insert(OPT_MOUNTS, bad);
+            assert!(
+                ContainerRequest::from_source(&src, true).is_err(),
+                "{bad} accepted"
             );
         }
     }

@@ -62,6 +62,19 @@ run srun -N1 --container="$IMG" --container-mounts="$WORK/images/data-private.si
 check "a data image the user cannot read is refused in one line" \
     bash -c '[[ $(grep -c "sifrun: error:.*data-private.sif.*permission denied" <<<"$1") -eq 1 ]]' _ "$LAST"
 
+# pyxis' tmpfs: and umount: entries: a fresh tmpfs of the given size, and
+# a default mount (the node's /tmp) taken away.
+run srun -N1 --container="$IMG" --container-mounts="tmpfs:/scratch:size=8m+mode=1777,umount:/tmp" \
+    sh -c 'echo x > /scratch/f && cat /scratch/f; df -k /scratch | awk "NR==2 {print \$2}"; awk "\$5 == \"/tmp\"" /proc/self/mountinfo | wc -l'
+with_umount=$(tr '\n' ' ' <<<"$LAST")
+run srun -N1 --container="$IMG" sh -c 'awk "\$5 == \"/tmp\"" /proc/self/mountinfo | wc -l'
+LAST="with: $with_umount| without: $LAST"
+check "--container-mounts=tmpfs:/dst:size=8m+mode=1777,umount:/tmp: a writable 8 MiB tmpfs, and /tmp unmounted" \
+    test "$LAST" = "with: x 8192 0 | without: 1"
+run srun -N1 --container="$IMG" --container-mounts="umount:/opt" true
+check "umount: on a path where nothing is mounted fails in one line" \
+    bash -c '[[ $(grep -c "sifrun: error: .*umount:/opt: nothing is mounted there in the container" <<<"$1") -eq 1 ]]' _ "$LAST"
+
 # The host's locale stays out unless named (pyxis): the image may lack it.
 LAST=$(as_user env LANG=xx_YY.UTF-8 LC_ALL=xx_YY.UTF-8 timeout 60 srun -N1 --container="$IMG" \
     sh -c 'echo "${LANG-unset} ${LC_ALL-unset}"' 2>&1)
@@ -110,6 +123,11 @@ run srun -N1 --container="$IMG" --container-remap-root --container-mounts="$WORK
     sh -c 'touch /rootowned/x 2>&1; grep NoNewPrivs /proc/self/status'
 check "... and gives no privilege: a root-owned host directory stays closed, no_new_privs stays set" \
     bash -c '[[ "$1" == *"Permission denied"* && "$1" == *"NoNewPrivs:	1"* && ! -e $2/x ]]' _ "$LAST" "$WORK/remap-root-owned"
+run srun -N1 --container="$IMG" --container-remap-root --container-mounts="$WORK/remap:/remap" \
+    sh -c 'touch /remap/chowned && chown 12345:12345 /remap/chowned && echo chown-ok'
+LAST+=" | owner on the host: $(stat -c %u:%g "$WORK/remap/chowned" 2>&1)"
+check "... where chown to another owner succeeds without effect, as package managers need (seccomp)" \
+    test "$LAST" = "chown-ok | owner on the host: $TEST_UID:$(id -g "$TEST_USER")"
 
 run srun -N2 -n8 --container="$IMG" sh -c 'echo $SLURMD_NODENAME $(readlink /proc/self/ns/mnt)'
 check "8 tasks on 2 nodes: one mount namespace per node" \

@@ -189,6 +189,93 @@ pub struct ContainerSpec {
     /// ([`crate::node::job_namespace`]): mounted at the same paths in place
     /// of the node's (for `/dev/shm`, over the step's fresh tmpfs).
     pub job_dirs: Vec<super::DetachedMount>,
+    /// Fresh tmpfs mounts at container paths (`tmpfs:/dst` in pyxis'
+    /// `--container-mounts`), after the binds.
+    pub tmpfs_mounts: Vec<TmpfsMount>,
+    /// Container paths to unmount once everything is mounted (`umount:/dst`):
+    /// what was mounted there (a default bind, a tmpfs) is removed, and the
+    /// image's own content shows again.
+    pub unmounts: Vec<PathBuf>,
+}
+
+/// `tmpfs:DST[:size=SIZE+mode=MODE]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    pub destination: PathBuf,
+    /// `1024k`, `64m`, `2g` or bytes; none: the kernel's default (half the
+    /// memory, charged to the job's cgroup as it is written).
+    pub size: Option<String>,
+    /// Permission bits of its root; none: 1777, like /tmp.
+    pub mode: Option<u32>,
+}
+
+impl TmpfsMount {
+    /// Parses `DST[:OPTIONS]`, OPTIONS `size=..` and `mode=..` joined with
+    /// `+` (commas separate `--container-mounts` entries).
+    pub fn parse(spec: &str) -> Result<Self> {
+        let bad = |why: &str| Error::usage(format!("tmpfs mount {spec:?}: {why}"));
+        let (dst, options) = spec.split_once(':').unwrap_or((spec, ""));
+        let destination = PathBuf::from(dst);
+        if !destination.is_absolute() {
+            return Err(bad("the destination must be an absolute path"));
+        }
+        let mut mount = TmpfsMount {
+            destination,
+            size: None,
+            mode: None,
+        };
+        for option in options.split('+').filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("size", v)) if valid_size(v) => mount.size = Some(v.to_string()),
+                Some(("mode", v)) => {
+                    mount.mode = Some(
+                        u32::from_str_radix(v, 8)
+                            .ok()
+                            .filter(|m| *m <= 0o7777)
+                            .ok_or_else(|| bad("mode must be octal, at most 7777"))?,
+                    )
+                }
+                _ => {
+                    return Err(bad(
+                        "options are size=N[k|m|g] and mode=OCTAL, joined with '+'",
+                    ))
+                }
+            }
+        }
+        Ok(mount)
+    }
+
+    /// Back to `DST[:OPTIONS]`.
+    pub fn to_spec(&self) -> String {
+        let mut options = Vec::new();
+        if let Some(size) = &self.size {
+            options.push(format!("size={size}"));
+        }
+        if let Some(mode) = self.mode {
+            options.push(format!("mode={mode:o}"));
+        }
+        let dst = self.destination.display();
+        if options.is_empty() {
+            dst.to_string()
+        } else {
+            format!("{dst}:{}", options.join("+"))
+        }
+    }
+
+    /// The tmpfs mount data.
+    fn data(&self) -> String {
+        let mut data = format!("mode={:o}", self.mode.unwrap_or(0o1777));
+        if let Some(size) = &self.size {
+            data.push_str(&format!(",size={size}"));
+        }
+        data
+    }
+}
+
+/// A tmpfs size: digits, then at most one of `k`, `m`, `g`.
+fn valid_size(v: &str) -> bool {
+    let digits = v.strip_suffix(['k', 'm', 'g']).unwrap_or(v);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl ContainerSpec {
@@ -210,6 +297,8 @@ impl ContainerSpec {
             host_files: Vec::new(),
             overlay: None,
             job_dirs: Vec::new(),
+            tmpfs_mounts: Vec::new(),
+            unmounts: Vec::new(),
         }
     }
 }
@@ -334,6 +423,31 @@ pub fn build_rootfs(
         // `:ro` bind is read-only all the way down.
         bind(&b.source, &target, true, flags)?;
         host.record(&target)?;
+    }
+    for t in &spec.tmpfs_mounts {
+        let target = create_mount_point(&root, &t.destination, Path::new("/"), &host)?;
+        mount_fs("tmpfs", &target, "tmpfs", nosuid_nodev, Some(&t.data()))?;
+        host.record(&target)?;
+    }
+    for path in &spec.unmounts {
+        // Resolved inside the root: an image symlink cannot point this at
+        // anything outside it.
+        let target = resolve_in_root(&root, path)?;
+        if target == root {
+            return Err(Error::usage(
+                "umount:/: the container's root cannot be unmounted",
+            ));
+        }
+        nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            if e == nix::errno::Errno::EINVAL {
+                Error::usage(format!(
+                    "umount:{}: nothing is mounted there in the container",
+                    path.display()
+                ))
+            } else {
+                Error::system(format!("unmounting {}: {}", path.display(), e.desc()))
+            }
+        })?;
     }
     // Last, so that no user bind can cover them; created in the overlay's
     // tmpfs upper layer (the image is not written).
@@ -571,6 +685,33 @@ fn read_image_identity_file(path: &Path, name: &str) -> Result<String> {
         .read_to_end(&mut bytes)
         .map_err(|e| Error::image(format!("reading the image's {name}: {e}")))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tmpfs_tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_specs_round_trip_and_refuse_odd_options() {
+        let t = TmpfsMount::parse("/scratch:size=64m+mode=700").unwrap();
+        assert_eq!(t.size.as_deref(), Some("64m"));
+        assert_eq!(t.mode, Some(0o700));
+        assert_eq!(TmpfsMount::parse(&t.to_spec()).unwrap(), t);
+        assert_eq!(t.data(), "mode=700,size=64m");
+        assert_eq!(TmpfsMount::parse("/t").unwrap().data(), "mode=1777");
+        for bad in [
+            "rel",
+            "/t:size=",
+            "/t:size=1x",
+            "/t:size=m",
+            "/t:mode=9",
+            "/t:mode=17777",
+            "/t:uid=0",
+            "/t:size=1m,mode=1",
+        ] {
+            assert!(TmpfsMount::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ use crate::container::identity::{group_entry, Identity};
 use crate::container::image_env::{self, scif::AppName};
 use crate::container::loop_device::LoopAttachment;
 use crate::container::mount::mount_squashfs_partition;
-use crate::container::mount::rootfs::{BindMount, ContainerSpec};
+use crate::container::mount::rootfs::{BindMount, ContainerSpec, TmpfsMount};
 use crate::container::namespaces::Unshared;
 use crate::container::overlay_partition::OverlaySource;
 use crate::container::staging::StagingDir;
@@ -775,6 +775,12 @@ fn build_in_new_namespace(
     spec.writable_tmpfs = opts.writable_tmpfs;
     spec.overlay = overlay;
     spec.job_dirs = job_dirs;
+    spec.tmpfs_mounts = opts
+        .tmpfs
+        .iter()
+        .map(|t| TmpfsMount::parse(t))
+        .collect::<Result<_>>()?;
+    spec.unmounts = opts.umount.iter().map(PathBuf::from).collect();
     if let Some(cwd) = &opts.cwd {
         // An unreachable cwd is not fatal: Slurm falls back to /tmp, as it
         // does outside containers.

@@ -113,6 +113,14 @@ pub struct SetupArgs {
     /// no share).
     #[arg(long, default_value_t = 0, value_name = "MIB")]
     pub copy_quota_mib: u64,
+    /// A fresh tmpfs at a container path: `DST[:size=N+mode=OCTAL]`
+    /// (repeatable; pyxis' `tmpfs:` mounts).
+    #[arg(long, value_name = "DST[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
+    /// A container path to unmount once everything is mounted (repeatable;
+    /// pyxis' `umount:` mounts).
+    #[arg(long, value_name = "DST")]
+    pub umount: Vec<String>,
     /// Keep the container for the job's later steps on this node under
     /// this name (`--container-name`): they join it whatever they ask
     /// for, and what one step writes in it (`--writable-tmpfs`) the next
@@ -209,6 +217,8 @@ impl SetupArgs {
             entrypoint: false,
             unshare: Vec::new(),
             name: None,
+            tmpfs: Vec::new(),
+            umount: Vec::new(),
             overlay_max_mib: crate::container::overlay_partition::DEFAULT_MAX_MIB,
             app: None,
             job_namespace: None,
@@ -267,6 +277,12 @@ impl SetupArgs {
         opt("copy-quota-mib", Some(self.copy_quota_mib.to_string()));
         opt("copy-dir", Some(path(&self.copy_dir)));
         opt("name", self.name.clone());
+        for t in &self.tmpfs {
+            opt("tmpfs", Some(t.clone()));
+        }
+        for u in &self.umount {
+            opt("umount", Some(u.clone()));
+        }
         opt(
             "unshare",
             (!self.unshare.is_empty()).then(|| self.unshare.join(",")),
@@ -442,6 +458,8 @@ mod tests {
         a.no_gpu_driver = true;
         a.entrypoint = true;
         a.name = Some("build-env".into());
+        a.tmpfs = vec!["/scratch:size=1g".into()];
+        a.umount = vec!["/home/u".into()];
         a.unshare = vec!["net".into(), "uts".into()];
         a.gpu_list = Some("/etc/nvliblist.conf".into());
         a.rdma = true;
