@@ -80,7 +80,10 @@ holder_status() {
     echo "comm $(cat "/proc/$pid/comm")"
 }
 # The job lasts until the look at its holder is done (a marker file), so a
-# job that waits in the queue first cannot end the look early.
+# job that waits in the queue first cannot end the look early. The earlier
+# jobs' containers must be gone first: a record of theirs, seen just before
+# their epilog removes it, would be taken for this job's.
+gone_kept || true
 rm -f "$WORK/holder-seen"
 (cd /tmp && runuser -u "$TEST_USER" -- timeout 120 salloc -Q -N1 -w node1 sh -c \
     "srun -Q --container=$IMG true; for i in \$(seq 600); do [ -e $WORK/holder-seen ] && break; sleep 0.1; done") \
