@@ -199,12 +199,20 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
         system_binds: Vec::new(),
         // Slurm's allocation: slurmstepd sets (and clears) this itself; a
         // value the user put in the environment does not survive.
-        gpus: spank
-            .getenv("SLURM_STEP_GPUS")
-            .ok()
-            .flatten()
-            .map(|v| sifrun_runtime::container::gpu::parse_step_gpus(&v))
-            .unwrap_or_default(),
+        // The job's NVIDIA_VISIBLE_DEVICES may narrow it, never widen it.
+        gpus: sifrun_runtime::container::gpu::narrow_to_visible(
+            &spank
+                .getenv("SLURM_STEP_GPUS")
+                .ok()
+                .flatten()
+                .map(|v| sifrun_runtime::container::gpu::parse_step_gpus(&v))
+                .unwrap_or_default(),
+            spank
+                .getenv("NVIDIA_VISIBLE_DEVICES")
+                .ok()
+                .flatten()
+                .as_deref(),
+        )?,
         job_namespace: None,
     })
 }

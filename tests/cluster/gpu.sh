@@ -24,6 +24,17 @@ if [[ -c /dev/nvidia0 && -c /dev/nvidia1 ]]; then
     check "no --gres: no GPU device node inside" test "$(tr '\n' ' ' <<<"$LAST")" = "0 cvd=unset "
     LAST=$(as_user env SLURM_STEP_GPUS=0,1 timeout 60 srun -N1 --export=ALL,SLURM_STEP_GPUS=0,1 --container="$IMG" sh -c 'ls /dev | grep -c nvidia || true' 2>&1)
     check "SLURM_STEP_GPUS in the job's environment gives no GPU" test "$LAST" = "0"
+    # The job's NVIDIA_VISIBLE_DEVICES narrows the allocation, never widens it.
+    gpus_with() { # VALUE: the GPU device nodes a --gres=gpu:2 step sees
+        as_user env NVIDIA_VISIBLE_DEVICES="$1" timeout 60 srun -N1 --gres=gpu:2 --container="$IMG" \
+            sh -c 'ls /dev | grep "^nvidia[0-9]" | tr "\n" " "; echo' 2>&1
+    }
+    LAST="void: $(gpus_with void)| 1: $(gpus_with 1)| all: $(gpus_with all)"
+    check "NVIDIA_VISIBLE_DEVICES narrows the step's GPUs: void none, 1 only nvidia1, all both" \
+        test "$LAST" = "void: | 1: nvidia1 | all: nvidia0 nvidia1 "
+    LAST=$(gpus_with 5)
+    check "NVIDIA_VISIBLE_DEVICES naming a GPU outside the allocation fails in one line" \
+        bash -c '[[ $(grep -c "sifrun: error: .*NVIDIA_VISIBLE_DEVICES=5: GPU 5 is not in this step.s allocation (0,1)" <<<"$1") -eq 1 ]]' _ "$LAST"
     run srun -N1 --gres=gpu:1 --container="$IMG" sh -c 'ls /.sifrun/gpu/lib; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; nvidia-smi -L'
     check "the host driver's libraries and tools are bound and on the paths" \
         bash -c '[[ "$1" == *"libcuda.so.1"* && "$1" == *"GPU 0: sifrun stand-in"* ]] && grep -qE "^LD_LIBRARY_PATH=(.*:)?/.sifrun/gpu/lib$" <<<"$1"' _ "$LAST"

@@ -210,9 +210,80 @@ pub fn parse_step_gpus(value: &str) -> Vec<u32> {
     out
 }
 
+/// The step's GPUs (`allocated`, from Slurm) narrowed by the job's
+/// `NVIDIA_VISIBLE_DEVICES`, as the NVIDIA container toolkit reads it:
+/// unset, empty or `all`: every allocated GPU; `none` or `void`: none (and
+/// so no driver files); otherwise a comma-separated list of host GPU
+/// indices, each of which must be allocated. It narrows, never widens: a
+/// GPU outside the allocation is an error, as are names the toolkit takes
+/// that this does not (UUIDs, MIG devices).
+pub fn narrow_to_visible(allocated: &[u32], visible: Option<&str>) -> Result<Vec<u32>, String> {
+    let value = visible.map(str::trim).unwrap_or("");
+    if allocated.is_empty() {
+        // Nothing to narrow: a step without GPUs is not refused over a
+        // variable a module or profile left in the environment.
+        return Ok(Vec::new());
+    }
+    match value {
+        "" | "all" => return Ok(allocated.to_vec()),
+        "none" | "void" => return Ok(Vec::new()),
+        _ => {}
+    }
+    let mut chosen = Vec::new();
+    for item in value.split(',').map(str::trim) {
+        let index: u32 = item.parse().map_err(|_| {
+            format!(
+                "NVIDIA_VISIBLE_DEVICES={value}: {item:?} is not a GPU index (indices, all, none or void are taken)"
+            )
+        })?;
+        if !allocated.contains(&index) {
+            return Err(format!(
+                "NVIDIA_VISIBLE_DEVICES={value}: GPU {index} is not in this step's allocation ({})",
+                allocated
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        if !chosen.contains(&index) {
+            chosen.push(index);
+        }
+    }
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvidia_visible_devices_narrows_and_never_widens() {
+        let alloc = [1, 3];
+        assert_eq!(narrow_to_visible(&alloc, None).unwrap(), [1, 3]);
+        assert_eq!(narrow_to_visible(&alloc, Some("all")).unwrap(), [1, 3]);
+        assert_eq!(
+            narrow_to_visible(&alloc, Some("void")).unwrap(),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            narrow_to_visible(&alloc, Some("none")).unwrap(),
+            Vec::<u32>::new()
+        );
+        assert_eq!(narrow_to_visible(&alloc, Some("3")).unwrap(), [3]);
+        assert_eq!(narrow_to_visible(&alloc, Some("3,1,3")).unwrap(), [1, 3]);
+        let e = narrow_to_visible(&alloc, Some("0")).unwrap_err();
+        assert!(
+            e.contains("GPU 0 is not in this step's allocation (1,3)"),
+            "{e}"
+        );
+        assert!(narrow_to_visible(&alloc, Some("GPU-1234")).is_err());
+        assert_eq!(
+            narrow_to_visible(&[], Some("0")).unwrap(),
+            Vec::<u32>::new()
+        );
+    }
 
     #[test]
     fn step_gpus() {
