@@ -40,6 +40,10 @@ check "container root is read-only" grep -q "Read-only file system" <<<"$LAST"
 
 run srun -N1 --container="$IMG" --container-writable sh -c 'awk "\$5 == \"/\" {print \$6}" /proc/self/mountinfo'
 check "--container-writable makes the root writable" grep -q "^rw" <<<"$LAST"
+run srun -N1 --container="$IMG" --container-writable \
+    sh -c 'touch /newfile && mkdir -p /opt/new/dir && mv /newfile /etc/moved && echo "ok $(stat -c %u /) $(stat -c %u /etc/os-release)"'
+check "--container-writable: the job user may create, move and remove files anywhere (directories are the user's, files keep their owner)" \
+    test "$LAST" = "ok $TEST_UID 0"
 
 # pyxis' --container-mounts grammar: a relative source from the submit
 # directory, flags joined with '+'.

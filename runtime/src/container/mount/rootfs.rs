@@ -373,6 +373,10 @@ pub fn build_rootfs(
     // pointing into one) must never be able to redirect that write onto a
     // host file.
     write_identity_files(&root, &spec.identity)?;
+    if spec.writable_tmpfs && !spec.unprivileged && !spec.identity.is_root() {
+        // Also before any bind: only the container's own layers are walked.
+        give_directories_to(&root, spec.identity.uid, spec.identity.gid)?;
+    }
 
     mount_proc_sys(spec, &root)?;
     super::dev::mount_dev(&root, spec.unprivileged)?;
@@ -461,6 +465,37 @@ pub fn build_rootfs(
         remount_bind(&root, MsFlags::MS_RDONLY | nosuid_nodev)?;
     }
     Ok(Rootfs { root })
+}
+
+/// A writable root the job user can use, as pyxis users expect (enroot
+/// unpacks images as the user): every directory of the image becomes the
+/// user's in the container's in-memory upper layer, so the user may create,
+/// rename and remove files anywhere (package managers replace files by
+/// renaming new ones over them). Files keep their owner. Only directories
+/// are copied up (their entries, not their files' data), and symlinks are
+/// neither followed nor changed: nothing outside the container's own
+/// layers is reached, and the image itself is not written.
+fn give_directories_to(root: &Path, uid: u32, gid: u32) -> Result<()> {
+    use nix::fcntl::AtFlags;
+    use nix::unistd::{fchownat, Gid, Uid};
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        fchownat(
+            None,
+            &dir,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .with_context(|| format!("giving {} to the job user", dir.display()))?;
+        let entries = fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The host files of [`HOST_NETWORK_FILES`] this spec binds (those the
