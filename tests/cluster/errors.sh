@@ -28,6 +28,12 @@ check "an image cached for its owner's job is still refused to a user who cannot
 
 run srun -N1 --container-mounts=/data:/x:exec true
 check "bad --container-mounts refused by srun" grep -q "container-mounts entry" <<<"$LAST"
+run srun -N1 --container="$IMG" --container-env= sh -c 'echo RAN'
+empty_env=$LAST
+run srun -N1 --container="$IMG" --container-env=FOO, sh -c 'echo RAN'
+LAST="$empty_env | $LAST"
+check "empty --container-env= and an empty entry (FOO,) are refused by srun, as pyxis does" \
+    bash -c '[[ $1 == *"--container-env: empty value"* && $1 == *"empty entry in \"FOO,\""* && $1 != *RAN* ]]' _ "$LAST"
 
 run srun -N1 --container="$IMG" --container-mounts="$WORK/private/secret:/s" true
 check "bind of a path the user cannot reach is refused" grep -qi "sifrun: error: .*private/secret.*permission denied" <<<"$LAST"

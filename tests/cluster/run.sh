@@ -25,6 +25,10 @@ run srun -N1 --container="$WORK/oci-bundle" true
 check "--container naming something other than a SIF image is left to Slurm" \
     bash -c '[[ "$1" != *"sifrun:"* && $(cat /var/tmp/sifrun-cluster/log/slurmd-node*.log | grep -c "No oci.conf") -gt $2 ]]' _ "$LAST" "$before"
 
+LAST=$(as_user env SIFRUN_SIF_IMAGE="$WORK/images/text.sif" timeout 60 srun -N1 --container="$IMG" \
+    sh -c 'test -e /opt/only-in-image.sh && echo in-image' 2>&1)
+check "--container= on the command line wins over SIFRUN_SIF_IMAGE in the environment" test "$LAST" = "in-image"
+
 run srun -N1 --container="$IMG" /opt/only-in-image.sh
 check "a command that exists only in the image runs" grep -q "only in the image" <<<"$LAST"
 
