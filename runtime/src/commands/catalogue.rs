@@ -12,9 +12,10 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use sif::integrity::hex;
 use sifrun_runtime::error::{Context, Error, Result};
 use sifrun_runtime::node::ecl::catalogue::{
-    check_stage_name, hex, record_name, staged_identity, Lookup, Record, RECORD_FORMAT,
+    check_stage_name, record_name, staged_identity, Lookup, Record, RECORD_FORMAT,
 };
 use sifrun_runtime::node::ecl::enforce::{verify_image, EclCheck};
 use sifrun_runtime::node::ecl::{decide, EclConfig, SignerFacts};

@@ -223,10 +223,7 @@ pub fn identity_digest(identity: &FileIdentity, extra: &[u64]) -> String {
     for field in identity.0.iter().chain(extra) {
         hash.update(field.to_le_bytes());
     }
-    hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sif::integrity::hex(&hash.finalize()[..16])
 }
 
 /// The cache directory of one node.

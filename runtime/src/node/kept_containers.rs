@@ -186,11 +186,7 @@ pub fn key(job: u32, node: &str, request: &[String], image: &FileIdentity) -> St
         hash.update([0]);
     }
     hash.update(identity_digest(image, &[]).as_bytes());
-    let digest: String = hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{job}-{digest}")
+    format!("{job}-{}", sif::integrity::hex(&hash.finalize()[..16]))
 }
 
 /// The key of the container named `name` by `uid` in `job` on `node`

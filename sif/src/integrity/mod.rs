@@ -30,7 +30,7 @@ mod select;
 mod sign;
 mod verify;
 
-pub use digest::{Digest, DigestAlg};
+pub use digest::{hex, Digest, DigestAlg};
 pub use dsse::{PemError, PemPublicKey, PAYLOAD_TYPE as DSSE_PAYLOAD_TYPE};
 pub use error::VerifyError;
 pub use metadata::{

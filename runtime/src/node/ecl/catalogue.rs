@@ -44,6 +44,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sif::integrity::hex;
 
 use super::decide::SignerFacts;
 
@@ -149,10 +150,6 @@ pub fn staged_identity(file: &File, meta: &std::fs::Metadata) -> std::io::Result
         mtime: meta.mtime(),
         head_sha256: head_digest(file, meta.size())?,
     })
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Catalogue {

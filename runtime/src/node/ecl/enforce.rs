@@ -278,10 +278,7 @@ fn policy_digest(legacy: bool, keyrings: &[(PathBuf, Vec<u8>)]) -> String {
         hash.update((bytes.len() as u64).to_le_bytes());
         hash.update(bytes);
     }
-    hash.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    integrity::hex(&hash.finalize()[..8])
 }
 
 /// Verifies the image at `path` and returns what an ECL needs to know.
