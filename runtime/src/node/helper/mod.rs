@@ -203,10 +203,7 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
     };
 
     let image_file = user.open_file(&opts.image)?;
-    let image_fd_path = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&image_file)
-    ));
+    let image_fd_path = fd_path(&image_file);
     let image = RunnableImage::open_maybe_encrypted(&image_fd_path)
         .map_err(|e| e.shown_as(&image_fd_path, &opts.image))?;
     phases.mark("image opened");
@@ -253,6 +250,15 @@ fn setup(opts: &SetupArgs, phases: &mut Phases) -> Result<Ready> {
     setup_cached(opts, &user, identity, &image_file, image, ecl, phases)
 }
 
+/// `/proc/self/fd/N` for an open file: what this process reads it through,
+/// never the path the user named it by.
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(file)
+    ))
+}
+
 /// An image bound into the container beside the main one
 /// (`--container-mounts=data.sif:/data`), mounted through the node cache.
 struct DataImage {
@@ -279,11 +285,9 @@ fn mount_data_images(
             )));
         }
         let file = user.open_file(shown)?;
-        let fd_path = PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&file)
-        ));
-        let image = RunnableImage::open(&fd_path).map_err(|e| e.shown_as(&fd_path, shown))?;
+        let image_fd_path = fd_path(&file);
+        let image =
+            RunnableImage::open(&image_fd_path).map_err(|e| e.shown_as(&image_fd_path, shown))?;
         let (lease, _) = mount_checked(opts, shown, &file, &image, ecl)?;
         data.push(DataImage {
             lease,
@@ -344,10 +348,7 @@ fn mount_checked(
     image: &RunnableImage,
     ecl: Option<&EclCheck>,
 ) -> Result<(Lease, ImageSource)> {
-    let image_fd_path = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(image_file)
-    ));
+    let image_fd_path = fd_path(image_file);
     // An image staged in the site's catalogue (ecl::catalogue) is decided
     // from its record: no hashing, no copy, pages read on demand.
     let staged = match &ecl {
@@ -483,14 +484,6 @@ fn setup_cached(
     phases: &mut Phases,
 ) -> Result<Ready> {
     let (lease, source) = mount_checked(opts, &opts.image, image_file, &image, ecl.as_ref())?;
-    let image_fd_path = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(image_file)
-    ));
-    let backing = |entry: &Path| match source {
-        ImageSource::File => image_fd_path.clone(),
-        ImageSource::Copy => entry.join(COPY_FILE),
-    };
     phases.mark(if lease.mounted_now {
         "image mounted"
     } else {
@@ -504,7 +497,7 @@ fn setup_cached(
             (image.env, overlay)
         }
         ImageSource::Copy => {
-            let path = backing(lease.entry_dir());
+            let path = lease.entry_dir().join(COPY_FILE);
             let copy = RunnableImage::open(&path).map_err(|e| e.shown_as(&path, &opts.image))?;
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
@@ -735,15 +728,21 @@ fn build_in_new_namespace(
     // Handles must stay open until the binds are made (they are the sources).
     let mut handles: Vec<PathHandle> = Vec::new();
     let mut binds = Vec::new();
+    // Images in --container-mounts are mounted already (mount_data_images).
+    let path_binds: Vec<&String> = opts
+        .binds
+        .iter()
+        .filter(|b| !SetupArgs::is_image_bind(b))
+        .collect();
     let as_user = [
-        (&opts.binds, "--container-mounts"),
-        (&opts.step_binds, "the step's PMIx directory"),
+        (path_binds, "--container-mounts"),
+        (
+            opts.step_binds.iter().collect(),
+            "the step's PMIx directory",
+        ),
     ];
     for (specs, what) in as_user {
         for spec in specs {
-            if what == "--container-mounts" && SetupArgs::is_image_bind(spec) {
-                continue; // mounted already (mount_data_images)
-            }
             let mut bind = BindMount::parse_unresolved(spec)?;
             let handle = user
                 .open_path(&bind.source)
