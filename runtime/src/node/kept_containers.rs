@@ -146,31 +146,37 @@ pub fn request_key(opts: &SetupArgs, node: &str, image: &FileIdentity) -> Option
     Some(key(job, node, &args, image))
 }
 
-/// Whether the container `opts` asks for may be kept, as far as its
-/// options tell (see [`request_key`]): not for an encrypted image, a
-/// writable root or without the node cache. The helper also keeps none
-/// where a list applies to the job's partition (its decision is made at
-/// every step) or for an image with an overlay partition.
-pub fn may_keep(opts: &SetupArgs) -> bool {
-    if opts.name.is_some() {
-        // Asked for by name: kept whatever the site's `keep_containers`,
-        // writable too (that is the point); not where the step's own
-        // processes or namespaces would have to outlive it.
-        return opts.job_id.is_some()
-            && opts.key_file.is_none()
-            && opts.cache_idle_secs > 0
-            && opts.unshare.is_empty();
-    }
-    opts.keep
-        && opts.job_id.is_some()
-        && opts.key_file.is_none()
-        && !opts.writable_tmpfs
-        && opts.cache_idle_secs > 0
+/// Why no container `opts` asks for can be kept, as far as its options
+/// tell; `None` when one may be. The same rules for a container kept
+/// because the site keeps them and for one the user names (the helper
+/// refuses a named one with this reason).
+pub fn why_not_kept(opts: &SetupArgs) -> Option<&'static str> {
+    if opts.job_id.is_none() {
+        Some("needs a job")
+    } else if opts.key_file.is_some() {
+        Some("not with --container-key-file (each step decrypts its own view of the image)")
+    } else if opts.cache_idle_secs == 0 {
+        Some("needs the node's image cache (the site's cache_idle_secs is 0)")
+    } else if !opts.unshare.is_empty() {
         // Its other namespaces would have to be kept and joined too.
-        && opts.unshare.is_empty()
+        Some("not available with --container-unshare yet")
+    } else if opts.has_image_binds() {
         // Images bound beside the main one are opened as the user and
         // decided at every step.
-        && !opts.has_image_binds()
+        Some("not available with images in --container-mounts yet (each step checks those afresh)")
+    } else {
+        None
+    }
+}
+
+/// Whether the container `opts` asks for may be kept, as far as its
+/// options tell (see [`request_key`], [`why_not_kept`]): asked for by name
+/// (writable too: that is the point), or, where the site keeps
+/// containers, one with a read-only root. The helper also keeps none where
+/// a list applies to the job's partition (its decision is made at every
+/// step) or, unless named, for an image with an overlay partition.
+pub fn may_keep(opts: &SetupArgs) -> bool {
+    why_not_kept(opts).is_none() && (opts.name.is_some() || (opts.keep && !opts.writable_tmpfs))
 }
 
 /// The key of a container built for `job` on `node` from `request` (the
@@ -671,10 +677,13 @@ mod tests {
             |o: &mut SetupArgs| o.unshare = vec!["net".into()],
             |o: &mut SetupArgs| o.key_file = Some("/k".into()),
             |o: &mut SetupArgs| o.cache_idle_secs = 0,
+            |o: &mut SetupArgs| o.binds = vec!["/d/data.sif:/data".into()],
         ] {
             let mut o = opts.clone();
             change(&mut o);
             assert!(!may_keep(&o));
+            // The helper refuses a named one with the reason.
+            assert!(why_not_kept(&o).is_some());
         }
     }
 

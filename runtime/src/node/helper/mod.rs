@@ -300,22 +300,22 @@ fn mount_data_images(
 /// Refuses, in one line, a named container (`--container-name`) that
 /// could not be kept for the job's later steps.
 fn check_named(opts: &SetupArgs, name: &str, image: &RunnableImage, ecl: bool) -> Result<()> {
-    let why = if opts.job_id.is_none() {
-        "needs a job"
-    } else if image.encryption.is_some() {
-        "encrypted images are decrypted for one step at a time"
-    } else if ecl {
-        "not available on a partition with an execution control list yet (the list decides at every step)"
-    } else if opts.cache_idle_secs == 0 {
-        "needs the node's image cache (the site's cache_idle_secs is 0)"
-    } else if !opts.unshare.is_empty() {
-        "not available with --container-unshare yet"
-    } else if opts.has_image_binds() {
-        "not available with images in --container-mounts yet (each step checks those afresh)"
-    } else {
-        return Ok(());
-    };
-    Err(Error::usage(format!("--container-name={name}: {why}")))
+    let why = kept_containers::why_not_kept(opts)
+        .or_else(|| {
+            image
+                .encryption
+                .is_some()
+                .then_some("encrypted images are decrypted for one step at a time")
+        })
+        .or_else(|| {
+            ecl.then_some(
+                "not available on a partition with an execution control list yet (the list decides at every step)",
+            )
+        });
+    match why {
+        Some(why) => Err(Error::usage(format!("--container-name={name}: {why}"))),
+        None => Ok(()),
+    }
 }
 
 /// The key of the container this step asks for, when it may be kept for
