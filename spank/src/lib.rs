@@ -13,6 +13,7 @@
 //! `user_init` to srun, so a setup error is kept and reported from
 //! `task_init`, where the task's stderr is the user's srun stderr.
 
+pub mod as_user;
 pub mod config;
 pub mod fake_ids;
 pub mod helper;

@@ -23,6 +23,8 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use sifrun_runtime::process::wait_readable;
+
 /// How long the child may take to make the namespace.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,46 +107,14 @@ fn child(uid: u32, gid: u32, ready: &OwnedFd, hold: &OwnedFd) -> ! {
 /// No groups, the user's IDs, then a new user namespace (owned by them):
 /// the errno of the first call that failed.
 fn become_user_in_new_namespace(uid: u32, gid: u32) -> Result<(), i32> {
-    let errno = || {
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    };
-    // SAFETY: a raw system call on plain values, changing this process only.
-    if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) } != 0 {
-        return Err(errno());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
-        return Err(errno());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-        return Err(errno());
-    }
-    // SAFETY: as above.
+    crate::as_user::become_user_for_good(uid, gid, &[])?;
+    // SAFETY: a raw system call on a plain value, changing this process only.
     if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
-        return Err(errno());
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
     }
     Ok(())
-}
-
-fn wait_readable(fd: &OwnedFd, deadline: Instant) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => return true,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
 }
 
 /// In a task, as the job user: joins the step's namespace.

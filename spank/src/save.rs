@@ -183,20 +183,11 @@ impl Child {
         if mount(None::<&str>, target, None::<&str>, flags, None::<&str>).is_err() {
             return fail("making the copy read-only");
         }
-        // The job user, for good (raw system calls: see kept.rs).
-        // SAFETY: a raw system call changing this process only.
-        let set =
-            unsafe { libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) };
-        if set != 0 {
-            return fail("taking the user's groups");
-        }
-        // SAFETY: as above.
-        if unsafe { libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) } != 0 {
-            return fail("taking the user's group");
-        }
-        // SAFETY: as above.
-        if unsafe { libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) } != 0 {
-            return fail("becoming the user");
+        if let Err(errno) = crate::as_user::become_user_for_good(self.uid, self.gid, &self.groups) {
+            return format!(
+                "becoming the job user: {}",
+                std::io::Error::from_raw_os_error(errno)
+            );
         }
         if nix::sys::prctl::set_no_new_privs().is_err() {
             return fail("no_new_privs");
