@@ -12,15 +12,11 @@ use std::path::Path;
 use common::*;
 use ecl_support::*;
 
-fn stage(config: &Path, image: &Path, dir: &Path) -> std::process::Output {
-    run_sifrun(&[
-        "catalogue",
-        "stage",
-        "--config",
-        config.to_str().unwrap(),
-        image.to_str().unwrap(),
-        dir.to_str().unwrap(),
-    ])
+fn stage(config: &Path, extra: &[&str], image: &Path, dir: &Path) -> std::process::Output {
+    let mut args = vec!["catalogue", "stage", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend([image.to_str().unwrap(), dir.to_str().unwrap()]);
+    run_sifrun(&args)
 }
 
 fn check(config: &Path, extra: &[&str], images: &[&Path]) -> std::process::Output {
@@ -51,14 +47,14 @@ fn staged_images_are_decided_from_their_record_and_nothing_else_is() {
     let unsigned = site.corpus_copy(&c, "one-group.sif", "in/plain.sif");
 
     // Staging verifies the copy and says what each list decides.
-    let out = stage(&config, &signed, &catalogue);
+    let out = stage(&config, &[], &signed, &catalogue);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("partition secure: allowed"),
         "{}",
         stdout(&out)
     );
-    let out = stage(&config, &unsigned, &catalogue);
+    let out = stage(&config, &[], &unsigned, &catalogue);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("partition secure: refused"),
@@ -129,16 +125,7 @@ fn staging_refuses_odd_names_and_a_site_without_lists() {
     let dir = site.path("catalogue");
     std::fs::create_dir(&dir).unwrap();
     for name in [".hidden", "x.json", "a/b"] {
-        let out = run_sifrun(&[
-            "catalogue",
-            "stage",
-            "--config",
-            config.to_str().unwrap(),
-            "--name",
-            name,
-            image.to_str().unwrap(),
-            dir.to_str().unwrap(),
-        ]);
+        let out = stage(&config, &["--name", name], &image, &dir);
         assert_one_line_error(&out, "--name");
     }
     // Nothing was left behind by the refusals.
@@ -148,6 +135,6 @@ fn staging_refuses_odd_names_and_a_site_without_lists() {
         &[&ring],
         "[partitions.debug]\nactivated = false\n",
     );
-    let out = stage(&none, &image, &dir);
+    let out = stage(&none, &[], &image, &dir);
     assert_one_line_error(&out, "no partition has an activated execution control list");
 }

@@ -157,29 +157,41 @@ fn copy_hashing(source: &Path, dest: &Path) -> Result<(File, String, u64)> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dest)
         .with_context(|| format!("creating {}", dest.display()))?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = input
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", source.display()))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
+    let (sha256, bytes) = hash_reading(&mut input, source, |chunk| {
         output
-            .write_all(&buf[..n])
-            .with_context(|| format!("writing {}", dest.display()))?;
-        bytes += n as u64;
-    }
+            .write_all(chunk)
+            .with_context(|| format!("writing {}", dest.display()))
+    })?;
     output
         .sync_all()
         .with_context(|| format!("writing {}", dest.display()))?;
     output
         .set_permissions(std::fs::Permissions::from_mode(0o444))
         .with_context(|| format!("making {} read-only", dest.display()))?;
-    Ok((output, hex(&hash.finalize()), bytes))
+    Ok((output, sha256, bytes))
+}
+
+/// Reads `reader` (the file `what`) to its end in 1 MiB chunks, handing
+/// each to `also`: the SHA-256 (hex) of everything read, and its size.
+fn hash_reading(
+    reader: &mut impl Read,
+    what: &Path,
+    mut also: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(String, u64)> {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", what.display()))?;
+        if n == 0 {
+            return Ok((hex(&hash.finalize()), bytes));
+        }
+        hash.update(&buf[..n]);
+        also(&buf[..n])?;
+        bytes += n as u64;
+    }
 }
 
 /// Writes `bytes` to `path` (mode 0444) through a temporary file renamed
@@ -335,19 +347,9 @@ pub fn check(config: &Path, images: &[PathBuf], reverify: bool) -> Result<Vec<En
 /// Hashes the whole file and verifies it again under each list's keys:
 /// true when everything matches the record.
 fn reverify_entry(image: &Path, file: &File, record: &Record, checks: &[EclCheck]) -> Result<bool> {
-    let mut hash = Sha256::new();
     let mut reader = file;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", image.display()))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-    }
-    if hex(&hash.finalize()) != record.sha256 {
+    let (sha256, _) = hash_reading(&mut reader, image, |_| Ok(()))?;
+    if sha256 != record.sha256 {
         return Ok(false);
     }
     let path = PathBuf::from(format!(
