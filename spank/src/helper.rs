@@ -87,6 +87,9 @@ pub struct Container {
     /// The container's other namespaces (`--container-unshare`), joined
     /// after the mount namespace.
     pub other_ns: Vec<(Unshared, File)>,
+    /// `--container-remap-root`: the step's user namespace, joined last,
+    /// as the job user (see `remap_root`).
+    pub user_ns: Option<File>,
     pub image_env: Vec<(String, String)>,
     /// Shared lock on the node cache entry: keeps the image mounted while
     /// the step runs, released by the kernel when slurmstepd exits (even if
@@ -215,6 +218,7 @@ pub fn build_container(
         Ok(Container {
             mount_ns: mount_ns?,
             other_ns: other_ns?,
+            user_ns: None,
             extra_cache_leases,
             image_env: report.env,
             cache_lease,

@@ -61,6 +61,7 @@ fn joined(lease: KeptLease, record: KeptRecord, mount_ns: std::fs::File) -> Cont
     Container {
         mount_ns,
         other_ns: Vec::new(),
+        user_ns: None,
         image_env: record.env,
         cache_lease: None,
         extra_cache_leases: Vec::new(),

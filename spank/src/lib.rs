@@ -53,8 +53,6 @@ struct SifrunPlugin {
     /// `Some` once a container was asked for: the ready container or the
     /// one-line reason it could not be built.
     setup: Option<Result<Container, String>>,
-    /// `--container-remap-root`: the step's user namespace.
-    remap_userns: Option<std::fs::File>,
     /// Tasks of the step that have ended on this node (`--container-save`
     /// waits for the last).
     tasks_ended: u32,
@@ -362,6 +360,16 @@ unsafe impl Plugin for SifrunPlugin {
                     )
                     .map_err(|e| e.to_string()),
                 };
+                // Made by root for the user (see remap_root): tasks join it
+                // last.
+                let c = c.and_then(|mut c| {
+                    if request.remap_root {
+                        let ns = remap_root::user_namespace(user.uid, user.gid)
+                            .map_err(|e| format!("--container-remap-root: {e}"))?;
+                        c.user_ns = Some(ns);
+                    }
+                    Ok(c)
+                });
                 spank_log_verbose!(
                     "sifrun: container for {} ready in {} ms{}",
                     request.image.display(),
@@ -377,19 +385,6 @@ unsafe impl Plugin for SifrunPlugin {
             }),
             Some(Err(e)) => Err(format!("plugin configuration: {e}")),
             None => Err("plugin configuration missing".to_string()),
-        };
-        // Made by root for the user (see remap_root): tasks join it last.
-        let setup = match setup {
-            Ok(container) if request.remap_root => {
-                match job_user(spank).and_then(|u| remap_root::user_namespace(u.uid, u.gid)) {
-                    Ok(ns) => {
-                        self.remap_userns = Some(ns);
-                        Ok(container)
-                    }
-                    Err(e) => Err(format!("--container-remap-root: {e}")),
-                }
-            }
-            other => other,
         };
         let image = request.image.display().to_string();
         self.setup = Some(setup.map_err(|e| {
@@ -486,7 +481,7 @@ unsafe impl Plugin for SifrunPlugin {
                     }
                     spank.setenv("PWD", dir.as_os_str(), true)?;
                 }
-                if let Some(userns) = &self.remap_userns {
+                if let Some(userns) = &container.user_ns {
                     // Last, as the job user (Slurm dropped root already).
                     // Package managers running as this "root" then find
                     // their chown/setuid calls succeed (without effect).
