@@ -321,7 +321,7 @@ fn check_named(opts: &SetupArgs, name: &str, image: &RunnableImage, ecl: bool) -
 /// The key of the container this step asks for, when it may be kept for
 /// the job's later steps ([`kept_containers::request_key`]).
 fn kept_key(opts: &SetupArgs, image_file: &std::fs::File) -> Result<Option<String>> {
-    if !opts.keep && opts.name.is_none() {
+    if !kept_containers::may_keep(opts) {
         return Ok(None);
     }
     let node = nix::unistd::gethostname()
