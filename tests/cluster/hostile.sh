@@ -115,6 +115,23 @@ secure --container="$FAKE/link/signed-b.sif" sh -c 'echo RAN'
 check "attack: ... also through a symlink to that /proc path" refused_before_running
 pkill -u "$TEST_USER" -f "sleep 61" 2>/dev/null
 
+# --- 4b. image symlinks against what root does to a writable root ------------
+# An image whose entries point at host paths: /to-host -> a root-owned host
+# directory, /to-root -> /. A writable root gives the image's directories to
+# the user (never what a symlink points at), and umount: resolves inside
+# the root (a symlink to / is the root, which is refused).
+HOSTDIR=$WORK/root-owned-target; mkdir -p "$HOSTDIR"; chown root:root "$HOSTDIR"; chmod 755 "$HOSTDIR"
+mkdir -p "$WORK/rootfs-links"; cp -a "$WORK/rootfs/." "$WORK/rootfs-links/"
+ln -sfn "$HOSTDIR" "$WORK/rootfs-links/to-host"; ln -sfn / "$WORK/rootfs-links/to-root"
+"$SIFRUN" build --force "$WORK/rootfs-links" -o "$WORK/images/links.sif" >/dev/null 2>&1; chmod 644 "$WORK/images/links.sif"
+run srun -N1 --container="$WORK/images/links.sif" --container-writable sh -c 'stat -c %u /'
+LAST+=" | host dir owner: $(stat -c %u:%g "$HOSTDIR")"
+check "attack: an image symlink to a host directory is not given to the user by a writable root" \
+    test "$LAST" = "$TEST_UID | host dir owner: 0:0"
+run srun -N1 --container="$WORK/images/links.sif" --container-mounts=umount:/to-root true
+check "attack: umount: through an image symlink to / is refused in one line" \
+    bash -c '[[ $(grep -c "sifrun: error: .*umount:/to-root: that is the container.s root, which cannot be unmounted" <<<"$1") -eq 1 ]]' _ "$LAST"
+
 # --- 5. denial of service on the node ------------------------------------------
 # A signed image truncated to 1.5 GB (holes): only the SIF's own bytes are
 # copied into the node's RAM for verification.

@@ -438,9 +438,10 @@ pub fn build_rootfs(
         // anything outside it.
         let target = resolve_in_root(&root, path)?;
         if target == root {
-            return Err(Error::usage(
-                "umount:/: the container's root cannot be unmounted",
-            ));
+            return Err(Error::usage(format!(
+                "umount:{}: that is the container's root, which cannot be unmounted",
+                path.display()
+            )));
         }
         nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
             if e == nix::errno::Errno::EINVAL {
