@@ -74,6 +74,17 @@ pub struct Config {
     /// `auto` (from slurm.conf and the namespace plugin's file), `none`,
     /// or a path template (`%j` job id, `%n` node name).
     pub job_namespace: String,
+    /// Users may run a batch script in its container
+    /// (`sbatch --container-batch`), with the host's Slurm commands bound
+    /// in (see `batch_client`).
+    pub batch_in_container: bool,
+    /// Where the host's Slurm commands (srun, sbatch, squeue, ...) are.
+    pub slurm_bin_dir: PathBuf,
+    /// Further host paths Slurm's client needs at their own path in such a
+    /// container (a configless cache, a site's auth socket); slurm.conf's
+    /// directory, its plugin directories, plugstack.conf's plugins and
+    /// munge's socket are found without being named.
+    pub batch_client_paths: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -100,6 +111,9 @@ impl Default for Config {
             cache_max_images_per_user: protocol::DEFAULT_CACHE_MAX_IMAGES_PER_USER,
             overlay_max_mib: sifrun_runtime::container::overlay_partition::DEFAULT_MAX_MIB,
             job_namespace: "auto".to_string(),
+            batch_in_container: true,
+            slurm_bin_dir: PathBuf::from("/usr/bin"),
+            batch_client_paths: Vec::new(),
         }
     }
 }
@@ -189,6 +203,15 @@ impl Config {
             }
             "slurm_conf" => self.slurm_conf = PathBuf::from(value),
             "job_namespace" => self.job_namespace = value.to_string(),
+            "batch_in_container" => self.batch_in_container = parse_bool(value)?,
+            "slurm_bin_dir" => self.slurm_bin_dir = PathBuf::from(value),
+            "batch_client_paths" => {
+                self.batch_client_paths = value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            }
             "gpus" => self.gpus = parse_bool(value)?,
             "rdma" => self.rdma = parse_bool(value)?,
             "gpu_list" => {
@@ -273,6 +296,24 @@ mod tests {
         let c = Config::from_plugin_args(&["copy_dir="]).unwrap();
         assert_eq!(c.copy_dir, PathBuf::new());
         assert!(Config::from_plugin_args(&["copy_dir=relative/dir"]).is_err());
+    }
+
+    #[test]
+    fn batch_client_settings_and_the_shipped_example_file() {
+        let c = Config::from_plugin_args(&[
+            "batch_in_container=no",
+            "slurm_bin_dir=/opt/slurm/bin",
+            "batch_client_paths=/run/slurm/conf,/var/run/auth",
+        ])
+        .unwrap();
+        assert!(!c.batch_in_container);
+        assert_eq!(c.slurm_bin_dir, PathBuf::from("/opt/slurm/bin"));
+        assert_eq!(
+            c.batch_client_paths,
+            [PathBuf::from("/run/slurm/conf"), "/var/run/auth".into()]
+        );
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/slurm/sifrun.toml");
+        Config::from_file(&example).unwrap();
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub struct JobUser {
     /// `SRC:SRC[:ro]` bind specs. The helper resolves them with the job
     /// user's credentials (they are bound for the user's sake).
     pub system_binds: Vec<String>,
+    /// Host paths the plugin decided from the admin's settings and the
+    /// node's files alone (Slurm's client for `--container-batch`), as
+    /// `SRC:DST:ro` specs the helper resolves as root, like the admin's
+    /// `default_binds`.
+    pub root_binds: Vec<String>,
     /// The step's GPUs on this node (Slurm's `SLURM_STEP_GPUS`).
     pub gpus: Vec<u32>,
     /// The job's mount namespace file, when Slurm gives jobs one (decided
@@ -116,6 +121,7 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
     args.cwd = user.cwd.as_ref().map(PathBuf::from);
     args.binds = req.mounts.iter().map(|m| m.to_spec()).collect();
     args.admin_binds = config.default_binds.clone();
+    args.admin_binds.extend(user.root_binds.iter().cloned());
     args.step_binds = user.system_binds.clone();
     args.workdir = req.workdir.clone();
     args.no_home = !req.mount_home.unwrap_or(config.mount_home);
@@ -376,6 +382,7 @@ mod tests {
             save: None,
             tmpfs: vec![],
             umounts: vec![],
+            batch: false,
         };
         let user = JobUser {
             uid: 1001,
@@ -385,6 +392,7 @@ mod tests {
             job_id: 42,
             restart_count: 1,
             system_binds: vec!["/var/spool/slurmd:/var/spool/slurmd".into()],
+            root_binds: vec![],
             gpus: vec![0, 1],
             job_namespace: Some(JobNamespace::File("/var/jc/42/.ns".into())),
         };
@@ -470,6 +478,7 @@ mod tests {
                 save: None,
                 tmpfs: vec![],
                 umounts: vec![],
+                batch: false,
             },
             JobUser {
                 uid: 0,
@@ -479,6 +488,7 @@ mod tests {
                 job_id: 1,
                 restart_count: 0,
                 system_binds: vec![],
+                root_binds: vec![],
                 gpus: vec![],
                 job_namespace: None,
             },

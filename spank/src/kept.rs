@@ -299,6 +299,7 @@ mod tests {
             job_id: 1,
             restart_count: 0,
             system_binds: Vec::new(),
+            root_binds: Vec::new(),
             gpus: Vec::new(),
             job_namespace: None,
         }

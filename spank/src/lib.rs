@@ -14,6 +14,7 @@
 //! `task_init`, where the task's stderr is the user's srun stderr.
 
 pub mod as_user;
+pub mod batch_client;
 pub mod config;
 pub mod fake_ids;
 pub mod helper;
@@ -56,6 +57,8 @@ struct SifrunPlugin {
     /// Tasks of the step that have ended on this node (`--container-save`
     /// waits for the last).
     tasks_ended: u32,
+    /// This is the batch step, run in the container (`--container-batch`).
+    batch_inside: bool,
 }
 
 /// Slurm's special step ids (slurm.h): the batch script, the extern step
@@ -119,6 +122,11 @@ fn options() -> Vec<SpankOption> {
         SpankOption::new(OPT_UNSHARE)
             .takes_value("NS,...")
             .usage("[sifrun] give the container its own namespaces: net (loopback only), ipc, uts"),
+        SpankOption::new(OPT_BATCH).usage(
+            "[sifrun] sbatch: run the batch script itself in the container, with the host's srun, squeue, ...",
+        ),
+        SpankOption::new(OPT_NO_BATCH)
+            .usage("[sifrun] sbatch: run the batch script on the host (the default); its steps run in the container"),
     ]
 }
 
@@ -172,6 +180,43 @@ fn pmix_binds(spank: &SpankHandle, config: &Config) -> Result<Vec<String>, Strin
         .collect())
 }
 
+/// `--container-batch`: the host's Slurm client (see [`batch_client`]),
+/// bound by root, all decided from the admin's settings and the node's
+/// files.
+fn batch_client_binds(config: &Config) -> Result<Vec<String>, String> {
+    if !config.batch_in_container {
+        return Err(
+            "--container-batch: this site runs batch scripts on the host \
+                    (batch_in_container = false); their srun steps still run in the image"
+                .into(),
+        );
+    }
+    let client = batch_client::HostClient::discover(
+        &config.slurm_conf,
+        &config.slurm_bin_dir,
+        &config.batch_client_paths,
+    )
+    .map_err(|e| format!("--container-batch: Slurm's client: {e}"))?;
+    let wrappers = config.state_dir.join("batch-client");
+    client
+        .write_wrappers(&wrappers)
+        .map_err(|e| format!("--container-batch: {e}"))?;
+    Ok(client.binds(&wrappers))
+}
+
+/// The batch script, which slurmstepd runs by its path in its spool
+/// directory: bound at that path, with the job user's credentials (as the
+/// user's own files are).
+fn batch_script_bind(spank: &SpankHandle) -> Result<String, String> {
+    let script = spank
+        .job_argv()
+        .ok()
+        .and_then(|argv| argv.first().map(|s| s.to_string()))
+        .filter(|s| s.starts_with('/') && !s.contains(':'))
+        .ok_or("--container-batch: slurmstepd did not give the batch script's path")?;
+    Ok(format!("{script}:{script}:ro"))
+}
+
 /// The node name, taken to be the host name (slurm.conf's %n and %h):
 /// from the kernel, not from the job's environment.
 fn node_name() -> Result<String, String> {
@@ -196,6 +241,7 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
         job_id,
         restart_count,
         system_binds: Vec::new(),
+        root_binds: Vec::new(),
         // Slurm's allocation: slurmstepd sets (and clears) this itself; a
         // value the user put in the environment does not survive.
         // The job's NVIDIA_VISIBLE_DEVICES may narrow it, never widen it.
@@ -318,21 +364,32 @@ unsafe impl Plugin for SifrunPlugin {
             return Ok(());
         };
         if let Ok(step) = spank.job_stepid() {
-            if !runs_in_container(step) {
+            // `--container-batch`: sbatch's script, or salloc's shell (the
+            // interactive step), runs in the container too.
+            self.batch_inside =
+                request.batch && matches!(step, SLURM_BATCH_SCRIPT | SLURM_INTERACTIVE_STEP);
+            if !runs_in_container(step) && !self.batch_inside {
                 // `sbatch --container=img.sif`: the batch script runs on the
-                // host (it needs Slurm's client, config and munge socket);
-                // its `srun` steps inherit SLURM_CONTAINER and run in the
-                // image. The extern step never runs user code.
+                // host unless it asked for the container; its `srun` steps
+                // inherit the image and run in it. The extern step never
+                // runs user code.
                 spank_log_verbose!("sifrun: step {step:#x} runs on the host");
                 return Ok(());
             }
         }
+        let batch_inside = self.batch_inside;
         // Never fail here: Slurm would drain the node and hide the reason
         // from the user. The outcome is reported in task_init.
         let mut phases = Phases::start();
         let setup = match &self.config {
             Some(Ok(config)) => job_user(spank).and_then(|mut user| {
                 user.system_binds = pmix_binds(spank, config)?;
+                if batch_inside {
+                    user.root_binds = batch_client_binds(config)?;
+                    if spank.job_stepid().is_ok_and(|s| s == SLURM_BATCH_SCRIPT) {
+                        user.system_binds.push(batch_script_bind(spank)?);
+                    }
+                }
                 user.job_namespace = job_namespace::locate(
                     &config.job_namespace,
                     &config.slurm_conf,
@@ -340,7 +397,20 @@ unsafe impl Plugin for SifrunPlugin {
                     &node_name()?,
                 )?;
                 phases.mark("job and node settings");
+                // The batch step's container (with Slurm's client) is its
+                // own: never kept, never one kept by a step, never named.
+                let batch_config;
+                let config = if batch_inside {
+                    batch_config = Config {
+                        keep_containers: false,
+                        ..config.clone()
+                    };
+                    &batch_config
+                } else {
+                    config
+                };
                 let kept = match &request.name {
+                    _ if batch_inside => None,
                     Some(_) => {
                         kept::join_named(&request, &user, config, &node_name()?, &mut phases)?
                     }
@@ -468,6 +538,15 @@ unsafe impl Plugin for SifrunPlugin {
                     spank.setenv(name, value, true)?;
                 }
                 spank.setenv("SIFRUN_CONTAINER", "1", true)?;
+                if self.batch_inside {
+                    // The host's Slurm commands come first.
+                    let path = job_env("PATH").filter(|p| !p.is_empty());
+                    let path = match path {
+                        Some(p) => format!("{}:{p}", batch_client::BIN_DIR),
+                        None => batch_client::BIN_DIR.to_string(),
+                    };
+                    spank.setenv("PATH", path, true)?;
+                }
                 if matches!(&self.config, Some(Ok(c)) if c.pytorch_env) {
                     for (k, v) in pytorch_env::pytorch_vars(&job_env) {
                         spank.setenv(k, v, false)?;

@@ -38,6 +38,10 @@ pub const OPT_UNSHARE: &str = "container-unshare";
 pub const OPT_NAME: &str = "container-name";
 /// Save the container as a new SIF image once the step ends (pyxis).
 pub const OPT_SAVE: &str = "container-save";
+/// `sbatch`: the batch script itself runs in the container, with the
+/// host's Slurm commands (pyxis' `sbatch_support`).
+pub const OPT_BATCH: &str = "container-batch";
+pub const OPT_NO_BATCH: &str = "no-container-batch";
 
 /// What `--container-name=NAME[:MODE]` asks for when a container of that
 /// name exists (or not) in the job on the node.
@@ -106,6 +110,8 @@ pub const FLAGS: &[&str] = &[
     OPT_NO_REMAP_ROOT,
     OPT_ENTRYPOINT,
     OPT_NO_ENTRYPOINT,
+    OPT_BATCH,
+    OPT_NO_BATCH,
 ];
 
 /// Environment variable that carries Slurm's built-in `--container` value.
@@ -240,6 +246,9 @@ pub struct ContainerRequest {
     /// `--container-save`: where the container goes as a new SIF image
     /// when the step ends (absolute: a relative path is the job's cwd's).
     pub save: Option<PathBuf>,
+    /// `--container-batch`: the batch script runs in the container (only
+    /// the batch step reads it; the job's other steps always do).
+    pub batch: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -478,6 +487,7 @@ impl ContainerRequest {
         let mount_home = switch(src, OPT_MOUNT_HOME, OPT_NO_MOUNT_HOME)?;
         let remap_root = switch(src, OPT_REMAP_ROOT, OPT_NO_REMAP_ROOT)?.unwrap_or(false);
         let entrypoint = switch(src, OPT_ENTRYPOINT, OPT_NO_ENTRYPOINT)?.unwrap_or(false);
+        let batch = switch(src, OPT_BATCH, OPT_NO_BATCH)?.unwrap_or(false);
 
         Ok(ContainerRequest {
             image: PathBuf::new(),
@@ -495,6 +505,7 @@ impl ContainerRequest {
             save: None,
             tmpfs,
             umounts,
+            batch,
         })
     }
 }

@@ -91,6 +91,17 @@ if [[ -f $APP_SRC/docker.sif && -f $APP_SRC/def.sif && -f $APP_SRC/apps.sif && -
     check "attack: an image whose environment script hangs fails the step in one line, within its limit" \
         bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"did not finish within 10 s"* ]] && ! grep -q "^RAN" <<<"$1"' _ "$LAST"
     check "... and leaves no script process behind" gone_within 5 -u "$TEST_USER" -f 'sleep 600'
+
+    # A batch script in an Apptainer image: its environment (a library
+    # path of the image's own) is the script's, and the host's Slurm
+    # commands still load only the host's libraries.
+    printf '%s\n' '#!/bin/sh' 'echo "batch: MYVAR=$MYVAR LD=$LD_LIBRARY_PATH"' 'srun -N2 myprog step' >"$JOBDIR/job-appt.sh"
+    chmod 755 "$JOBDIR/job-appt.sh"
+    (cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch -Q -N2 -W --container="$APPT/docker.sif" \
+        --container-batch -o "$JOBDIR/out-appt.txt" "$JOBDIR/job-appt.sh")
+    LAST=$(cat "$JOBDIR/out-appt.txt" 2>&1)
+    check "sbatch --container-batch with an Apptainer image: the script gets its environment, and srun works under its LD_LIBRARY_PATH" \
+        bash -c '[[ "$1" == *"batch: MYVAR=docker-value LD=/opt/app/lib:/.singularity.d/libs"* && $(grep -c "^myprog: MYVAR=docker-value .* args=step$" <<<"$1") -eq 2 ]]' _ "$LAST"
     check "no loop device or mount left after the Apptainer images" settled
 else
     fail "Apptainer image tests" "no images in $APP_SRC (run ci/build-apptainer-images)"

@@ -42,3 +42,42 @@ chmod 755 "$JOBDIR/job-override.sh"
 LAST=$(cat "$JOBDIR/out-override.txt" 2>&1)
 check "inside sbatch --sif-image, srun --container=other.sif runs other.sif" \
     bash -c '[[ "$1" == *"no-such-image.sif"* ]]' _ "$LAST"
+
+# sbatch --container-batch: the batch script itself in the image (busybox,
+# no C library of its own), with the host's Slurm commands usable there.
+cat > "$JOBDIR/job-inside.sh" <<'JOB'
+#!/bin/sh
+echo "batch: $(test -e /opt/only-in-image.sh && echo container || echo host)"
+echo "srun is $(command -v srun)"
+srun -N2 sh -c 'echo "step: $(test -e /opt/only-in-image.sh && echo container || echo host)"'
+squeue -h -j "$SLURM_JOB_ID" -o "squeue: %i %T"
+scontrol show job "$SLURM_JOB_ID" | grep -o "JobState=[A-Z]*"
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH-unset}"
+JOB
+chmod 755 "$JOBDIR/job-inside.sh"
+(cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch -Q -N2 -W --container="$IMG" --container-batch -o "$JOBDIR/out-inside.txt" "$JOBDIR/job-inside.sh")
+LAST=$(cat "$JOBDIR/out-inside.txt" 2>&1)
+check "sbatch --container-batch: the batch script runs in the image" \
+    bash -c '[[ "$1" == *"batch: container"* && "$1" == *"srun is /.sifrun/bin/srun"* ]]' _ "$LAST"
+check "sbatch --container-batch: the host's srun, squeue and scontrol work in it, and srun's steps run in the image" \
+    bash -c '[[ $(grep -c "step: container" <<<"$1") -eq 2 && "$1" == *"squeue: "*" RUNNING"* && "$1" == *"JobState=RUNNING"* ]]' _ "$LAST"
+check "sbatch --container-batch: the host's libraries are not on the script's library path" \
+    bash -c 'grep -q "^LD_LIBRARY_PATH=" <<<"$1" && ! grep -q "^LD_LIBRARY_PATH=.*/.sifrun" <<<"$1"' _ "$LAST"
+
+# salloc without a command: its shell (the interactive step, on the first
+# node: LaunchParameters=use_interactive_step) in the image too.
+LAST=$(cd /tmp && printf '%s\n' 'test -e /opt/only-in-image.sh && echo "shell: container"' \
+        'srun -N2 sh -c "test -e /opt/only-in-image.sh && echo step: container"' 'squeue -h -j $SLURM_JOB_ID -o "squeue: %T"' |
+    runuser -u "$TEST_USER" -- env SHELL=/bin/sh timeout 60 salloc -Q -N2 --container="$IMG" --container-batch 2>&1)
+check "salloc --container-batch: its shell runs in the image, with the host's srun and squeue" \
+    bash -c '[[ "$1" == *"shell: container"* && $(grep -c "step: container" <<<"$1") -eq 2 && "$1" == *"squeue: RUNNING"* ]]' _ "$LAST"
+
+# The admin may keep batch scripts on the host: one line says so.
+cp "$WORK/sifrun.toml" "$WORK/sifrun.toml.orig"
+undo 'mv "$WORK/sifrun.toml.orig" "$WORK/sifrun.toml"'
+echo "batch_in_container = false" >> "$WORK/sifrun.toml"
+(cd "$JOBDIR" && runuser -u "$TEST_USER" -- timeout 120 sbatch -Q -N1 -W --container="$IMG" --container-batch -o "$JOBDIR/out-off.txt" "$JOBDIR/job-inside.sh")
+LAST=$(cat "$JOBDIR/out-off.txt" 2>&1)
+run_undo
+check "sbatch --container-batch where the site keeps batch scripts on the host: refused in one line" \
+    bash -c '[[ $(grep -c "batch_in_container = false" <<<"$1") -eq 1 && "$1" != *"batch: container"* && "$1" != *"batch: host"* ]]' _ "$LAST"
