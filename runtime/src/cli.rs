@@ -118,7 +118,7 @@ pub enum Command {
     /// line on stdout ({"ok":true,"env":[...]} or {"ok":false,"error":...}),
     /// then waits until stdin is closed. Not meant to be run by hand.
     #[command(name = "slurm-setup")]
-    SlurmSetup(sifrun_runtime::node::helper::protocol::SetupArgs),
+    SlurmSetup(Box<sifrun_runtime::node::helper::protocol::SetupArgs>),
 
     /// Show or clean this node's cache of mounted images (admins).
     ///

@@ -85,6 +85,24 @@ pub struct Config {
     /// directory, its plugin directories, plugstack.conf's plugins and
     /// munge's socket are found without being named.
     pub batch_client_paths: Vec<PathBuf>,
+    /// CDI spec directories, lowest priority first (root-owned; empty:
+    /// CDI off). The step's GPUs go through CDI when a spec of their kind
+    /// exists, else through the built-in driver list.
+    pub cdi_dirs: Vec<PathBuf>,
+    /// CDI devices users may ask for with `--container-devices`:
+    /// `vendor.com/class=name`, or `vendor.com/class=*` for a whole kind.
+    pub cdi_user_devices: Vec<String>,
+    /// Directory of the site's hooks (`NAME.sh`, root's).
+    pub hooks_dir: PathBuf,
+    /// Site hooks run for every container, in order.
+    pub hooks: Vec<String>,
+    /// Site hooks users may ask for with `--container-hooks`.
+    pub user_hooks: Vec<String>,
+    /// Site hooks run for the jobs of a partition (the partition is asked
+    /// of slurmctld). TOML only: `[partition_hooks]` `gpu = ["nccl"]`.
+    pub partition_hooks: std::collections::BTreeMap<String, Vec<String>>,
+    /// Limit on each site hook, in seconds.
+    pub hook_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -114,6 +132,16 @@ impl Default for Config {
             batch_in_container: true,
             slurm_bin_dir: PathBuf::from("/usr/bin"),
             batch_client_paths: Vec::new(),
+            cdi_dirs: sifrun_runtime::container::cdi::DEFAULT_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            cdi_user_devices: Vec::new(),
+            hooks_dir: PathBuf::from(sifrun_runtime::node::site_hooks::DEFAULT_DIR),
+            hooks: Vec::new(),
+            user_hooks: Vec::new(),
+            partition_hooks: Default::default(),
+            hook_timeout_secs: protocol::DEFAULT_HOOK_TIMEOUT_SECS,
         }
     }
 }
@@ -155,6 +183,7 @@ impl Config {
         for (key, value) in pairs.iter().filter(|(k, _)| k != "config") {
             config.set(key, value)?;
         }
+        config.check()?;
         Ok(config)
     }
 
@@ -205,6 +234,19 @@ impl Config {
             "job_namespace" => self.job_namespace = value.to_string(),
             "batch_in_container" => self.batch_in_container = parse_bool(value)?,
             "slurm_bin_dir" => self.slurm_bin_dir = PathBuf::from(value),
+            "cdi_dirs" => self.cdi_dirs = comma_list(value).map(PathBuf::from).collect(),
+            "cdi_user_devices" => {
+                self.cdi_user_devices = comma_list(value).map(str::to_string).collect()
+            }
+            "hooks_dir" => self.hooks_dir = PathBuf::from(value),
+            "hooks" => self.hooks = comma_list(value).map(str::to_string).collect(),
+            "user_hooks" => self.user_hooks = comma_list(value).map(str::to_string).collect(),
+            "hook_timeout_secs" => {
+                self.hook_timeout_secs = value
+                    .parse()
+                    .map_err(|_| bad("expected a number of seconds"))?
+            }
+            "partition_hooks" => return Err(bad("set it in the TOML file ([partition_hooks])")),
             "batch_client_paths" => {
                 self.batch_client_paths = value
                     .split(',')
@@ -253,9 +295,33 @@ impl Config {
         Ok(())
     }
 
+    /// Checks what the plugin cannot leave to the helper: hook names.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        use sifrun_runtime::node::site_hooks::is_hook_name;
+        let all = self
+            .hooks
+            .iter()
+            .chain(&self.user_hooks)
+            .chain(self.partition_hooks.values().flatten());
+        for name in all {
+            if !is_hook_name(name) {
+                return Err(ConfigError::BadValue {
+                    key: "hooks".into(),
+                    message: format!("{name:?} is not a hook name (a-z, 0-9, '-', '_')"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn setup_timeout(&self) -> Duration {
         Duration::from_secs(self.setup_timeout_secs.max(1))
     }
+}
+
+/// The non-empty items of a comma-separated plugstack value.
+fn comma_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]

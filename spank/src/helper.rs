@@ -82,6 +82,9 @@ pub struct JobUser {
     /// The job's mount namespace file, when Slurm gives jobs one (decided
     /// by the plugin from the admin's configuration: [`crate::job_namespace`]).
     pub job_namespace: Option<JobNamespace>,
+    /// The job's `SLURM_*` variables as `NAME=VALUE`, for the site's hooks
+    /// (collected only when the site has hooks).
+    pub slurm_env: Vec<String>,
 }
 
 /// A ready per-node container: the pinned mount namespace and the image's
@@ -111,6 +114,9 @@ pub struct Container {
     pub kept_lease: Option<KeptLease>,
     /// The step joined a container an earlier step of the job kept.
     pub reused: bool,
+    /// The site's hooks that ran for this container (run again at the
+    /// step's end).
+    pub site_hooks: Vec<String>,
 }
 
 /// The helper's request for this step (rendered as its command line by
@@ -161,7 +167,66 @@ pub fn setup_request(req: &ContainerRequest, user: &JobUser, config: &Config) ->
         .map(|p| p.display().to_string())
         .collect();
     args.set_job_namespace(user.job_namespace.clone());
+    args.cdi_dirs = config.cdi_dirs.clone();
+    args.cdi_devices = req.devices.clone();
+    let hooks: Vec<String> =
+        config
+            .hooks
+            .iter()
+            .chain(&req.hooks)
+            .fold(Vec::new(), |mut names, n| {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+                names
+            });
+    if !hooks.is_empty() || !config.partition_hooks.is_empty() {
+        args.hooks_dir = Some(config.hooks_dir.clone());
+        args.hooks = hooks;
+        args.partition_hooks = config
+            .partition_hooks
+            .iter()
+            .map(|(partition, names)| format!("{partition}={}", names.join(",")))
+            .collect();
+        args.hook_env = user.slurm_env.clone();
+        args.hook_timeout_secs = config.hook_timeout_secs;
+        args.scontrol = config.slurm_bin_dir.join("scontrol");
+    }
     args
+}
+
+/// Refuses CDI devices and site hooks the admin does not offer users, in
+/// one line that says what is offered.
+pub fn check_allowed(req: &ContainerRequest, config: &Config) -> Result<(), String> {
+    use sifrun_runtime::container::cdi::{self, QualifiedName};
+    for name in &req.devices {
+        let allowed = QualifiedName::parse(name)
+            .map(|q| cdi::allowed(&q, &config.cdi_user_devices))
+            .unwrap_or(false);
+        if !allowed {
+            return Err(format!(
+                "--container-devices: {name} is not offered on this cluster{}",
+                offered(&config.cdi_user_devices)
+            ));
+        }
+    }
+    for name in &req.hooks {
+        if !config.user_hooks.contains(name) && !config.hooks.contains(name) {
+            return Err(format!(
+                "--container-hooks: {name} is not offered on this cluster{}",
+                offered(&config.user_hooks)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn offered(list: &[String]) -> String {
+    if list.is_empty() {
+        " (none are)".to_string()
+    } else {
+        format!(" (offered: {})", list.join(", "))
+    }
 }
 
 /// Start the helper and wait (bounded) for the container to be ready.
@@ -231,6 +296,7 @@ pub fn build_container(
             env_append: report.env_append,
             reused: false,
             kept_lease,
+            site_hooks: report.site_hooks,
         })
     });
     phases.mark("namespace pinned");
@@ -383,6 +449,8 @@ mod tests {
             tmpfs: vec![],
             umounts: vec![],
             batch: false,
+            devices: vec!["vendor.example/nic=0".into()],
+            hooks: vec!["mpi".into(), "pytorch".into()],
         };
         let user = JobUser {
             uid: 1001,
@@ -395,10 +463,13 @@ mod tests {
             root_binds: vec![],
             gpus: vec![0, 1],
             job_namespace: Some(JobNamespace::File("/var/jc/42/.ns".into())),
+            slurm_env: vec!["SLURM_JOB_NAME=x".into()],
         };
         let config = Config {
             default_binds: vec!["/etc/hosts:/etc/hosts:ro".into()],
             ecl_config: Some("/etc/slurm/ecl.toml".into()),
+            hooks: vec!["pytorch".into()],
+            partition_hooks: [("gpu".to_string(), vec!["nccl".to_string(), "mpi".into()])].into(),
             ..Config::default()
         };
         let mut expected = SetupArgs::new("/img/a.sif".into(), 1001, 1002);
@@ -421,7 +492,36 @@ mod tests {
         expected.entrypoint = true;
         expected.unshare = vec!["net".into()];
         expected.job_namespace = Some("/var/jc/42/.ns".into());
+        expected.cdi_dirs = vec!["/etc/cdi".into(), "/var/run/cdi".into()];
+        expected.cdi_devices = vec!["vendor.example/nic=0".into()];
+        expected.hooks_dir = Some("/etc/sifrun/hooks.d".into());
+        // The site's first, then the user's, each once.
+        expected.hooks = vec!["pytorch".into(), "mpi".into()];
+        expected.partition_hooks = vec!["gpu=nccl,mpi".into()];
+        expected.hook_env = vec!["SLURM_JOB_NAME=x".into()];
         assert_eq!(setup_request(&req, &user, &config), expected);
+
+        // What users may ask for is the admin's choice.
+        let e = check_allowed(&req, &config).unwrap_err();
+        assert_eq!(
+            e,
+            "--container-devices: vendor.example/nic=0 is not offered on this cluster (none are)"
+        );
+        let config = Config {
+            cdi_user_devices: vec!["vendor.example/nic=*".into()],
+            user_hooks: vec!["nccl".into()],
+            ..config
+        };
+        let e = check_allowed(&req, &config).unwrap_err();
+        assert_eq!(
+            e,
+            "--container-hooks: mpi is not offered on this cluster (offered: nccl)"
+        );
+        let config = Config {
+            user_hooks: vec!["mpi".into()],
+            ..config
+        };
+        check_allowed(&req, &config).unwrap();
     }
 
     #[test]
@@ -479,6 +579,8 @@ mod tests {
                 tmpfs: vec![],
                 umounts: vec![],
                 batch: false,
+                devices: vec![],
+                hooks: vec![],
             },
             JobUser {
                 uid: 0,
@@ -491,6 +593,7 @@ mod tests {
                 root_binds: vec![],
                 gpus: vec![],
                 job_namespace: None,
+                slurm_env: Vec::new(),
             },
         )
     }

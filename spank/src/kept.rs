@@ -68,6 +68,7 @@ fn joined(lease: KeptLease, record: KeptRecord, mount_ns: std::fs::File) -> Cont
         env_append: record.env_append,
         kept_lease: Some(lease),
         reused: true,
+        site_hooks: Vec::new(),
     }
 }
 
@@ -302,6 +303,7 @@ mod tests {
             root_binds: Vec::new(),
             gpus: Vec::new(),
             job_namespace: None,
+            slurm_env: Vec::new(),
         }
     }
 

@@ -122,6 +122,12 @@ fn options() -> Vec<SpankOption> {
         SpankOption::new(OPT_UNSHARE)
             .takes_value("NS,...")
             .usage("[sifrun] give the container its own namespaces: net (loopback only), ipc, uts"),
+        SpankOption::new(OPT_DEVICES)
+            .takes_value("VENDOR/CLASS=NAME,...")
+            .usage("[sifrun] add these CDI devices (those the site offers) to the container"),
+        SpankOption::new(OPT_HOOKS)
+            .takes_value("NAME,...")
+            .usage("[sifrun] run these site hooks (those the site offers) for the container, e.g. mpi"),
         SpankOption::new(OPT_BATCH).usage(
             "[sifrun] sbatch: run the batch script itself in the container, with the host's srun, squeue, ...",
         ),
@@ -259,7 +265,43 @@ fn job_user(spank: &SpankHandle) -> Result<JobUser, String> {
                 .as_deref(),
         )?,
         job_namespace: None,
+        slurm_env: Vec::new(),
     })
+}
+
+/// The job's `SLURM_*` variables, for the site's hooks (data they must
+/// not trust: the job sets its environment); at most 256, each at most
+/// 4 KiB.
+fn slurm_variables(spank: &SpankHandle) -> Vec<String> {
+    spank
+        .job_env()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|kv| kv.starts_with("SLURM_") && kv.len() <= 4096)
+        .take(256)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The site's hooks that set up this step's container, run again now that
+/// its tasks are gone (`SIFRUN_HOOK_POINT=step-end`, on the host, as root).
+/// The step is over: failures go to the slurmd log only.
+fn run_step_end_hooks(spank: &SpankHandle, config: &Config, names: &[String]) {
+    let mut env = vec![format!(
+        "SIFRUN_JOB_ID={}",
+        spank.job_id().unwrap_or_default()
+    )];
+    env.extend(slurm_variables(spank));
+    let failures = sifrun_runtime::node::site_hooks::run_step_end(
+        &config.hooks_dir,
+        names,
+        &env,
+        std::time::Duration::from_secs(config.hook_timeout_secs.max(1)),
+        &config.state_dir,
+    );
+    for failure in failures {
+        spank_log_error!("sifrun: {failure}");
+    }
 }
 
 /// One stderr line of the helper into the slurmd log: its phase timing
@@ -383,7 +425,14 @@ unsafe impl Plugin for SifrunPlugin {
         let mut phases = Phases::start();
         let setup = match &self.config {
             Some(Ok(config)) => job_user(spank).and_then(|mut user| {
+                helper::check_allowed(&request, config)?;
                 user.system_binds = pmix_binds(spank, config)?;
+                if !config.hooks.is_empty()
+                    || !config.partition_hooks.is_empty()
+                    || !request.hooks.is_empty()
+                {
+                    user.slurm_env = slurm_variables(spank);
+                }
                 if batch_inside {
                     user.root_binds = batch_client_binds(config)?;
                     if spank.job_stepid().is_ok_and(|s| s == SLURM_BATCH_SCRIPT) {
@@ -644,7 +693,12 @@ unsafe impl Plugin for SifrunPlugin {
         Ok(())
     }
 
-    fn exit(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+    fn exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        if let (Some(Ok(container)), Some(Ok(config))) = (&self.setup, &self.config) {
+            if !container.site_hooks.is_empty() && !container.reused {
+                run_step_end_hooks(spank, config, &container.site_hooks);
+            }
+        }
         if let Some(Ok(container)) = &self.setup {
             let started = std::time::Instant::now();
             // The step is over: whatever is still in its container escaped

@@ -4,10 +4,12 @@
 //! it is only parsed and validated. Paths are resolved later, with the job
 //! user's credentials, by the `sifrun` helper that builds the container.
 
+use sifrun_runtime::container::cdi::QualifiedName;
 use sifrun_runtime::container::env::is_valid_name;
 use sifrun_runtime::container::image_env::scif::AppName;
 use sifrun_runtime::container::mount::rootfs::{BindMount, TmpfsMount};
 use sifrun_runtime::container::namespaces::Unshared;
+use sifrun_runtime::node::site_hooks::is_hook_name;
 use std::path::{Component, Path, PathBuf};
 
 /// Plugin-owned image option, for sites where Slurm's `--container` cannot
@@ -42,6 +44,11 @@ pub const OPT_SAVE: &str = "container-save";
 /// host's Slurm commands (pyxis' `sbatch_support`).
 pub const OPT_BATCH: &str = "container-batch";
 pub const OPT_NO_BATCH: &str = "no-container-batch";
+/// CDI devices besides the step's GPUs, among those the admin allows.
+pub const OPT_DEVICES: &str = "container-devices";
+/// Site hooks, among those the admin allows (like Sarus annotations or
+/// podman-hpc modules).
+pub const OPT_HOOKS: &str = "container-hooks";
 
 /// What `--container-name=NAME[:MODE]` asks for when a container of that
 /// name exists (or not) in the job on the node.
@@ -249,6 +256,10 @@ pub struct ContainerRequest {
     /// `--container-batch`: the batch script runs in the container (only
     /// the batch step reads it; the job's other steps always do).
     pub batch: bool,
+    /// `--container-devices`: CDI device names (`vendor.com/class=name`).
+    pub devices: Vec<String>,
+    /// `--container-hooks`: site hook names.
+    pub hooks: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -488,6 +499,30 @@ impl ContainerRequest {
         let remap_root = switch(src, OPT_REMAP_ROOT, OPT_NO_REMAP_ROOT)?.unwrap_or(false);
         let entrypoint = switch(src, OPT_ENTRYPOINT, OPT_NO_ENTRYPOINT)?.unwrap_or(false);
         let batch = switch(src, OPT_BATCH, OPT_NO_BATCH)?.unwrap_or(false);
+        let devices = list(src, OPT_DEVICES)?
+            .into_iter()
+            .map(|name| {
+                QualifiedName::parse(&name)
+                    .map(|q| q.to_string())
+                    .map_err(|why| RequestError::BadValue {
+                        option: OPT_DEVICES,
+                        why,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let hooks = list(src, OPT_HOOKS)?
+            .into_iter()
+            .map(|name| {
+                if is_hook_name(&name) {
+                    Ok(name)
+                } else {
+                    Err(RequestError::BadValue {
+                        option: OPT_HOOKS,
+                        why: format!("{name:?} is not a hook name"),
+                    })
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         Ok(ContainerRequest {
             image: PathBuf::new(),
@@ -506,6 +541,8 @@ impl ContainerRequest {
             tmpfs,
             umounts,
             batch,
+            devices,
+            hooks,
         })
     }
 }

@@ -19,8 +19,10 @@
 //!                         tasks setns (encrypted: a decrypted loop device, Device)
 //! ```
 
+pub mod cdi;
 pub mod env;
 pub mod gpu;
+pub mod hooks;
 pub mod identity;
 pub mod image_env;
 pub mod loop_device;
@@ -68,7 +70,7 @@ pub enum ImageSource<'a> {
 ///
 /// On error the namespace may hold partial mounts; they disappear with the
 /// process (exit it rather than continuing).
-pub fn create(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<Option<OverlaySummary>> {
+pub fn create(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<BuildOutcome> {
     enter_namespaces(&image, &spec.identity)?;
     build(spec, image)
 }
@@ -87,9 +89,9 @@ pub fn enter_namespaces(image: &ImageSource<'_>, identity: &Identity) -> Result<
 
 /// The second half of [`create`], in the namespaces [`enter_namespaces`]
 /// made: the image, its overlay partition unpacked (as the user), the root
-/// filesystem, `pivot_root`. Returns what the overlay partition added,
-/// for the log.
-pub fn build(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<Option<OverlaySummary>> {
+/// filesystem, `pivot_root`. Returns what the overlay partition added
+/// (for the log) and what the site's hooks left for the tasks.
+pub fn build(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<BuildOutcome> {
     let (image_dir, fuse) = match image {
         ImageSource::Device(device) => (mount_image(spec, device)?, false),
         ImageSource::Mounted(dir) => {
@@ -124,7 +126,19 @@ pub fn build(spec: &ContainerSpec, image: ImageSource<'_>) -> Result<Option<Over
         rootfs?
     };
     rootfs.enter()?;
-    Ok(overlay.map(|(_, summary)| summary))
+    Ok(BuildOutcome {
+        overlay: overlay.map(|(_, summary)| summary),
+        hook_env: rootfs.hook_env,
+    })
+}
+
+/// What [`build`] reports besides the container it entered.
+#[derive(Debug, Default)]
+pub struct BuildOutcome {
+    /// What the overlay partition added, for the log.
+    pub overlay: Option<OverlaySummary>,
+    /// Variables the site's hooks left for the tasks.
+    pub hook_env: Vec<(String, String)>,
 }
 
 /// A setup error caused by a dead FUSE server reads ENOTCONN; say so.

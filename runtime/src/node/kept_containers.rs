@@ -139,6 +139,9 @@ pub fn request_key(opts: &SetupArgs, node: &str, image: &FileIdentity) -> Option
     // The whole request, less what differs between identical steps.
     let mut request = opts.clone();
     request.timeout_secs = 0;
+    // The job's Slurm variables, given to site hooks, differ between steps;
+    // the hooks ran once, for the container's first step.
+    request.hook_env.clear();
     let mut args = request.to_args();
     if let Some(list) = list {
         args.push(identity_digest(&list, &[]));

@@ -18,4 +18,5 @@ pub mod image_cache;
 pub mod job_namespace;
 pub mod kept_containers;
 pub mod namespace_sweep;
+pub mod site_hooks;
 pub mod trusted;

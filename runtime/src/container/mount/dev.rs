@@ -38,6 +38,32 @@ pub fn bind_device(root: &Path, device: &Path) -> Result<()> {
     )
 }
 
+/// Binds host device node `host` at `container` (under `/dev`) in `root`:
+/// a CDI device's node, which its spec may name differently on the host.
+/// Only character and block devices are bound.
+pub fn bind_device_at(root: &Path, host: &Path, container: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(host)
+        .map_err(|e| crate::Error::usage(format!("device node {}: {e}", host.display())))?
+        .file_type();
+    if !(kind.is_char_device() || kind.is_block_device()) {
+        return Err(crate::Error::usage(format!(
+            "device node {}: not a device",
+            host.display()
+        )));
+    }
+    let relative = container.strip_prefix("/dev").map_err(|_| {
+        crate::Error::usage(format!("{}: not a path under /dev", container.display()))
+    })?;
+    let target = create_file_in_root(root, &Path::new("/dev").join(relative))?;
+    bind(
+        host,
+        &target,
+        false,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+    )
+}
+
 /// Builds `/dev` inside `root` (the container root, before `pivot_root`).
 /// `in_user_namespace`: the devpts instance cannot take the host's `tty`
 /// group there (it is not mapped), so its ptys keep the user's group.

@@ -181,6 +181,14 @@ pub struct ContainerSpec {
     /// Host files bound read-only at container paths (GPU driver libraries
     /// and tools, under `/.sifrun/gpu`), as (host file, container path).
     pub host_files: Vec<(PathBuf, PathBuf)>,
+    /// Host device nodes bound at container paths under `/dev`, as (host
+    /// node, container path): those of CDI devices, whose spec may name
+    /// another host node than the container path.
+    pub device_binds: Vec<(PathBuf, PathBuf)>,
+    /// Programs run as root once the root is complete, before it is made
+    /// read-only (CDI devices' hooks, the site's hooks): see
+    /// [`crate::container::hooks`].
+    pub root_hooks: Vec<crate::container::hooks::RootHook>,
     /// The image's overlay partition, unpacked as the user and laid over
     /// the image ([`crate::container::overlay_partition`]).
     pub overlay: Option<crate::container::overlay_partition::OverlaySource>,
@@ -295,6 +303,8 @@ impl ContainerSpec {
             unprivileged: false,
             devices: Vec::new(),
             host_files: Vec::new(),
+            device_binds: Vec::new(),
+            root_hooks: Vec::new(),
             overlay: None,
             job_dirs: Vec::new(),
             tmpfs_mounts: Vec::new(),
@@ -308,6 +318,8 @@ impl ContainerSpec {
 pub struct Rootfs {
     /// Host-side path of the container root (the overlay mount).
     pub root: PathBuf,
+    /// Variables the site's hooks left for the tasks.
+    pub hook_env: Vec<(String, String)>,
 }
 
 impl Rootfs {
@@ -382,6 +394,9 @@ pub fn build_rootfs(
     super::dev::mount_dev(&root, spec.unprivileged)?;
     for device in &spec.devices {
         super::dev::bind_device(&root, device)?;
+    }
+    for (host, container) in &spec.device_binds {
+        super::dev::bind_device_at(&root, host, container)?;
     }
 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -462,10 +477,14 @@ pub fn build_rootfs(
         host.record(&target)?;
     }
 
+    // Last, with everything in place: what they add is the container's.
+    let hook_env =
+        crate::container::hooks::run_all(&spec.root_hooks, &root, &spec.staging_dir.join("hooks"))?;
+
     if !spec.writable_tmpfs {
         remount_bind(&root, MsFlags::MS_RDONLY | nosuid_nodev)?;
     }
-    Ok(Rootfs { root })
+    Ok(Rootfs { root, hook_env })
 }
 
 /// A writable root the job user can use, as pyxis users expect (enroot

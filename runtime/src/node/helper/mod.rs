@@ -42,7 +42,9 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::container;
+use crate::container::cdi;
 use crate::container::gpu::{self, DriverList, GpuPlan, GpuSelection};
+use crate::container::hooks::{self, RootHook};
 use crate::container::identity::{group_entry, Identity};
 use crate::container::image_env::{self, scif::AppName};
 use crate::container::loop_device::LoopAttachment;
@@ -64,6 +66,7 @@ use crate::node::image_cache::{
     FileIdentity, ImageCache, Lease, COPY_FILE, COPY_RECORD,
 };
 use crate::node::kept_containers::{self, KeptContainers, KeptLease};
+use crate::node::site_hooks;
 
 pub mod protocol;
 
@@ -99,6 +102,7 @@ pub fn run(opts: &SetupArgs) -> i32 {
                     .iter()
                     .map(|l| l.lock_path().display().to_string())
                     .collect(),
+                site_hooks: ready.site_hooks.clone(),
             };
             if write_report(&mut stdout, &report).is_err() {
                 return 1;
@@ -165,6 +169,8 @@ struct Ready {
     /// The container, built now, kept for the job's later steps (its lock
     /// held until the plugin holds its own).
     kept: Option<KeptLease>,
+    /// The site's hooks that ran at setup.
+    site_hooks: Vec<String>,
 }
 
 /// The kinds of `--unshare`, checked.
@@ -187,8 +193,12 @@ struct Built {
     staging: PathBuf,
     /// Environment additions for the GPU driver files bound.
     env_append: Vec<(String, String)>,
-    /// What the image's `/.singularity.d/env` scripts export.
-    script_env: Vec<(String, String)>,
+    /// What the image's `/.singularity.d/env` scripts export, then the
+    /// CDI devices' variables, then what the site's hooks left (a later
+    /// one wins).
+    added_env: Vec<(String, String)>,
+    /// The site's hooks that ran (they run again at the step's end).
+    site_hooks: Vec<String>,
     /// The node cache leases of the images bound beside the main one.
     data_leases: Vec<Lease>,
 }
@@ -543,7 +553,7 @@ fn setup_cached(
         ecl.as_ref(),
         phases,
     )?;
-    let env = [env, built.script_env].concat();
+    let env = [env, built.added_env].concat();
     let named_image = opts.name.as_ref().map(|_| opts.image.clone());
     let kept = match pending {
         None => None,
@@ -564,6 +574,7 @@ fn setup_cached(
         lease: Some(lease),
         extra_leases: built.data_leases,
         kept,
+        site_hooks: built.site_hooks,
     })
 }
 
@@ -679,12 +690,13 @@ fn setup_uncached(
             // the namespace.
             drop(device);
             Ok(Ready {
-                env: [image.env, built.script_env].concat(),
+                env: [image.env, built.added_env].concat(),
                 env_append: built.env_append,
                 staging: Some(built.staging),
                 lease: None,
                 extra_leases: built.data_leases,
                 kept: None,
+                site_hooks: built.site_hooks,
             })
         }
         Err(e) => {
@@ -719,6 +731,7 @@ fn build_in_new_namespace(
     // Images bound beside the main one, under the same rules, mounted in
     // the node's cache while we are still in the node's namespace.
     let data = mount_data_images(opts, user, ecl)?;
+    let site_hook_names = site_hook_names(opts)?;
     let staging = StagingDir::create_in(&opts.state_dir)?;
     phases.mark("staging");
     container::enter_namespaces(&image, &identity)?;
@@ -765,10 +778,50 @@ fn build_in_new_namespace(
     }
 
     let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
-    let gpu = gpu_plan(opts)?;
+    let DevicePlan { gpu, cdi } = device_plan(opts)?;
     let env_append = gpu.env_append();
     spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
     spec.host_files = gpu.files;
+    spec.device_binds = cdi
+        .device_nodes
+        .iter()
+        .map(|d| (d.host.clone(), d.container.clone()))
+        .collect();
+    for m in &cdi.mounts {
+        // The admin's spec names it: resolved as root, like default_binds.
+        let source = std::fs::canonicalize(&m.host)
+            .map_err(|e| Error::usage(format!("CDI mount {}: {e}", m.host.display())))?;
+        binds.push(BindMount {
+            source,
+            destination: m.container.clone(),
+            read_only: m.read_only,
+        });
+    }
+    spec.root_hooks = cdi
+        .hooks
+        .iter()
+        .map(|h| {
+            // Run as root: only a program nobody else could have changed.
+            crate::node::trusted::check_program(&h.path)
+                .map_err(|why| Error::usage(format!("CDI hook {}: {why}", h.path.display())))?;
+            Ok(RootHook {
+                label: format!("CDI hook {}", h.path.display()),
+                path: h.path.clone(),
+                args: h.args.clone(),
+                env: h.env.clone(),
+                timeout: h.timeout,
+                protocol: hooks::Protocol::Oci,
+            })
+        })
+        .collect::<Result<_>>()?;
+    if let Some(dir) = &opts.hooks_dir {
+        spec.root_hooks.extend(site_hooks::setup_hooks(
+            dir,
+            &site_hook_names,
+            &site_hook_env(opts),
+            std::time::Duration::from_secs(opts.hook_timeout_secs.max(1)),
+        )?);
+    }
     spec.mount_home = !opts.no_home;
     spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
@@ -791,10 +844,10 @@ fn build_in_new_namespace(
     }
 
     phases.mark("paths resolved");
-    let overlay = container::build(&spec, image)?;
+    let outcome = container::build(&spec, image)?;
     drop(handles);
     phases.mark("root built");
-    if let Some(o) = overlay {
+    if let Some(o) = outcome.overlay {
         // To the slurmd log (the plugin logs the helper's stderr).
         eprintln!(
             "overlay partition: {} files, {} directories, {} symlinks, {} whiteouts, {} skipped, {:.1} MiB unpacked in {} ms",
@@ -831,7 +884,7 @@ fn build_in_new_namespace(
         .transpose()?;
     // With --container-entrypoint the image's entrypoint runs after them,
     // in the same child, and what it exports is the tasks' (pyxis' rule).
-    let script_env = if image_env::has_scripts() || app.is_some() || opts.entrypoint {
+    let mut added_env = if image_env::has_scripts() || app.is_some() || opts.entrypoint {
         let started = std::time::Instant::now();
         let vars = image_env::evaluate(&spec, app.as_ref(), opts.entrypoint)?;
         // To the slurmd log (the plugin logs the helper's stderr).
@@ -850,6 +903,9 @@ fn build_in_new_namespace(
     } else {
         Vec::new()
     };
+    // The devices' variables and the site's hooks' win over the image's.
+    added_env.extend(cdi.env.iter().cloned());
+    added_env.extend(outcome.hook_env);
 
     phases.mark("checks and environment");
     let staging_path = staging.path().to_path_buf();
@@ -860,7 +916,8 @@ fn build_in_new_namespace(
     Ok(Built {
         staging: staging_path,
         env_append,
-        script_env,
+        added_env,
+        site_hooks: site_hook_names,
         data_leases: data.into_iter().map(|d| d.lease).collect(),
     })
 }
@@ -883,6 +940,119 @@ fn overlay_source(
         extent,
         max_mib: opts.overlay_max_mib,
     }))
+}
+
+/// What devices bring into the container.
+struct DevicePlan {
+    /// sifrun's own passthrough: GPUs without a CDI spec, RDMA devices.
+    gpu: GpuPlan,
+    /// The edits of the CDI devices: the step's GPUs when the node has a
+    /// spec of their kind, and those the user asked for.
+    cdi: cdi::Edits,
+}
+
+/// The step's devices. Slurm's GPUs go through CDI when the node has a
+/// spec of their kind (`nvidia.com/gpu`, `amd.com/gpu`): their edits, not
+/// the built-in driver list. A spec of that kind that lacks one of the
+/// GPUs is an error (a stale spec), not a quiet fallback.
+fn device_plan(opts: &SetupArgs) -> Result<DevicePlan> {
+    let wanted: Vec<cdi::QualifiedName> = opts
+        .cdi_devices
+        .iter()
+        .map(|n| cdi::QualifiedName::parse(n).map_err(Error::usage))
+        .collect::<Result<_>>()?;
+    if opts.cdi_dirs.is_empty() || (opts.gpus.is_empty() && wanted.is_empty()) {
+        if !wanted.is_empty() {
+            return Err(Error::usage(
+                "--container-devices: this node reads no CDI specs (cdi_dirs is empty)",
+            ));
+        }
+        return Ok(DevicePlan {
+            gpu: gpu_plan(opts)?,
+            cdi: cdi::Edits::default(),
+        });
+    }
+    let registry = cdi::Registry::load(&opts.cdi_dirs)?;
+    let gpu_names = cdi::gpu_names(Path::new("/dev"), &opts.gpus);
+    let by_cdi = !gpu_names.is_empty()
+        && gpu_names.len() == opts.gpus.len()
+        && gpu_names.iter().all(|n| registry.has_kind(&n.kind));
+    let mut names = wanted;
+    let gpu = if by_cdi {
+        // To the slurmd log (the plugin logs the helper's stderr).
+        eprintln!(
+            "GPUs {} through CDI",
+            gpu_names
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        names.splice(0..0, gpu_names);
+        let mut without_gpus = opts.clone();
+        without_gpus.gpus.clear();
+        gpu_plan(&without_gpus)?
+    } else {
+        gpu_plan(opts)?
+    };
+    Ok(DevicePlan {
+        gpu,
+        cdi: registry.edits_for(&names)?,
+    })
+}
+
+/// The site's hooks for this step: the ones the plugin names (the
+/// admin's, then those the user asked for), then those of the job's
+/// partition (asked of slurmctld), each once.
+fn site_hook_names(opts: &SetupArgs) -> Result<Vec<String>> {
+    let mut names = opts.hooks.clone();
+    if opts.hooks_dir.is_some() && !opts.partition_hooks.is_empty() {
+        let job = opts
+            .job_id
+            .ok_or_else(|| Error::usage("partition hooks need a job"))?;
+        let partition = crate::node::ecl::partition::job_partition(
+            job,
+            opts.restart_count,
+            opts.uid,
+            &crate::node::ecl::partition::records_dir(&opts.state_dir),
+            &opts.scontrol,
+        )?;
+        names.extend(site_hooks::for_partition(&opts.partition_hooks, &partition));
+    }
+    let mut unique: Vec<String> = Vec::new();
+    for n in names {
+        if !unique.contains(&n) {
+            unique.push(n);
+        }
+    }
+    Ok(unique)
+}
+
+/// What a site hook learns about the step (see [`site_hooks`]).
+pub fn site_hook_env(opts: &SetupArgs) -> Vec<String> {
+    let mut env = vec![
+        format!("SIFRUN_IMAGE={}", opts.image.display()),
+        format!("SIFRUN_UID={}", opts.uid),
+        format!("SIFRUN_GID={}", opts.gid),
+        format!(
+            "SIFRUN_GPUS={}",
+            opts.gpus
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    ];
+    if let Some(job) = opts.job_id {
+        env.push(format!("SIFRUN_JOB_ID={job}"));
+    }
+    env.extend(
+        opts.hook_env
+            .iter()
+            .filter(|kv| kv.starts_with("SLURM_") && !kv.contains('\0'))
+            .cloned(),
+    );
+    env
 }
 
 /// The GPU (and RDMA) passthrough for this step: Slurm's allocation,

@@ -33,6 +33,7 @@ pub const DEFAULT_COPY_LIMIT_MIB: u64 = 4096;
 /// go, on the node's disk rather than in `state_dir` (a tmpfs, so RAM, on
 /// most nodes). Empty: in the cache entry under `state_dir`.
 pub const DEFAULT_COPY_DIR: &str = "/var/lib/sifrun/copies";
+pub const DEFAULT_HOOK_TIMEOUT_SECS: u64 = 30;
 
 /// The request: what one step's container needs on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
@@ -164,6 +165,36 @@ pub struct SetupArgs {
     /// (`namespace/linux`): the job's /dev/shm is taken from there.
     #[arg(long)]
     pub in_job_namespace: bool,
+    /// CDI spec directories, lowest priority first (none: CDI is off and
+    /// GPUs get the built-in driver list).
+    #[arg(long = "cdi-dir", value_name = "DIR")]
+    pub cdi_dirs: Vec<PathBuf>,
+    /// CDI devices the user asked for (`vendor.com/class=name`), already
+    /// allowed by the admin's list.
+    #[arg(long = "cdi-device", value_name = "NAME")]
+    pub cdi_devices: Vec<String>,
+    /// Directory of the site's hooks (`NAME.sh`).
+    #[arg(long, value_name = "DIR")]
+    pub hooks_dir: Option<PathBuf>,
+    /// Site hooks to run, in order: the admin's, then those the user
+    /// asked for and the admin allows.
+    #[arg(long = "hook", value_name = "NAME")]
+    pub hooks: Vec<String>,
+    /// `PARTITION=NAME,...`: site hooks for the jobs of a partition (asked
+    /// of slurmctld, never taken from the job).
+    #[arg(long = "partition-hooks", value_name = "PARTITION=NAME,...")]
+    pub partition_hooks: Vec<String>,
+    /// `NAME=VALUE`: the job's Slurm variables, for site hooks (data only:
+    /// the job chose them).
+    #[arg(long = "hook-env", value_name = "NAME=VALUE")]
+    pub hook_env: Vec<String>,
+    /// Limit on each site hook, in seconds.
+    #[arg(long, default_value_t = DEFAULT_HOOK_TIMEOUT_SECS, value_name = "SECS")]
+    pub hook_timeout_secs: u64,
+    /// Slurm's `scontrol`, to ask for the job's partition
+    /// (`--partition-hooks`).
+    #[arg(long, default_value = "/usr/bin/scontrol", value_name = "FILE")]
+    pub scontrol: PathBuf,
     /// The SIF image.
     pub image: PathBuf,
 }
@@ -226,6 +257,14 @@ impl SetupArgs {
             timeout_secs: 0,
             cache_max_images: DEFAULT_CACHE_MAX_IMAGES,
             cache_max_images_per_user: DEFAULT_CACHE_MAX_IMAGES_PER_USER,
+            cdi_dirs: Vec::new(),
+            cdi_devices: Vec::new(),
+            hooks_dir: None,
+            hooks: Vec::new(),
+            partition_hooks: Vec::new(),
+            hook_env: Vec::new(),
+            hook_timeout_secs: DEFAULT_HOOK_TIMEOUT_SECS,
+            scontrol: PathBuf::from("/usr/bin/scontrol"),
             image,
         }
     }
@@ -294,6 +333,27 @@ impl SetupArgs {
         opt("key-file", self.key_file.as_ref().map(path));
         opt("app", self.app.clone());
         opt("job-namespace", self.job_namespace.as_ref().map(path));
+        for d in &self.cdi_dirs {
+            opt("cdi-dir", Some(path(d)));
+        }
+        for d in &self.cdi_devices {
+            opt("cdi-device", Some(d.clone()));
+        }
+        opt("hooks-dir", self.hooks_dir.as_ref().map(path));
+        for h in &self.hooks {
+            opt("hook", Some(h.clone()));
+        }
+        for h in &self.partition_hooks {
+            opt("partition-hooks", Some(h.clone()));
+        }
+        for kv in &self.hook_env {
+            opt("hook-env", Some(kv.clone()));
+        }
+        opt(
+            "hook-timeout-secs",
+            Some(self.hook_timeout_secs.to_string()),
+        );
+        opt("scontrol", Some(path(&self.scontrol)));
         for (flag, set) in [
             ("--no-home", self.no_home),
             ("--writable-tmpfs", self.writable_tmpfs),
@@ -377,6 +437,10 @@ pub struct SetupReport {
     /// `cache_lock`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_cache_locks: Vec<String>,
+    /// The site's hooks that ran while the container was set up: the
+    /// plugin runs them again when the step ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_hooks: Vec<String>,
 }
 
 /// Longest report line the plugin reads.
@@ -472,6 +536,14 @@ mod tests {
         a.timeout_secs = 125;
         a.cache_max_images = 9;
         a.cache_max_images_per_user = 4;
+        a.cdi_dirs = vec!["/etc/cdi".into(), "/var/run/cdi".into()];
+        a.cdi_devices = vec!["vendor.example/nic=0".into()];
+        a.hooks_dir = Some("/etc/sifrun/hooks.d".into());
+        a.hooks = vec!["pytorch".into(), "mpi".into()];
+        a.partition_hooks = vec!["gpu=nccl,mpi".into()];
+        a.hook_env = vec!["SLURM_JOB_NAME=--odd=x".into()];
+        a.hook_timeout_secs = 9;
+        a.scontrol = "/opt/slurm/bin/scontrol".into();
         assert_eq!(parse(&a.to_args()), a);
         a.set_job_namespace(Some(JobNamespace::Current));
         assert_eq!(parse(&a.to_args()), a);
