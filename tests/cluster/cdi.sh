@@ -65,6 +65,7 @@ printf '#!/bin/sh\n[ "$SIFRUN_HOOK_POINT" = setup ] && echo "EXTRA_VAR=extra" >>
 printf '#!/bin/sh\necho "no MPI here" >&2\nexit 3\n' > "$T/hooks.d/fails.sh"
 printf '#!/bin/sh\nsleep 600\n' > "$T/hooks.d/hangs.sh"
 printf '#!/bin/sh\n[ "$SIFRUN_HOOK_POINT" = setup ] && touch "$SIFRUN_ROOTFS/etc/parthook"\nexit 0\n' > "$T/hooks.d/parthook.sh"
+cp "$REPO/etc/sifrun/hooks.d/pytorch.sh" "$T/hooks.d/"   # the example sifrun ships
 chmod -R go-w "$T"; chmod 755 "$T"/bin/* "$T"/hooks.d/*; chmod 644 "$T"/cdi/*
 cp "$WORK/sifrun.toml" "$WORK/sifrun.toml.orig"
 undo 'mv "$WORK/sifrun.toml.orig" "$WORK/sifrun.toml"'
@@ -73,7 +74,7 @@ cdi_dirs = ["$T/cdi"]
 cdi_user_devices = ["sifrun.test/thing=*"]
 hooks_dir = "$T/hooks.d"
 hooks = ["stamp"]
-user_hooks = ["extra", "fails", "hangs"]
+user_hooks = ["extra", "fails", "hangs", "pytorch"]
 hook_timeout_secs = 3
 [partition_hooks]
 secure = ["parthook"]
@@ -120,7 +121,7 @@ run srun -N1 --container="$IMG" --container-hooks=extra sh -c 'echo "$SITE_HOOK_
 check "--container-hooks: an offered hook runs after the site's" test "$LAST" = "from-stamp extra"
 run srun -N1 --container="$IMG" --container-hooks=nope true
 check "--container-hooks: a hook the site does not offer is refused in one line" \
-    bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"nope is not offered on this cluster (offered: extra, fails, hangs)"* ]]' _ "$LAST"
+    bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"nope is not offered on this cluster (offered: extra, fails, hangs, pytorch)"* ]]' _ "$LAST"
 run srun -N1 --container="$IMG" --container-hooks=fails sh -c 'echo RAN'
 check "a site hook that fails fails the step in one line with its last words" \
     bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"site hook fails failed (exit 3): no MPI here"* && "$1" != *RAN* ]]' _ "$LAST"
@@ -128,6 +129,10 @@ run srun -N1 --container="$IMG" --container-hooks=hangs sh -c 'echo RAN'
 check "a site hook that hangs fails the step in one line at its limit" \
     bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"site hook hangs did not finish within 3 s"* && "$1" != *RAN* ]]' _ "$LAST"
 check "... and nothing it started is left running" gone_within 5 -f 'sleep 600'
+
+run srun -N2 -n4 --container="$IMG" --container-hooks=pytorch sh -c 'echo "$MASTER_ADDR $MASTER_PORT $WORLD_SIZE $SLURM_JOB_ID"'
+check "the shipped pytorch hook gives every task MASTER_ADDR (the first node), MASTER_PORT (enroot's rule) and WORLD_SIZE" \
+    bash -c 'n=0; while read -r a p w j; do [[ $a == node1 && $w == 4 && $p == $((49152 + j % 16384)) ]] && n=$((n + 1)); done <<<"$1"; [[ $n -eq 4 ]]' _ "$LAST"
 
 [[ -f $WORK/images/signed-a.sif ]] || signed "$WORK/images/signed-a.sif" a
 secure --container="$WORK/images/signed-a.sif" sh -c 'test -e /etc/parthook && echo partition-hook || echo none'

@@ -14,9 +14,16 @@
 //!   container's state on its standard input (`bundle`, `pid`), where the
 //!   bundle's `config.json` gives the root's path.
 //! * A site hook gets the root's path in `SIFRUN_ROOTFS` and may write
-//!   `NAME=VALUE` lines to the file named by `SIFRUN_ENV_FILE`: every task
-//!   gets those variables.
+//!   `NAME=VALUE` lines to the file named by `SIFRUN_ENV_FILE` (every task
+//!   gets those variables) and `HOST_PATH:CONTAINER_PATH[:ro]` lines to the
+//!   file named by `SIFRUN_MOUNTS_FILE`: sifrun binds those after the
+//!   hooks, resolving each container path inside the root and never
+//!   creating a mount point in a host directory, as for any bind. A hook
+//!   that only adds host files should declare them so instead of writing
+//!   through `SIFRUN_ROOTFS`, where the image's symlinks are the image
+//!   author's.
 
+use crate::container::mount::rootfs::BindMount;
 use crate::error::{Error, Result};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -26,8 +33,8 @@ use std::time::{Duration, Instant};
 
 /// `PATH` a hook starts with.
 pub const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Largest variable file a site hook may leave.
-const MAX_ENV_FILE: u64 = 64 << 10;
+/// Largest variable or mounts file a site hook may leave.
+const MAX_HOOK_FILE: u64 = 64 << 10;
 /// Output of a hook kept for the log.
 const MAX_OUTPUT: u64 = 16 << 10;
 
@@ -54,38 +61,74 @@ pub struct RootHook {
     pub protocol: Protocol,
 }
 
+/// What the site's hooks left.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HookResults {
+    /// Variables for the tasks, in order.
+    pub env: Vec<(String, String)>,
+    /// Binds to make in the root (`SIFRUN_MOUNTS_FILE`), in order.
+    pub binds: Vec<BindMount>,
+}
+
 /// Runs `hooks` in order for the container whose root is `root`, with
 /// `scratch` (an empty root-only directory outside the root) for their
-/// files. Returns the variables site hooks left for the tasks, in order.
-pub fn run_all(hooks: &[RootHook], root: &Path, scratch: &Path) -> Result<Vec<(String, String)>> {
+/// files.
+pub fn run_all(hooks: &[RootHook], root: &Path, scratch: &Path) -> Result<HookResults> {
+    let mut results = HookResults::default();
     if hooks.is_empty() {
-        return Ok(Vec::new());
+        return Ok(results);
     }
     std::fs::create_dir_all(scratch)
         .map_err(|e| Error::system(format!("creating {}: {e}", scratch.display())))?;
-    let mut vars = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
         let mut env = hook.env.clone();
         let mut stdin = Vec::new();
         let env_file = scratch.join(format!("env-{i}"));
+        let mounts_file = scratch.join(format!("mounts-{i}"));
         match hook.protocol {
             Protocol::Oci => stdin = oci_state(root, scratch)?,
             Protocol::Site => {
-                std::fs::write(&env_file, b"")
-                    .map_err(|e| Error::system(format!("creating {}: {e}", env_file.display())))?;
+                for file in [&env_file, &mounts_file] {
+                    std::fs::write(file, b"")
+                        .map_err(|e| Error::system(format!("creating {}: {e}", file.display())))?;
+                }
                 env.push(format!("SIFRUN_ROOTFS={}", root.display()));
                 env.push(format!("SIFRUN_ENV_FILE={}", env_file.display()));
+                env.push(format!("SIFRUN_MOUNTS_FILE={}", mounts_file.display()));
             }
         }
         run_one(hook, &env, &stdin, &scratch.join(format!("output-{i}")))?;
         if hook.protocol == Protocol::Site {
-            vars.extend(
-                read_env_file(&env_file)
-                    .map_err(|why| Error::usage(format!("{}: its variables: {why}", hook.label)))?,
+            results
+                .env
+                .extend(read_env_file(&env_file).map_err(|why| {
+                    Error::usage(format!("{}: its variables: {why}", hook.label))
+                })?);
+            results.binds.extend(
+                read_mounts_file(&mounts_file)
+                    .map_err(|why| Error::usage(format!("{}: its mounts: {why}", hook.label)))?,
             );
         }
     }
-    Ok(vars)
+    Ok(results)
+}
+
+/// `HOST_PATH:CONTAINER_PATH[:ro]` lines (blank lines and `#` comments
+/// skipped); each host path must exist.
+fn read_mounts_file(path: &Path) -> std::result::Result<Vec<BindMount>, String> {
+    let mut binds = Vec::new();
+    for line in read_small_file(path)?.lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let bind =
+            BindMount::parse(line.trim()).map_err(|e| format!("{line:?}: {}", e.message()))?;
+        if bind.destination == Path::new("/") {
+            return Err(format!("{line:?}: not over the container's /"));
+        }
+        binds.push(bind);
+    }
+    Ok(binds)
 }
 
 /// Runs `hook` with `env`, `stdin` on its standard input and its output
@@ -191,16 +234,21 @@ fn oci_state(root: &Path, scratch: &Path) -> Result<Vec<u8>> {
     Ok(state.to_string().into_bytes())
 }
 
-/// `NAME=VALUE` lines (blank lines and `#` comments skipped).
-fn read_env_file(path: &Path) -> std::result::Result<Vec<(String, String)>, String> {
+/// A file a hook wrote, as long as it is still a small regular file.
+fn read_small_file(path: &Path) -> std::result::Result<String, String> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
     if !meta.is_file() {
-        return Err("SIFRUN_ENV_FILE is no longer a regular file".into());
+        return Err("the file is no longer a regular file".into());
     }
-    if meta.len() > MAX_ENV_FILE {
-        return Err(format!("more than {} KiB", MAX_ENV_FILE >> 10));
+    if meta.len() > MAX_HOOK_FILE {
+        return Err(format!("more than {} KiB", MAX_HOOK_FILE >> 10));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+/// `NAME=VALUE` lines (blank lines and `#` comments skipped).
+fn read_env_file(path: &Path) -> std::result::Result<Vec<(String, String)>, String> {
+    let text = read_small_file(path)?;
     let mut vars = Vec::new();
     for line in text.lines() {
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
@@ -257,9 +305,9 @@ mod tests {
                 Protocol::Site,
             ),
         ];
-        let vars = run_all(&hooks, root.path(), &scratch.path().join("s")).unwrap();
+        let results = run_all(&hooks, root.path(), &scratch.path().join("s")).unwrap();
         assert_eq!(
-            vars,
+            results.env,
             [("A".into(), "yes".into()), ("B".into(), HOOK_PATH.into())]
         );
     }
@@ -347,5 +395,40 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    #[test]
+    fn site_hooks_declare_binds_that_sifrun_makes() {
+        let root = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let hook = sh(
+            "site hook mpi",
+            r#"printf '/usr/lib:/opt/host-lib:ro\n# comment\n/etc/hostname:/etc/host-name\n' > "$SIFRUN_MOUNTS_FILE""#,
+            Duration::from_secs(10),
+            Protocol::Site,
+        );
+        let results = run_all(&[hook], root.path(), scratch.path()).unwrap();
+        assert_eq!(results.binds.len(), 2);
+        assert_eq!(results.binds[0].destination, PathBuf::from("/opt/host-lib"));
+        assert!(results.binds[0].read_only && !results.binds[1].read_only);
+        for (body, words) in [
+            ("/no/such/file:/x", "does not exist"),
+            ("/usr:/", "not over the container's /"),
+            ("/usr:relative", "absolute"),
+        ] {
+            let hook = sh(
+                "site hook bad",
+                &format!("echo '{body}' > \"$SIFRUN_MOUNTS_FILE\""),
+                Duration::from_secs(10),
+                Protocol::Site,
+            );
+            let e = run_all(&[hook], root.path(), scratch.path()).unwrap_err();
+            assert!(
+                e.message().starts_with("site hook bad: its mounts: ")
+                    && e.message().contains(words),
+                "{} (wanted {words})",
+                e.message()
+            );
+        }
     }
 }

@@ -478,8 +478,19 @@ pub fn build_rootfs(
     }
 
     // Last, with everything in place: what they add is the container's.
-    let hook_env =
+    let hooked =
         crate::container::hooks::run_all(&spec.root_hooks, &root, &spec.staging_dir.join("hooks"))?;
+    // What they asked to have bound, under the rules of every bind.
+    for b in &hooked.binds {
+        let target = create_mount_point(&root, &b.destination, &b.source, &host)?;
+        let mut flags = nosuid_nodev;
+        if b.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        bind(&b.source, &target, true, flags)?;
+        host.record(&target)?;
+    }
+    let hook_env = hooked.env;
 
     if !spec.writable_tmpfs {
         remount_bind(&root, MsFlags::MS_RDONLY | nosuid_nodev)?;
