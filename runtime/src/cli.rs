@@ -498,6 +498,16 @@ pub struct ContainerArgs {
     /// with the host driver's libraries and tools (nvidia-smi). Default: none.
     #[arg(long, value_name = "all|N,...", value_parser = parse_gpus, default_value = "none")]
     pub gpus: GpuSelection,
+    /// Read CDI specs from DIR (repeatable, lowest priority first; as
+    /// root only, and only root's files): the --gpus GPUs then come
+    /// through their spec (`nvidia.com/gpu=N`) when one of their kind
+    /// exists, and --device names more devices.
+    #[arg(long = "cdi-dir", value_name = "DIR")]
+    pub cdi_dirs: Vec<PathBuf>,
+    /// Add CDI device NAME (`vendor.com/class=name`; repeatable; needs
+    /// --cdi-dir).
+    #[arg(long = "device", value_name = "NAME")]
+    pub devices: Vec<String>,
     /// Key of an encrypted image (asked for on the terminal if none given).
     #[command(flatten)]
     pub key: KeyArgs,
@@ -532,6 +542,8 @@ impl ContainerArgs {
             } else {
                 self.gpus
             },
+            cdi_dirs: self.cdi_dirs,
+            devices: self.devices,
             key: self.key.source(),
         }
     }

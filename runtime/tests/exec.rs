@@ -762,3 +762,68 @@ fn verify_runs_only_the_verified_bytes_while_the_file_is_swapped() {
     );
     assert!(outputs.contains("good-bytes"), "{outputs}");
 }
+
+/// `--cdi-dir` and `--device`: a CDI device's mount, variable and
+/// createContainer hook, from a root-owned spec directory.
+#[test]
+fn cdi_device_edits_and_hook() {
+    if skip_unless_root() {
+        return;
+    }
+    leak_checked(|fx| {
+        // Under /run: every directory above a spec must be root's and
+        // closed to others, which /tmp is not.
+        let dir = tempfile::Builder::new()
+            .prefix("sifrun-exec-cdi")
+            .tempdir_in("/run")
+            .unwrap();
+        let d = dir.path();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        for sub in ["cdi", "data", "bin"] {
+            fs::create_dir(d.join(sub)).unwrap();
+        }
+        fs::write(d.join("data/x"), "device data\n").unwrap();
+        let hook = d.join("bin/hook");
+        fs::write(
+            &hook,
+            "#!/bin/sh\nroot=$(sed 's/.*\"bundle\":\"\\([^\"]*\\)\".*/\\1/' | xargs -I{} sed 's/.*\"path\":\"\\([^\"]*\\)\".*/\\1/' {}/config.json)\necho \"$1\" > \"$root/tmp/hooked\"\n",
+        )
+        .unwrap();
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(
+            d.join("cdi/thing.yaml"),
+            format!(
+                "cdiVersion: 0.6.0\nkind: sifrun.test/thing\ndevices:\n- name: a\n  containerEdits:\n    env: [THING=a]\n    mounts:\n    - hostPath: {0}/data\n      containerPath: /opt/thing\n      options: [ro]\n    hooks:\n    - hookName: createContainer\n      path: {0}/bin/hook\n      args: [hook, from-the-hook]\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let cdi_dir = d.join("cdi");
+        let cdi = cdi_dir.to_str().unwrap();
+        let out = fx.exec(
+            &[
+                "--contain",
+                "--cdi-dir",
+                cdi,
+                "--device",
+                "sifrun.test/thing=a",
+            ],
+            &[
+                "sh",
+                "-c",
+                "cat /opt/thing/x /tmp/hooked; echo THING=$THING",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "device data\nfrom-the-hook\nTHING=a\n");
+        let out = fx.exec(
+            &["--cdi-dir", cdi, "--device", "sifrun.test/thing=b"],
+            &["true"],
+        );
+        assert_one_line_error(
+            &out,
+            "no CDI device sifrun.test/thing=b in this node's specs",
+        );
+    });
+}

@@ -21,8 +21,9 @@ use nix::unistd::{getpid, getppid, Pid};
 
 use crate::commands::cached_image;
 use crate::commands::target::{deffile_runscript, Target};
+use sifrun_runtime::container::cdi::{self, QualifiedName};
 use sifrun_runtime::container::env::{parse_assignment, parse_env_object, EnvPlan};
-use sifrun_runtime::container::gpu::{self, DriverList, GpuSelection};
+use sifrun_runtime::container::gpu::{DriverList, GpuSelection};
 use sifrun_runtime::container::identity::Identity;
 use sifrun_runtime::container::image_env;
 use sifrun_runtime::container::image_env::scif::AppName;
@@ -85,6 +86,9 @@ pub struct ExecOptions {
     /// GPUs passed through (`--gpus`), with the host driver's files; the
     /// same code the SPANK plugin drives from Slurm's allocation.
     pub gpus: GpuSelection,
+    /// CDI spec directories (`--cdi-dir`) and devices (`--device`).
+    pub cdi_dirs: Vec<PathBuf>,
+    pub devices: Vec<String>,
     /// Key of an encrypted image; `None` asks on the terminal if needed.
     pub key: Option<KeySource>,
 }
@@ -224,14 +228,31 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     for e in &opts.env {
         overrides.push(parse_assignment(e)?);
     }
+    if unprivileged && !opts.cdi_dirs.is_empty() {
+        return Err(Error::usage(
+            "--cdi-dir: CDI devices are passed by root only (their hooks run as root)",
+        ));
+    }
+    let wanted = opts
+        .devices
+        .iter()
+        .map(|n| QualifiedName::parse(n).map_err(|e| Error::usage(format!("--device: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let devices = cdi::plan(
+        &opts.gpus,
+        &opts.cdi_dirs,
+        &wanted,
+        Some(&DriverList::default()),
+        true,
+    )?;
+    // The devices' variables win over the image's, as --env does.
+    overrides.extend(devices.cdi.env.iter().cloned());
     let mut env = EnvPlan::new(std::env::vars_os(), &image.env, &overrides);
     if opts.cleanenv {
         env.keep_only_always_passed();
     }
     env.container = Some(std::path::absolute(pinned.named()).unwrap_or(pinned.named().into()));
     env.app = app.as_ref().map(|a| a.to_string());
-    let gpu = gpu::passthrough(&opts.gpus, Some(&DriverList::default()), true);
-    env.append = gpu.env_append();
     let cwd = std::env::current_dir().ok().filter(|_| !opts.contain);
     let target = with_deffile_runscript(&opts.target, &image);
 
@@ -247,8 +268,7 @@ pub fn run(opts: &ExecOptions) -> Result<i32> {
     spec.mount_home = !opts.no_home && opts.home.is_none();
     spec.mount_tmp = !opts.contain;
     spec.unprivileged = unprivileged;
-    spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
-    spec.host_files = gpu.files;
+    env.append = devices.apply(&mut spec)?.append;
     spec.overlay = overlay_source(&image, pinned.path())?;
 
     let launch = Launch {

@@ -12,9 +12,11 @@
 //! binds, environment, and `createContainer`-style hooks run as root once
 //! the root is built (see [`crate::container::hooks`]).
 
+pub mod apply;
 pub mod registry;
 pub mod spec;
 
+pub use apply::{plan, AppliedEnv, DevicePlan};
 pub use registry::{QualifiedName, Registry};
 pub use spec::{DeviceNodeEdit, Edits, HookEdit, MountEdit};
 

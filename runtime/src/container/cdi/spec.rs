@@ -7,7 +7,10 @@
 //! Only the admin's files are read (see [`super::registry`]), yet the
 //! parser still refuses what it cannot apply faithfully, in one line that
 //! names the file: an edit silently dropped could leave a device half
-//! set up, or run a device without the group or hook its vendor asked for.
+//! set up, or run a device without the hook its vendor asked for. Groups
+//! (`additionalGids`) are the one exception: never granted, since the
+//! tasks are the job user's with the job's groups (a device node the user
+//! may not open stays closed, as on the host).
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -52,7 +55,8 @@ pub struct EditsEntry {
     #[serde(default)]
     pub hooks: Vec<HookEntry>,
     /// Groups added to the container's process: not applied (the tasks
-    /// are the job user's, with the job's groups), so refused.
+    /// are the job user's, with the job's groups; granting a group the
+    /// user does not have is not the runtime's to do).
     #[serde(default, rename = "additionalGids")]
     pub additional_gids: Vec<u32>,
     #[serde(default)]
@@ -245,9 +249,6 @@ fn absolute(p: &str, what: &str) -> Result<PathBuf, String> {
 }
 
 fn edits(raw: &EditsEntry) -> Result<Edits, String> {
-    if !raw.additional_gids.is_empty() {
-        return Err("additionalGids is not applied (tasks keep the job's groups)".into());
-    }
     if raw.intel_rdt.is_some() {
         return Err("intelRdt is not applied".into());
     }
@@ -414,6 +415,14 @@ containerEdits:
     }
 
     #[test]
+    fn additional_groups_are_never_granted() {
+        let text = "cdiVersion: 0.7.0\nkind: v.example/c\ndevices:\n- name: d\n  containerEdits:\n    additionalGids: [0, 44]\n    env: [A=1]\n";
+        let spec = parse(text, "f".into()).unwrap();
+        // Nothing in the edits carries a group: tasks keep the job's.
+        assert_eq!(spec.devices[0].1.env, [("A".into(), "1".into())]);
+    }
+
+    #[test]
     fn what_cannot_be_applied_faithfully_is_refused_in_words() {
         let spec = |edits: &str| {
             format!(
@@ -424,7 +433,6 @@ containerEdits:
             let e = parse(&text, "f".into()).unwrap_err();
             assert!(e.contains(words), "{e} (wanted {words})");
         };
-        refused(spec("    additionalGids: [44]\n"), "additionalGids");
         refused(
             spec("    netDevices:\n    - hostInterfaceName: eth1\n      name: eth0\n"),
             "netDevices",

@@ -120,7 +120,7 @@ impl GpuSelection {
     }
 
     /// The device numbers, with `All` resolved against `/dev`.
-    fn numbers(&self) -> Vec<u32> {
+    pub fn numbers(&self) -> Vec<u32> {
         match self {
             GpuSelection::None => Vec::new(),
             GpuSelection::Numbers(v) => v.clone(),

@@ -43,8 +43,7 @@ use std::path::{Path, PathBuf};
 
 use crate::container;
 use crate::container::cdi;
-use crate::container::gpu::{self, DriverList, GpuPlan, GpuSelection};
-use crate::container::hooks::{self, RootHook};
+use crate::container::gpu::{DriverList, GpuSelection};
 use crate::container::identity::{group_entry, Identity};
 use crate::container::image_env::{self, scif::AppName};
 use crate::container::loop_device::LoopAttachment;
@@ -778,42 +777,10 @@ fn build_in_new_namespace(
     }
 
     let mut spec = ContainerSpec::new(staging.path().to_path_buf(), identity);
-    let DevicePlan { gpu, cdi } = device_plan(opts)?;
-    let env_append = gpu.env_append();
-    spec.devices = gpu.devices.iter().map(|d| d.path.clone()).collect();
-    spec.host_files = gpu.files;
-    spec.device_binds = cdi
-        .device_nodes
-        .iter()
-        .map(|d| (d.host.clone(), d.container.clone()))
-        .collect();
-    for m in &cdi.mounts {
-        // The admin's spec names it: resolved as root, like default_binds.
-        let source = std::fs::canonicalize(&m.host)
-            .map_err(|e| Error::usage(format!("CDI mount {}: {e}", m.host.display())))?;
-        binds.push(BindMount {
-            source,
-            destination: m.container.clone(),
-            read_only: m.read_only,
-        });
-    }
-    spec.root_hooks = cdi
-        .hooks
-        .iter()
-        .map(|h| {
-            // Run as root: only a program nobody else could have changed.
-            crate::node::trusted::check_program(&h.path)
-                .map_err(|why| Error::usage(format!("CDI hook {}: {why}", h.path.display())))?;
-            Ok(RootHook {
-                label: format!("CDI hook {}", h.path.display()),
-                path: h.path.clone(),
-                args: h.args.clone(),
-                env: h.env.clone(),
-                timeout: h.timeout,
-                protocol: hooks::Protocol::Oci,
-            })
-        })
-        .collect::<Result<_>>()?;
+    spec.binds = binds;
+    let devices = device_plan(opts)?;
+    let cdi_env = devices.apply(&mut spec)?;
+    let env_append = cdi_env.append;
     if let Some(dir) = &opts.hooks_dir {
         spec.root_hooks.extend(site_hooks::setup_hooks(
             dir,
@@ -823,7 +790,6 @@ fn build_in_new_namespace(
         )?);
     }
     spec.mount_home = !opts.no_home;
-    spec.binds = binds;
     spec.writable_tmpfs = opts.writable_tmpfs;
     spec.overlay = overlay;
     spec.job_dirs = job_dirs;
@@ -904,7 +870,7 @@ fn build_in_new_namespace(
         Vec::new()
     };
     // The devices' variables and the site's hooks' win over the image's.
-    added_env.extend(cdi.env.iter().cloned());
+    added_env.extend(cdi_env.set);
     added_env.extend(outcome.hook_env);
 
     phases.mark("checks and environment");
@@ -942,63 +908,22 @@ fn overlay_source(
     }))
 }
 
-/// What devices bring into the container.
-struct DevicePlan {
-    /// sifrun's own passthrough: GPUs without a CDI spec, RDMA devices.
-    gpu: GpuPlan,
-    /// The edits of the CDI devices: the step's GPUs when the node has a
-    /// spec of their kind, and those the user asked for.
-    cdi: cdi::Edits,
-}
-
-/// The step's devices. Slurm's GPUs go through CDI when the node has a
-/// spec of their kind (`nvidia.com/gpu`, `amd.com/gpu`): their edits, not
-/// the built-in driver list. A spec of that kind that lacks one of the
-/// GPUs is an error (a stale spec), not a quiet fallback.
-fn device_plan(opts: &SetupArgs) -> Result<DevicePlan> {
+/// The step's devices: Slurm's GPUs, through CDI when the node has a spec
+/// of their kind, and the CDI devices the user asked for (see
+/// [`cdi::plan`]).
+fn device_plan(opts: &SetupArgs) -> Result<cdi::DevicePlan> {
     let wanted: Vec<cdi::QualifiedName> = opts
         .cdi_devices
         .iter()
         .map(|n| cdi::QualifiedName::parse(n).map_err(Error::usage))
         .collect::<Result<_>>()?;
-    if opts.cdi_dirs.is_empty() || (opts.gpus.is_empty() && wanted.is_empty()) {
-        if !wanted.is_empty() {
-            return Err(Error::usage(
-                "--container-devices: this node reads no CDI specs (cdi_dirs is empty)",
-            ));
-        }
-        return Ok(DevicePlan {
-            gpu: gpu_plan(opts)?,
-            cdi: cdi::Edits::default(),
-        });
-    }
-    let registry = cdi::Registry::load(&opts.cdi_dirs)?;
-    let gpu_names = cdi::gpu_names(Path::new("/dev"), &opts.gpus);
-    let by_cdi = !gpu_names.is_empty()
-        && gpu_names.len() == opts.gpus.len()
-        && gpu_names.iter().all(|n| registry.has_kind(&n.kind));
-    let mut names = wanted;
-    let gpu = if by_cdi {
-        // To the slurmd log (the plugin logs the helper's stderr).
-        eprintln!(
-            "GPUs {} through CDI",
-            gpu_names
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        names.splice(0..0, gpu_names);
-        let mut without_gpus = opts.clone();
-        without_gpus.gpus.clear();
-        gpu_plan(&without_gpus)?
-    } else {
-        gpu_plan(opts)?
-    };
-    Ok(DevicePlan {
-        gpu,
-        cdi: registry.edits_for(&names)?,
-    })
+    cdi::plan(
+        &GpuSelection::Numbers(opts.gpus.clone()),
+        &opts.cdi_dirs,
+        &wanted,
+        driver_list(opts)?.as_ref(),
+        opts.rdma,
+    )
 }
 
 /// The site's hooks for this step: the ones the plugin names (the
@@ -1055,10 +980,10 @@ pub fn site_hook_env(opts: &SetupArgs) -> Vec<String> {
     env
 }
 
-/// The GPU (and RDMA) passthrough for this step: Slurm's allocation,
-/// the admin's driver list (read only for a step that has GPUs).
-fn gpu_plan(opts: &SetupArgs) -> Result<GpuPlan> {
-    let list = match &opts.gpu_list {
+/// The admin's driver list for GPUs without a CDI spec (read only for a
+/// step that has GPUs).
+fn driver_list(opts: &SetupArgs) -> Result<Option<DriverList>> {
+    Ok(match &opts.gpu_list {
         _ if opts.gpus.is_empty() || opts.no_gpu_driver => None,
         Some(path) => {
             crate::node::trusted::check_config_file(path)
@@ -1068,7 +993,5 @@ fn gpu_plan(opts: &SetupArgs) -> Result<GpuPlan> {
             Some(DriverList::parse(&text))
         }
         None => Some(DriverList::default()),
-    };
-    let selection = GpuSelection::Numbers(opts.gpus.clone());
-    Ok(gpu::passthrough(&selection, list.as_ref(), opts.rdma))
+    })
 }
