@@ -26,16 +26,7 @@ const LINKS: &[(&str, &str)] = &[
 /// path into the container's `/dev` (made by [`mount_dev`]): nosuid and
 /// noexec, not nodev, since the node must work.
 pub fn bind_device(root: &Path, device: &Path) -> Result<()> {
-    let relative = device.strip_prefix("/dev").map_err(|_| {
-        crate::Error::usage(format!("{}: not a device under /dev", device.display()))
-    })?;
-    let target = create_file_in_root(root, &Path::new("/dev").join(relative))?;
-    bind(
-        device,
-        &target,
-        false,
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-    )
+    bind_device_at(root, device, device)
 }
 
 /// Binds host device node `host` at `container` (under `/dev`) in `root`:

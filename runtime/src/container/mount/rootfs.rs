@@ -432,16 +432,7 @@ pub fn build_rootfs(
         }
     }
     for b in &spec.binds {
-        let target = create_mount_point(&root, &b.destination, &b.source, &host)?;
-        let mut flags = nosuid_nodev;
-        if b.read_only {
-            flags |= MsFlags::MS_RDONLY;
-        }
-        // Recursive, flags on every submount: what is mounted under the
-        // source stays mounted (nothing hidden on the host shows), and a
-        // `:ro` bind is read-only all the way down.
-        bind(&b.source, &target, true, flags)?;
-        host.record(&target)?;
+        bind_into_root(&root, b, &mut host)?;
     }
     for t in &spec.tmpfs_mounts {
         let target = create_mount_point(&root, &t.destination, Path::new("/"), &host)?;
@@ -482,13 +473,7 @@ pub fn build_rootfs(
         crate::container::hooks::run_all(&spec.root_hooks, &root, &spec.staging_dir.join("hooks"))?;
     // What they asked to have bound, under the rules of every bind.
     for b in &hooked.binds {
-        let target = create_mount_point(&root, &b.destination, &b.source, &host)?;
-        let mut flags = nosuid_nodev;
-        if b.read_only {
-            flags |= MsFlags::MS_RDONLY;
-        }
-        bind(&b.source, &target, true, flags)?;
-        host.record(&target)?;
+        bind_into_root(&root, b, &mut host)?;
     }
     let hook_env = hooked.env;
 
@@ -496,6 +481,20 @@ pub fn build_rootfs(
         remount_bind(&root, MsFlags::MS_RDONLY | nosuid_nodev)?;
     }
     Ok(Rootfs { root, hook_env })
+}
+
+/// Binds `b` into `root`, nosuid and nodev, recording it as the host's.
+/// Recursive, flags on every submount: what is mounted under the source
+/// stays mounted (nothing hidden on the host shows), and a `:ro` bind is
+/// read-only all the way down.
+fn bind_into_root(root: &Path, b: &BindMount, host: &mut HostBinds) -> Result<()> {
+    let target = create_mount_point(root, &b.destination, &b.source, host)?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if b.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    bind(&b.source, &target, true, flags)?;
+    host.record(&target)
 }
 
 /// A writable root the job user can use, as pyxis users expect (enroot
