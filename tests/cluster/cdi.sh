@@ -14,8 +14,8 @@ echo "thing data" > "$T/thing/x"
 cat > "$T/bin/cdi-hook" <<'SH'
 #!/bin/sh
 set -e
-bundle=$(jq -r .bundle)
-root=$(jq -r .root.path "$bundle/config.json")
+bundle=$(sed 's/.*"bundle":"\([^"]*\)".*/\1/')
+root=$(sed 's/.*"path":"\([^"]*\)".*/\1/' "$bundle/config.json")
 [ "$1" = create-symlinks ] && [ "$2" = --link ]
 target=${3%%::*}; link=${3#*::}
 ln -sfn "$target" "$root$link"
@@ -58,7 +58,7 @@ if [ "$SIFRUN_HOOK_POINT" = step-end ]; then
     echo "step-end $SIFRUN_JOB_ID" >> /var/tmp/sifrun-cluster-tests/step-end.log
     exit 0
 fi
-echo "stamped by $SIFRUN_HOOK for job $SIFRUN_JOB_ID of uid $SIFRUN_UID" > "$SIFRUN_ROOTFS/etc/site-stamp"
+echo "stamped by $SIFRUN_HOOK for job $SIFRUN_JOB_ID of uid $SIFRUN_UID (writable $SIFRUN_WRITABLE)" > "$SIFRUN_ROOTFS/etc/site-stamp"
 echo "SITE_HOOK_VAR=from-stamp" >> "$SIFRUN_ENV_FILE"
 SH
 printf '#!/bin/sh\n[ "$SIFRUN_HOOK_POINT" = setup ] && echo "EXTRA_VAR=extra" >> "$SIFRUN_ENV_FILE"\nexit 0\n' > "$T/hooks.d/extra.sh"
@@ -112,7 +112,7 @@ check "--container-devices: a device the site does not offer is refused in one l
 
 run srun -N2 -n4 --container="$IMG" sh -c 'echo "$(cat /etc/site-stamp) $SITE_HOOK_VAR"'
 check "site hook: a file it adds to the root and a variable it leaves reach every task on every node" \
-    bash -c '[[ $(grep -c "^stamped by stamp for job [0-9]* of uid '"$TEST_UID"' from-stamp$" <<<"$1") -eq 4 ]]' _ "$LAST"
+    bash -c '[[ $(grep -c "^stamped by stamp for job [0-9]* of uid '"$TEST_UID"' (writable 0) from-stamp$" <<<"$1") -eq 4 ]]' _ "$LAST"
 job=$(grep -o "job [0-9]*" <<<"$LAST" | head -1 | cut -d" " -f2)
 sleep 1
 check "site hook: it runs again at the step's end, on each node" \

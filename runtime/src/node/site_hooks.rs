@@ -17,8 +17,9 @@
 //!   the container ends (its tasks are gone).
 //!
 //! Besides, each gets `SIFRUN_HOOK` (its name), `SIFRUN_IMAGE`,
-//! `SIFRUN_UID`, `SIFRUN_GID`, `SIFRUN_JOB_ID`, `SIFRUN_GPUS` and the job's
-//! `SLURM_*` variables. Those, and the image's files, are the job's: a hook
+//! `SIFRUN_UID`, `SIFRUN_GID`, `SIFRUN_JOB_ID`, `SIFRUN_GPUS`, the settings
+//! `SIFRUN_STATE_DIR`, `SIFRUN_WRITABLE` and `SIFRUN_CDI_DEVICES` (at setup)
+//! and the job's `SLURM_*` variables. Those, and the image's files, are the job's: a hook
 //! must treat them as untrusted data.
 
 use crate::container::hooks::{self, Protocol, RootHook};

@@ -971,6 +971,10 @@ pub fn site_hook_env(opts: &SetupArgs) -> Vec<String> {
     if let Some(job) = opts.job_id {
         env.push(format!("SIFRUN_JOB_ID={job}"));
     }
+    // The settings a hook may need to fit in.
+    env.push(format!("SIFRUN_STATE_DIR={}", opts.state_dir.display()));
+    env.push(format!("SIFRUN_WRITABLE={}", u8::from(opts.writable_tmpfs)));
+    env.push(format!("SIFRUN_CDI_DEVICES={}", opts.cdi_devices.join(",")));
     env.extend(
         opts.hook_env
             .iter()
