@@ -34,22 +34,15 @@ IMAGE_LIB_DIRS="/usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib /lib/x86_64-linux-
 [ "${SIFRUN_HOOK_POINT:-}" = setup ] || exit 0
 : "${SIFRUN_ROOTFS:?}" "${SIFRUN_MOUNTS_FILE:?}" "${SIFRUN_ENV_FILE:?}"
 
-if [ -z "$HOST_MPI_LIB" ]; then
-    for name in libmpi.so.12 libmpich.so.12; do
-        HOST_MPI_LIB=$(ldconfig -p | awk -v n="$name" '$1 == n { print $NF; exit }')
-        [ -n "$HOST_MPI_LIB" ] && break
-    done
-fi
-[ -n "$HOST_MPI_LIB" ] || { echo "mpi hook: no MPICH-ABI library on this node" >&2; exit 1; }
-host_real=$(readlink -f "$HOST_MPI_LIB")
-
 # "libmpich.so.12.2.2" -> "12 2" (a missing minor counts as 0).
 version_of() {
     printf '%s\n' "$1" | sed -n 's/.*\.so\.\([0-9][0-9]*\)\(\.\([0-9][0-9]*\)\)\{0,1\}.*/\1 \3/p' | awk '{ print $1, ($2 == "" ? 0 : $2) }'
 }
 
-# The image's library: its name, and the name its symlink points to (read
-# with readlink, never followed, so an image's link never leads us out).
+# The image's library: its path, and the name its symlink points to (read
+# with readlink only: the bind itself is made by sifrun, which resolves the
+# path inside the container's root). Looked for before the node's, so that
+# an image without one is left alone on any node.
 image_lib="" image_name=""
 for dir in $IMAGE_LIB_DIRS; do
     for name in libmpi.so.12 libmpich.so.12; do
@@ -65,6 +58,15 @@ if [ -z "$image_lib" ]; then
     echo "mpi hook: no MPICH-ABI library in the image: left alone" >&2
     exit 0
 fi
+
+if [ -z "$HOST_MPI_LIB" ]; then
+    for name in libmpi.so.12 libmpich.so.12; do
+        HOST_MPI_LIB=$(ldconfig -p | awk -v n="$name" '$1 == n { print $NF; exit }')
+        [ -n "$HOST_MPI_LIB" ] && break
+    done
+fi
+[ -n "$HOST_MPI_LIB" ] || { echo "mpi hook: no MPICH-ABI library on this node" >&2; exit 1; }
+host_real=$(readlink -f "$HOST_MPI_LIB")
 
 set -- $(version_of "$(basename "$host_real")")
 host_major=$1 host_minor=$2
