@@ -787,7 +787,7 @@ fn cdi_device_edits_and_hook() {
         let hook = d.join("bin/hook");
         fs::write(
             &hook,
-            "#!/bin/sh\nroot=$(sed 's/.*\"bundle\":\"\\([^\"]*\\)\".*/\\1/' | xargs -I{} sed 's/.*\"path\":\"\\([^\"]*\\)\".*/\\1/' {}/config.json)\necho \"$1\" > \"$root/tmp/hooked\"\n",
+            "#!/bin/sh\nroot=$(sed 's/.*\"bundle\":\"\\([^\"]*\\)\".*/\\1/' | xargs -I{} sed 's/.*\"path\":\"\\([^\"]*\\)\".*/\\1/' {}/config.json)\necho \"$1\" > \"$root/hooked\"\n",
         )
         .unwrap();
         fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
@@ -809,11 +809,7 @@ fn cdi_device_edits_and_hook() {
                 "--device",
                 "sifrun.test/thing=a",
             ],
-            &[
-                "sh",
-                "-c",
-                "cat /opt/thing/x /tmp/hooked; echo THING=$THING",
-            ],
+            &["sh", "-c", "cat /opt/thing/x /hooked; echo THING=$THING"],
         );
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(stdout(&out), "device data\nfrom-the-hook\nTHING=a\n");

@@ -64,6 +64,9 @@ SH
 printf '#!/bin/sh\n[ "$SIFRUN_HOOK_POINT" = setup ] && echo "EXTRA_VAR=extra" >> "$SIFRUN_ENV_FILE"\nexit 0\n' > "$T/hooks.d/extra.sh"
 printf '#!/bin/sh\necho "no MPI here" >&2\nexit 3\n' > "$T/hooks.d/fails.sh"
 printf '#!/bin/sh\nsleep 600\n' > "$T/hooks.d/hangs.sh"
+# A naive hook: it writes through the root without minding the image's
+# symlinks (the attack below gives it one that leads to the host).
+printf '#!/bin/sh\n[ "$SIFRUN_HOOK_POINT" = setup ] || exit 0\ntouch "$SIFRUN_ROOTFS/usr/lib/plugins/naive-was-here"\n' > "$T/hooks.d/naive.sh"
 printf '#!/bin/sh\n[ "$SIFRUN_HOOK_POINT" = setup ] && touch "$SIFRUN_ROOTFS/etc/parthook"\nexit 0\n' > "$T/hooks.d/parthook.sh"
 cp "$REPO/etc/sifrun/hooks.d/pytorch.sh" "$T/hooks.d/"   # the example sifrun ships
 chmod -R go-w "$T"; chmod 755 "$T"/bin/* "$T"/hooks.d/*; chmod 644 "$T"/cdi/*
@@ -74,7 +77,7 @@ cdi_dirs = ["$T/cdi"]
 cdi_user_devices = ["sifrun.test/thing=*"]
 hooks_dir = "$T/hooks.d"
 hooks = ["stamp"]
-user_hooks = ["extra", "fails", "hangs", "pytorch"]
+user_hooks = ["extra", "fails", "hangs", "pytorch", "naive"]
 hook_timeout_secs = 3
 [partition_hooks]
 secure = ["parthook"]
@@ -121,7 +124,7 @@ run srun -N1 --container="$IMG" --container-hooks=extra sh -c 'echo "$SITE_HOOK_
 check "--container-hooks: an offered hook runs after the site's" test "$LAST" = "from-stamp extra"
 run srun -N1 --container="$IMG" --container-hooks=nope true
 check "--container-hooks: a hook the site does not offer is refused in one line" \
-    bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"nope is not offered on this cluster (offered: extra, fails, hangs, pytorch)"* ]]' _ "$LAST"
+    bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"nope is not offered on this cluster (offered: extra, fails, hangs, pytorch, naive)"* ]]' _ "$LAST"
 run srun -N1 --container="$IMG" --container-hooks=fails sh -c 'echo RAN'
 check "a site hook that fails fails the step in one line with its last words" \
     bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"site hook fails failed (exit 3): no MPI here"* && "$1" != *RAN* ]]' _ "$LAST"
@@ -129,6 +132,20 @@ run srun -N1 --container="$IMG" --container-hooks=hangs sh -c 'echo RAN'
 check "a site hook that hangs fails the step in one line at its limit" \
     bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"site hook hangs did not finish within 3 s"* && "$1" != *RAN* ]]' _ "$LAST"
 check "... and nothing it started is left running" gone_within 5 -f 'sleep 600'
+
+# Attack: an image whose /usr/lib/plugins is an absolute symlink to a host
+# directory root may write; a root hook writing through it must not reach
+# the host (hooks run where every mount but the container's own is
+# read-only).
+ESCAPE=/var/tmp/sifrun-cluster-tests/hook-escape
+rm -rf "$ESCAPE"; mkdir -p "$ESCAPE" "$WORK/rootfs-hookescape"
+cp -a "$WORK/rootfs/." "$WORK/rootfs-hookescape/"; mkdir -p "$WORK/rootfs-hookescape/usr/lib"
+ln -sfn "$ESCAPE" "$WORK/rootfs-hookescape/usr/lib/plugins"
+"$SIFRUN" build --force "$WORK/rootfs-hookescape" -o "$WORK/images/hookescape.sif" >/dev/null; chmod 644 "$WORK/images/hookescape.sif"
+run srun -N1 --container="$WORK/images/hookescape.sif" --container-hooks=naive sh -c 'echo RAN'
+LAST+=" | host: $(ls "$ESCAPE")"
+check "attack: a root hook writing through an image symlink that leads to the host meets a read-only host and fails the step in one line" \
+    bash -c '[[ $(grep -c "sifrun: error:" <<<"$1") -eq 1 && "$1" == *"site hook naive failed"*"Read-only file system"* && "$1" == *"| host: " && "$1" != *RAN* ]]' _ "$LAST"
 
 run srun -N2 -n4 --container="$IMG" --container-hooks=pytorch sh -c 'echo "$MASTER_ADDR $MASTER_PORT $WORLD_SIZE $SLURM_JOB_ID"'
 check "the shipped pytorch hook gives every task MASTER_ADDR (the first node), MASTER_PORT (enroot's rule) and WORLD_SIZE" \

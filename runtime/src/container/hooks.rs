@@ -26,6 +26,7 @@
 use crate::container::mount::rootfs::BindMount;
 use crate::error::{Error, Result};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,7 +98,16 @@ pub fn run_all(hooks: &[RootHook], root: &Path, scratch: &Path) -> Result<HookRe
                 env.push(format!("SIFRUN_MOUNTS_FILE={}", mounts_file.display()));
             }
         }
-        run_one(hook, &env, &stdin, &scratch.join(format!("output-{i}")))?;
+        // Temporary files go with the scratch files, where a confined hook
+        // may write.
+        env.push(format!("TMPDIR={}", scratch.display()));
+        run_one(
+            hook,
+            &env,
+            &stdin,
+            &scratch.join(format!("output-{i}")),
+            Some(&[root, scratch]),
+        )?;
         if hook.protocol == Protocol::Site {
             results
                 .env
@@ -132,8 +142,16 @@ fn read_mounts_file(path: &Path) -> std::result::Result<Vec<BindMount>, String> 
 }
 
 /// Runs `hook` with `env`, `stdin` on its standard input and its output
-/// in `output`; an error if it fails or outlives its limit.
-pub fn run_one(hook: &RootHook, env: &[String], stdin: &[u8], output: &Path) -> Result<()> {
+/// in `output`; an error if it fails or outlives its limit. With
+/// `writable`, the hook runs where only the mounts holding those paths can
+/// be written (see `confine_writes`).
+pub fn run_one(
+    hook: &RootHook,
+    env: &[String],
+    stdin: &[u8],
+    output: &Path,
+    writable: Option<&[&Path]>,
+) -> Result<()> {
     let out = std::fs::File::create(output)
         .map_err(|e| Error::system(format!("creating {}: {e}", output.display())))?;
     let err = out
@@ -154,6 +172,25 @@ pub fn run_one(hook: &RootHook, env: &[String], stdin: &[u8], output: &Path) -> 
     for kv in env {
         if let Some((k, v)) = kv.split_once('=') {
             command.env(k, v);
+        }
+    }
+    if let Some(paths) = writable.filter(|_| confinement_available()) {
+        // mount_setattr takes mount points: those holding the paths.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Error::system(format!("reading /proc/self/mountinfo: {e}")))?;
+        let paths: Vec<std::ffi::CString> = paths
+            .iter()
+            .map(|p| {
+                let point = mount_point_of(&mounts, p)
+                    .ok_or_else(|| Error::system(format!("no mount holds {}", p.display())))?;
+                std::ffi::CString::new(point.into_os_string().into_encoded_bytes())
+                    .map_err(|_| Error::system("a mount point holds a NUL byte"))
+            })
+            .collect::<Result<_>>()?;
+        // SAFETY: the closure runs in the forked child before exec and
+        // only makes system calls on memory prepared before the fork.
+        unsafe {
+            command.pre_exec(move || confine_writes(&paths));
         }
     }
     let mut child = command
@@ -206,6 +243,141 @@ pub fn run_one(hook: &RootHook, env: &[String], stdin: &[u8], output: &Path) -> 
             last_line()
         ))),
     }
+}
+
+/// The mount point (of `mountinfo`, this process's) that holds `path`:
+/// the longest one above its real path.
+fn mount_point_of(mountinfo: &str, path: &Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(path).ok()?;
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|point| real.starts_with(point))
+        .max_by_key(|point| point.as_os_str().len())
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// `struct mount_attr` of `mount_setattr(2)` (not in the libc crate).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// `mount_setattr(2)` on `path` (relative to the working directory).
+fn mount_setattr(path: &std::ffi::CStr, flags: libc::c_int, attr: &MountAttr) -> libc::c_long {
+    // SAFETY: both pointers are valid for the call, and the size is the
+    // struct's.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    }
+}
+
+/// Whether this kernel has `mount_setattr(2)` (Linux 5.12) and we are
+/// root: hooks are confined only then. Said once in the log otherwise.
+fn confinement_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return false;
+        }
+        let none = MountAttr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // An invalid flag: EINVAL where the call exists, ENOSYS where not.
+        let r = mount_setattr(c"/", -1, &none);
+        let exists =
+            !(r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS));
+        if !exists {
+            eprintln!("hooks run unconfined: this kernel has no mount_setattr (Linux 5.12)");
+        }
+        exists
+    })
+}
+
+/// In the hook's child, before it runs: a mount namespace of its own (a
+/// copy of the container's) where every mount is read-only except those
+/// holding `writable` (the container's root, the hooks' scratch files).
+/// A hook that follows an image's symlink out of the root then meets a
+/// read-only host, never writes on it; what it mounts stays its own (the
+/// binds it needs are declared in `SIFRUN_MOUNTS_FILE`).
+fn confine_writes(writable: &[std::ffi::CString]) -> std::io::Result<()> {
+    let check = |r: libc::c_long| {
+        if r == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: plain system calls on valid C strings.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }.into())?;
+    check(
+        // SAFETY: a plain system call on a valid C string and null pointers
+        // the call takes for "none".
+        unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        }
+        .into(),
+    )?;
+    let read_only = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    check(mount_setattr(c"/", libc::AT_RECURSIVE, &read_only))?;
+    let writable_again = MountAttr {
+        attr_set: 0,
+        attr_clr: MOUNT_ATTR_RDONLY,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    for path in writable {
+        check(mount_setattr(path, 0, &writable_again))?;
+    }
+    Ok(())
 }
 
 /// The OCI state a `createContainer` hook reads, with a bundle whose
@@ -430,5 +602,19 @@ mod tests {
                 e.message()
             );
         }
+    }
+
+    #[test]
+    fn the_mount_holding_a_path_is_the_longest_mount_point_above_it() {
+        let info = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                    30 22 0:5 / /run rw - tmpfs tmpfs rw\n\
+                    31 30 0:6 / /run/a\\040b rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            unescape_mountinfo("/run/a\\040b"),
+            PathBuf::from("/run/a b")
+        );
+        assert_eq!(mount_point_of(info, Path::new("/run")), Some("/run".into()));
+        assert_eq!(mount_point_of(info, Path::new("/usr")), Some("/".into()));
+        assert_eq!(mount_point_of(info, Path::new("/nonexistent")), None);
     }
 }

@@ -129,6 +129,7 @@ pub fn run_step_end(
                 &with_point(env, name, "step-end"),
                 b"",
                 &scratch.join(format!("step-end-{i}")),
+                None,
             )
         });
         if let Err(e) = run {
