@@ -240,7 +240,19 @@ fn keeper_exits_when_its_cache_directory_is_gone() {
     std::thread::sleep(Duration::from_millis(200));
     drop(lease);
     nix::mount::umount2(&mounted, nix::mount::MntFlags::MNT_DETACH).unwrap();
-    fs::remove_dir_all(&state).unwrap();
+    // The keeper is still at work in the directory (it may create an entry
+    // while it is being removed: ENOTEMPTY); remove until it is gone.
+    let mut removed = fs::remove_dir_all(&state);
+    for _ in 0..50 {
+        match &removed {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                std::thread::sleep(Duration::from_millis(10));
+                removed = fs::remove_dir_all(&state);
+            }
+            _ => break,
+        }
+    }
+    removed.unwrap();
     assert!(
         finished.recv_timeout(Duration::from_secs(5)).is_ok(),
         "the keeper still runs after its cache directory was removed"
