@@ -24,6 +24,7 @@
 //!   author's.
 
 use crate::container::mount::rootfs::BindMount;
+use crate::container::mount::{mount_setattr, MountAttr, MOUNT_ATTR_RDONLY};
 use crate::error::{Error, Result};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStringExt;
@@ -278,32 +279,6 @@ fn unescape_mountinfo(field: &str) -> PathBuf {
         }
     }
     PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// `struct mount_attr` of `mount_setattr(2)` (not in the libc crate).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-
-/// `mount_setattr(2)` on `path` (relative to the working directory).
-fn mount_setattr(path: &std::ffi::CStr, flags: libc::c_int, attr: &MountAttr) -> libc::c_long {
-    // SAFETY: both pointers are valid for the call, and the size is the
-    // struct's.
-    unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            flags,
-            attr as *const MountAttr,
-            size_of::<MountAttr>(),
-        )
-    }
 }
 
 /// Whether this kernel has `mount_setattr(2)` (Linux 5.12) and we are

@@ -98,6 +98,38 @@ pub fn bind(source: &Path, target: &Path, recursive: bool, flags: MsFlags) -> Re
     }
 }
 
+/// `struct mount_attr` of <linux/mount.h> (not in the libc crate).
+#[repr(C)]
+pub(crate) struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
+}
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// `mount_setattr(2)` on `path` (relative to the working directory): the
+/// raw return value, errno set on -1. A bare system call, so a forked
+/// child may make it before exec.
+pub(crate) fn mount_setattr(
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    attr: &MountAttr,
+) -> libc::c_long {
+    // SAFETY: a valid C string and a correctly sized mount_attr the
+    // caller owns, both alive for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    }
+}
+
 /// Sets `flags` (read-only, nosuid, nodev, noexec) on the mount at
 /// `target` and every mount below it, in one `mount_setattr(2)` call.
 /// Flags are only added, never cleared, so mounts whose flags a user
@@ -106,19 +138,9 @@ fn set_flags_recursive(
     target: &Path,
     flags: MsFlags,
 ) -> std::result::Result<(), nix::errno::Errno> {
-    /// `struct mount_attr` of <linux/mount.h>.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
     const MOUNT_ATTR_NOSUID: u64 = 0x2;
     const MOUNT_ATTR_NODEV: u64 = 0x4;
     const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-    const AT_RECURSIVE: libc::c_int = 0x8000;
     let map = [
         (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
         (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
@@ -136,17 +158,7 @@ fn set_flags_recursive(
     };
     let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
         .map_err(|_| nix::errno::Errno::EINVAL)?;
-    // SAFETY: valid C string and a correctly sized mount_attr we own.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            AT_RECURSIVE,
-            &attr as *const MountAttr,
-            size_of::<MountAttr>(),
-        )
-    };
+    let rc = mount_setattr(&c, libc::AT_RECURSIVE, &attr);
     if rc != 0 {
         return Err(nix::errno::Errno::last());
     }
